@@ -173,6 +173,17 @@ def bbox_problem(bbox: object) -> Optional[str]:
     return None
 
 
+def bins_problem(bins: object) -> Optional[str]:
+    """Why ``bins`` is not a valid quantised box (4 ints in 0..NUM_BINS-1, x1<=x2, y1<=y2), or None."""
+    if not isinstance(bins, (list, tuple)) or len(bins) != 4:
+        return f"a quantised box must be 4 bins, got {bins!r}"
+    if not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < NUM_BINS for k in bins):
+        return f"bins must be integers in 0..{NUM_BINS - 1}, got {bins!r}"
+    if bins[2] < bins[0] or bins[3] < bins[1]:
+        return f"bins {bins!r} have x2 < x1 or y2 < y1"
+    return None
+
+
 # ----------------------------------------------------------------------------- parsing
 # Reasons a piece of a response is dropped or repaired; the evaluator reports these counts.
 DROP_INCOMPLETE = "dropped_incomplete_box"          # fewer than 4 coordinates

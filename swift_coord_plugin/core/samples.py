@@ -1,0 +1,86 @@
+"""Validation of unified detection samples (no ms-swift import).
+
+A unified sample is one JSON object per line::
+
+    {"image": "/abs/path.jpg", "objects": [{"desc": "dog", "bbox": [x1, y1, x2, y2]}, ...],
+     "image_id": 42, "width": 640, "height": 480}      # the last three optional, kept for evaluation
+
+with boxes normalised to [0, 1] (see ``codec``). ``sample_problem`` says what is wrong with a sample, so
+that callers can raise an error naming the file and line, or drop and count it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+from . import codec
+
+# Reasons a sample is rejected (the keys of drop counts).
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+BAD_BBOX = "bad_bbox"
+BAD_DESC = "bad_desc"
+BAD_FORMAT = "bad_format"
+SAMPLE_REASONS = (BAD_FORMAT, MISSING_IMAGE, UNREADABLE_IMAGE, BAD_BBOX, BAD_DESC)
+
+# Where the dataset preprocessor keeps a sample's image_id / width / height in an ms-swift row:
+# row["chat_template_kwargs"][EVAL_META_KEY] (a standard column that survives into `swift infer` results).
+EVAL_META_KEY = "coord_meta"
+
+
+def row_meta(row) -> dict:
+    """``{"image_id", "width", "height"}`` (those present) of an ms-swift row / ``swift infer`` result line."""
+    if not isinstance(row, dict):
+        return {}
+    kwargs = row.get("chat_template_kwargs")
+    if isinstance(kwargs, str):  # some writers serialise Json columns as text
+        import json
+
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            kwargs = None
+    meta = kwargs.get(EVAL_META_KEY) if isinstance(kwargs, dict) else None
+    if not isinstance(meta, dict):
+        meta = {k: row[k] for k in ("image_id", "width", "height") if row.get(k) is not None}
+    return dict(meta)
+
+
+def image_problem(path: str, check_readable: bool = True) -> Optional[Tuple[str, str]]:
+    if not os.path.isfile(path):
+        return MISSING_IMAGE, f"image file not found: {path}"
+    if check_readable:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:  # reads the header only
+                im.size
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            return UNREADABLE_IMAGE, f"image cannot be read: {path} ({e.__class__.__name__}: {e})"
+    return None
+
+
+def sample_problem(sample, check_files: bool = True, check_readable: bool = True) -> Optional[Tuple[str, str]]:
+    """``(reason, message)`` for the first problem of ``sample``, or None if it is valid."""
+    if not isinstance(sample, dict):
+        return BAD_FORMAT, f"a sample must be a JSON object, got {type(sample).__name__}"
+    image = sample.get("image")
+    if not isinstance(image, str) or not image:
+        return BAD_FORMAT, "missing or non-string 'image'"
+    objects = sample.get("objects")
+    if objects is None:
+        objects = []
+    if not isinstance(objects, list):
+        return BAD_FORMAT, f"'objects' must be a list, got {type(objects).__name__}"
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            return BAD_FORMAT, f"objects[{i}] must be an object with 'desc' and 'bbox'"
+        p = codec.desc_problem(obj.get("desc"))
+        if p:
+            return BAD_DESC, f"objects[{i}]: {p}"
+        p = codec.bbox_problem(obj.get("bbox"))
+        if p:
+            return BAD_BBOX, f"objects[{i}]: {p}"
+    if check_files:
+        return image_problem(image, check_readable)
+    return None

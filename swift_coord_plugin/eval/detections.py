@@ -1,0 +1,118 @@
+"""From parsed objects to COCO detections: box decoding, confidence scores, pixels (no ms-swift import).
+
+Decoding (per coordinate position, result in bin units, then ``codec.dequantize``):
+
+* ``argmax``: the generated token's bin ``k`` -> ``k / 1000``.
+* ``coordexp``: ``sum_k p_k * k / 1000`` over the coordinate tokens among the position's
+  ``top_logprobs``, with ``p`` renormalised over those tokens. A position whose top-k holds no
+  coordinate token keeps its generated bin (counted). If the expectations come out with ``x2 < x1``
+  (or ``y2 < y1``) the pair is swapped (counted).
+
+Scores:
+
+* ``logprob``: ``exp(mean of the log-probabilities of the object's 4 coordinate tokens)``, the geometric
+  mean of their probabilities, in (0, 1].
+* ``logprob_desc``: the same mean taken over the 4 coordinate tokens and the description's tokens.
+* ``constant``: 1.0 for every object; COCOeval's stable sort then ranks an image's objects in the
+  order they were generated, so AP depends on generation order.
+
+Pixels: the normalised box times the ground-truth image's width and height; COCO results hold
+``[x1, y1, x2 - x1, y2 - y1]``.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from ..core import codec
+from .results import PredictedObject, coord_mass, expected_bin
+
+DECODES = ("argmax", "coordexp")
+SCORES = ("logprob", "logprob_desc", "constant")
+
+SCORE_FORMULAS = {
+    "logprob": "exp(mean log-probability of the 4 coordinate tokens)",
+    "logprob_desc": "exp(mean log-probability of the 4 coordinate tokens and the description tokens)",
+    "constant": "1.0 for every object (COCOeval ranks an image's objects in generation order)",
+}
+DECODE_FORMULAS = {
+    "argmax": "generated coordinate token k -> k/1000",
+    "coordexp": "sum_k p_k * k / 1000 over the coordinate tokens in top_logprobs, p renormalised over them",
+}
+
+
+@dataclass
+class DecodeStats:
+    """What coordexp saw: how many of each position's top-k were coordinate tokens, and the repairs."""
+
+    positions: int = 0
+    top_k_max: int = 0
+    coord_in_top_k: Counter = field(default_factory=Counter)  # n coordinate tokens -> positions
+    coord_mass_sum: float = 0.0
+    no_coord_in_top_k: int = 0
+    swapped_pairs: int = 0
+
+    def as_dict(self) -> dict:
+        n = self.positions
+        hist = {str(k): v for k, v in sorted(self.coord_in_top_k.items())}
+        mean_in = sum(k * v for k, v in self.coord_in_top_k.items()) / n if n else None
+        return {
+            "coordinate_positions": n,
+            "top_k": self.top_k_max,
+            "mean_coordinate_tokens_in_top_k": mean_in,
+            "min_coordinate_tokens_in_top_k": min(self.coord_in_top_k) if n else None,
+            "positions_by_coordinate_tokens_in_top_k": hist,
+            "mean_coordinate_probability_in_top_k": self.coord_mass_sum / n if n else None,
+            "positions_without_coordinate_in_top_k": self.no_coord_in_top_k,
+            "swapped_pairs": self.swapped_pairs,
+        }
+
+
+def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] = None) -> Tuple[float, ...]:
+    """The object's ``(x1, y1, x2, y2)`` in bin units (fractional for coordexp)."""
+    if method == "argmax":
+        return tuple(float(k) for k in obj.bins)
+    if method != "coordexp":
+        raise ValueError(f"unknown decode method {method!r}; expected one of {DECODES}")
+    if obj.coords is None:
+        raise ValueError("coordexp needs per-token top_logprobs")
+    out: List[float] = []
+    for tok in obj.coords:
+        if tok.top is None:
+            raise ValueError("coordexp needs per-token top_logprobs")
+        e = expected_bin(tok.top)
+        if stats is not None:
+            stats.positions += 1
+            stats.top_k_max = max(stats.top_k_max, tok.top_k)
+            stats.coord_in_top_k[len(tok.top)] += 1
+            stats.coord_mass_sum += coord_mass(tok.top)
+            if e is None:
+                stats.no_coord_in_top_k += 1
+        out.append(float(tok.bin) if e is None else e)
+    for lo, hi in ((0, 2), (1, 3)):
+        if out[hi] < out[lo]:
+            out[lo], out[hi] = out[hi], out[lo]
+            if stats is not None:
+                stats.swapped_pairs += 1
+    return tuple(out)
+
+
+def object_score(obj: PredictedObject, method: str) -> float:
+    if method == "constant":
+        return 1.0
+    if obj.coords is None:
+        raise ValueError(f"score {method!r} needs per-token logprobs")
+    lps = [t.logprob for t in obj.coords]
+    if method == "logprob_desc":
+        lps += list(obj.desc_logprobs)
+    elif method != "logprob":
+        raise ValueError(f"unknown score {method!r}; expected one of {SCORES}")
+    return math.exp(sum(lps) / len(lps))
+
+
+def coco_bbox(bins: Sequence[float], width: float, height: float) -> List[float]:
+    """Bins (x1, y1, x2, y2) -> absolute pixel ``[x, y, w, h]``."""
+    x1, y1, x2, y2 = codec.denormalize_box(codec.dequantize_box(bins), width, height)
+    return [x1, y1, x2 - x1, y2 - y1]

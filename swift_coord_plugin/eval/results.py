@@ -1,0 +1,240 @@
+"""Reading ``swift infer`` result files: one JSON object per line (no ms-swift import).
+
+What a line holds (ms-swift 4.6, ``--result_path``): ``response`` (the generated text, special tokens
+kept, the end-of-turn token removed), ``logprobs`` (``null``, or with ``--logprobs true``
+``{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", ...}, ...]}, ...]}``,
+one entry per generated token, the end-of-turn token included), ``labels``, and the row's own columns:
+``messages``, ``images`` (``[{"bytes": null, "path": ...}]``) and ``chat_template_kwargs``, where the
+data pipeline keeps ``image_id``, ``width``, ``height`` (read with ``core.samples.row_meta``, which also
+accepts them as top-level columns).
+
+Objects are recovered with the codec's parser. With log-probabilities the generated tokens are parsed
+(one piece per token) so that each coordinate keeps its own log-probability and top-k alternatives.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ..core import codec
+from ..core.samples import row_meta
+
+# Tokens that end a turn: the engine keeps them in ``logprobs`` but not in ``response``.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+class ResultsError(ValueError):
+    """A result line that cannot be read; the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class CoordToken:
+    """One generated coordinate token.
+
+    ``top`` holds the coordinate bins among the position's ``top_logprobs`` with their log-probabilities
+    (None when the line has no ``top_logprobs``); ``top_k`` is how many alternatives were listed in all.
+    """
+
+    bin: int
+    logprob: float
+    top: Optional[Tuple[Tuple[int, float], ...]] = None
+    top_k: int = 0
+
+
+@dataclass(frozen=True)
+class PredictedObject:
+    """A parsed object; ``coords`` (x1, y1, x2, y2 order) and ``desc_logprobs`` exist with logprobs."""
+
+    desc: str
+    bins: codec.Bins
+    coords: Optional[Tuple[CoordToken, CoordToken, CoordToken, CoordToken]] = None
+    desc_logprobs: Tuple[float, ...] = ()
+
+
+@dataclass
+class RowPrediction:
+    """What one result line says about one image."""
+
+    line: int
+    image_id: Optional[int]
+    file_name: Optional[str]
+    width: Optional[int]
+    height: Optional[int]
+    objects: List[PredictedObject]
+    parse_counts: Dict[str, int] = field(default_factory=dict)
+    has_logprobs: bool = False
+    # With logprobs: did generation end with an end-of-turn token (False: cut by max_new_tokens)?
+    ended: Optional[bool] = None
+    # With logprobs: does the parse of the tokens give the same boxes as the parse of ``response``?
+    text_agrees: Optional[bool] = None
+
+
+def count_lines(path: str) -> int:
+    """Number of non-blank lines (the progress bar's total)."""
+    n = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                n += 1
+    return n
+
+
+def iter_lines(path: str) -> Iterator[Tuple[int, dict]]:
+    """``(line_number, row)`` for each non-blank line; a line that is not a JSON object is an error."""
+    with open(path, "r", encoding="utf-8") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ResultsError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ResultsError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+
+
+_SEP_RE = re.compile(r"[\\/]")
+
+
+def image_file_name(images) -> Optional[str]:
+    """Base name of the row's first image (``images`` as swift writes it, or a plain path/list of paths)."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            return None
+        images = images[0]
+    if isinstance(images, dict):
+        images = images.get("path")
+    if not isinstance(images, str) or not images.strip():
+        return None
+    return _SEP_RE.split(images.strip())[-1] or None
+
+
+def _int_field(row: dict, key: str, where: str) -> Optional[int]:
+    v = row.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ResultsError(f"{where}: {key} must be an integer, got {v!r}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v.strip())
+    raise ResultsError(f"{where}: {key} must be an integer, got {v!r}")
+
+
+def _token_entries(logprobs, where: str) -> Optional[list]:
+    """The per-token list of a ``logprobs`` field (None when the line has none)."""
+    if logprobs is None:
+        return None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else logprobs
+    if content is None:
+        return None
+    if not isinstance(content, list):
+        raise ResultsError(f"{where}: logprobs.content must be a list, got {type(content).__name__}")
+    return content
+
+
+def _logprob(entry, where: str) -> float:
+    lp = entry.get("logprob")
+    if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp):
+        raise ResultsError(f"{where}: logprob must be a number, got {lp!r}")
+    return float(lp)
+
+
+def _coord_token(entry: dict, k: int, where: str) -> CoordToken:
+    top = entry.get("top_logprobs")
+    if top is None:
+        return CoordToken(k, _logprob(entry, where))
+    if not isinstance(top, list):
+        raise ResultsError(f"{where}: top_logprobs must be a list, got {type(top).__name__}")
+    coords = []
+    for j, alt in enumerate(top):
+        if not isinstance(alt, dict) or not isinstance(alt.get("token"), str):
+            raise ResultsError(f"{where}: top_logprobs[{j}] must be an object with a string 'token'")
+        b = codec.coord_bin_of(alt["token"])
+        if b is not None:
+            coords.append((b, _logprob(alt, f"{where}: top_logprobs[{j}]")))
+    return CoordToken(k, _logprob(entry, where), tuple(coords), len(top))
+
+
+def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True) -> RowPrediction:
+    """Parse one result line into objects with their per-token data. Raises ``ResultsError`` on a
+    line that does not have the shape above (never on what the model wrote)."""
+    where = f"{path}:{line}"
+    if "response" not in row:
+        raise ResultsError(f"{where}: no 'response' field (is this a swift infer result file?)")
+    response = row["response"]
+    if response is None:
+        response = ""
+    if not isinstance(response, str):
+        raise ResultsError(f"{where}: response must be a string, got {type(response).__name__}")
+    meta = row_meta(row)
+    pred = RowPrediction(
+        line=line,
+        image_id=_int_field(meta, "image_id", where),
+        file_name=image_file_name(row.get("images")),
+        width=_int_field(meta, "width", where),
+        height=_int_field(meta, "height", where),
+        objects=[],
+    )
+    entries = _token_entries(row.get("logprobs"), where)
+    if entries is None:
+        parsed = codec.parse_objects(response, dedupe=dedupe)
+        pred.parse_counts = parsed.counts
+        pred.objects = [PredictedObject(o.desc, o.bins) for o in parsed.objects]
+        return pred
+
+    tokens = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("token"), str):
+            raise ResultsError(f"{where}: logprobs.content[{i}] must be an object with a string 'token'")
+        tokens.append(e["token"])
+    n = len(tokens)
+    while n and tokens[n - 1] in END_OF_TURN_TOKENS:
+        n -= 1
+    pred.has_logprobs = True
+    pred.ended = n < len(tokens)
+    parsed = codec.parse_pieces(tokens[:n], dedupe=dedupe)
+    pred.parse_counts = parsed.counts
+    descs = [o.desc for o in parsed.objects]
+    pred.text_agrees = "".join(tokens[:n]) == response
+    if not pred.text_agrees:
+        # Decoding a token at a time can differ from decoding the sequence (a multi-byte character
+        # split over tokens). Same boxes in the same order: take the descriptions from the text.
+        text = codec.parse_objects(response, dedupe=dedupe).objects
+        if [o.bins for o in text] == [o.bins for o in parsed.objects]:
+            pred.text_agrees = True
+            descs = [o.desc for o in text]
+    for o, desc in zip(parsed.objects, descs):
+        coords = tuple(
+            _coord_token(entries[i], k, f"{where}: logprobs.content[{i}]") for k, i in zip(o.bins, o.coord_pieces))
+        desc_lps = tuple(_logprob(entries[i], f"{where}: logprobs.content[{i}]") for i in o.desc_pieces)
+        pred.objects.append(PredictedObject(desc, o.bins, coords, desc_lps))  # type: ignore[arg-type]
+    return pred
+
+
+def merge_counts(total: Dict[str, int], counts: Dict[str, int]) -> None:
+    for k, v in counts.items():
+        total[k] = total.get(k, 0) + v
+
+
+def expected_bin(top: Sequence[Tuple[int, float]]) -> Optional[float]:
+    """CoordExp of one position: ``sum_k p_k * k`` with ``p`` the top-k coordinate probabilities
+    renormalised to sum to 1 (None when no coordinate token is among them)."""
+    if not top:
+        return None
+    m = max(lp for _, lp in top)
+    weights = [(k, math.exp(lp - m)) for k, lp in top]
+    z = sum(w for _, w in weights)
+    return sum(k * w for k, w in weights) / z
+
+
+def coord_mass(top: Sequence[Tuple[int, float]]) -> float:
+    """Probability the model gave the coordinate tokens listed in the top-k (before renormalising)."""
+    return sum(math.exp(lp) for _, lp in top)

@@ -1,0 +1,196 @@
+"""Dataset ``coord``: unified detection samples (JSONL) -> ms-swift rows for the ``qwen3_vl_coord`` template.
+
+Routing (how a file reaches this preprocessor)
+----------------------------------------------
+ms-swift decides the preprocessor of ``--dataset X`` like this: if ``X`` is a registered dataset name,
+that dataset's preprocessor; else if ``X`` is an existing file, the dataset registered with exactly that
+path string, else one registered with the same *file name* in another folder, else its generic
+preprocessor, which cannot read unified samples and drops every row (silently unless ``--strict true``).
+So a bare path is never routed here. Name the file with the registered dataset ``coord`` instead::
+
+    --dataset coord:/abs/or/relative/train.jsonl        (also --val_dataset; '#N' samples N rows)
+
+``coord`` has its own loader that reads the path after the colon (relative paths are taken from the
+current directory; image paths inside the file that are relative are taken from the file's folder) and
+runs this preprocessor. The preprocessor logs ``[swift-coord] dataset ...`` with its counts, so a run
+shows that it ran.
+
+Bad samples
+-----------
+Before mapping, every sample is validated (``core.samples.sample_problem``: JSON shape, description,
+normalised box, image file present and readable). ``COORD_BAD_SAMPLES=error`` (default) stops with an
+error naming the file, the line and the problem of each bad sample (the first 20); ``COORD_BAD_SAMPLES=drop``
+drops them and logs the count by reason. Either way no row is lost silently.
+
+Rows
+----
+Each sample becomes ``messages`` (user ``<image>``, assistant ``<ref-object><bbox>`` per object),
+``images`` and ``objects`` (``ref``, ``bbox`` as codec bins in codec order, ``bbox_type='coord_bins'``:
+quantised and ordered here from the full-precision values, see ``template.py`` for why). What evaluation needs later
+(``image_id``, ``width``, ``height`` when the sample has them) rides in the standard column
+``chat_template_kwargs`` under the key ``coord_meta`` (``core.samples.EVAL_META_KEY``): ms-swift keeps only
+its standard columns, and extra top-level columns either vanish (default) or, with
+``--remove_unused_columns false``, reach ``generate()`` as unknown arguments and stop ``swift infer``.
+``swift infer`` writes the column into every result line, where ``core.samples.row_meta`` reads it.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Dict, Optional
+
+from ..core import codec
+from ..core import samples as sample_rules
+from .template import BINS_TYPE
+
+DATASET_NAME = "coord"
+META_COLUMNS = ("image_id", "width", "height")
+MAX_LISTED = 20
+
+
+class BadSamplesError(ValueError):
+    pass
+
+
+def _policy() -> str:
+    policy = os.environ.get("COORD_BAD_SAMPLES", "error").strip().lower()
+    if policy not in ("error", "drop"):
+        raise ValueError(f"COORD_BAD_SAMPLES must be 'error' or 'drop', got {policy!r}")
+    return policy
+
+
+def _code_version() -> str:
+    """Part of ms-swift's map-cache file name: a changed rule must never reuse rows cached by older code."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for path in (__file__, codec.__file__, sample_rules.__file__):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:10]
+
+
+def _build_classes():
+    from swift.dataset import RowPreprocessor
+    from swift.dataset.loader import DatasetLoader
+
+    class CoordSamplePreprocessor(RowPreprocessor):
+        """Unified sample -> ms-swift grounding row (see the module docstring)."""
+
+        cache_format_version = f"{RowPreprocessor.cache_format_version}-coord-{_code_version()}"
+
+        def __init__(self):
+            super().__init__()
+            self.source = "<dataset>"
+            self.base_dir: Optional[str] = None
+            self.last_report: Dict[str, Any] = {}
+
+        def _image_path(self, image: str) -> str:
+            if self.base_dir and not os.path.isabs(image):
+                return os.path.normpath(os.path.join(self.base_dir, image))
+            return image
+
+        def validate(self, dataset):
+            """Indices of the valid rows; raises or counts according to ``COORD_BAD_SAMPLES``."""
+            policy = _policy()
+            col_image = "image" if "image" in dataset.features else "images"
+            images = dataset[col_image]
+            objects = dataset["objects"] if "objects" in dataset.features else [None] * len(images)
+            keep, problems, counts = [], [], collections.Counter()
+            for i, (image, objs) in enumerate(zip(images, objects)):
+                if isinstance(image, list) and len(image) == 1:
+                    image = image[0]
+                if isinstance(image, dict):
+                    image = image.get("path")
+                if isinstance(image, str):
+                    image = self._image_path(image)
+                problem = sample_rules.sample_problem({"image": image, "objects": objs})
+                if problem is None:
+                    keep.append(i)
+                    continue
+                counts[problem[0]] += 1
+                problems.append(f"{self.source}:{i + 1}: {problem[1]}")
+            report = {"source": self.source, "rows": len(images), "kept": len(keep), "dropped": dict(counts)}
+            self.last_report = report
+            if problems and policy == "error":
+                listed = "\n  ".join(problems[:MAX_LISTED])
+                more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+                raise BadSamplesError(
+                    f"{len(problems)} bad sample(s) in {self.source} (by reason: {dict(counts)}):\n  {listed}{more}\n"
+                    "Fix them, or set COORD_BAD_SAMPLES=drop to drop and count them.")
+            return keep, report
+
+        def __call__(self, dataset, **kwargs):
+            from datasets import Dataset as HfDataset
+            from swift.utils import get_logger
+
+            logger = get_logger()
+            if isinstance(dataset, HfDataset):
+                keep, report = self.validate(dataset)
+                if len(keep) != len(dataset):
+                    dataset = dataset.select(keep)
+                msg = (f"[swift-coord] dataset {self.source}: {report['rows']} samples, {report['kept']} kept, "
+                       f"dropped by reason: {report['dropped'] or 'none'}")
+                logger.info(msg)
+                print(msg, flush=True)
+            else:
+                logger.info(f"[swift-coord] streaming dataset {self.source}: samples are validated as they are read")
+            out = super().__call__(dataset, **kwargs)
+            return out
+
+        def preprocess(self, row: Dict[str, Any]) -> Dict[str, Any]:
+            image = row.get("image", row.get("images"))
+            if isinstance(image, list) and len(image) == 1:
+                image = image[0]
+            if isinstance(image, dict):
+                image = image.get("path")
+            image = self._image_path(image) if isinstance(image, str) else image
+            objects = row.get("objects") or []
+            problem = sample_rules.sample_problem({"image": image, "objects": objects}, check_readable=False)
+            if problem is not None:  # streaming only: tabular datasets were validated before mapping
+                raise BadSamplesError(f"{self.source}: {problem[1]}")
+            ordered = codec.order_objects(codec.DetObject(o["desc"], tuple(o["bbox"])) for o in objects)
+            out = {
+                "messages": [
+                    {"role": "user", "content": "<image>"},
+                    {"role": "assistant", "content": "<ref-object><bbox>" * len(objects)},
+                ],
+                "images": [image],
+                "objects": {
+                    "ref": [codec.clean_desc(o.desc) for o in ordered],
+                    "bbox": [list(o.bins) for o in ordered],
+                    "bbox_type": BINS_TYPE,
+                },
+            }
+            meta = {key: row[key] for key in META_COLUMNS if row.get(key) is not None}
+            if meta:
+                out["chat_template_kwargs"] = {sample_rules.EVAL_META_KEY: meta}
+            return out
+
+    class CoordSampleLoader(DatasetLoader):
+        """Loads ``coord:<path>``: the path after the colon, through the plugin's preprocessor."""
+
+        def load(self, dataset_syntax=None, dataset_meta=None, *, use_hf=None):
+            path = "/".join(dataset_syntax.subsets)  # ms-swift splits subsets on '/'
+            if not path:
+                raise ValueError("--dataset coord needs a file: --dataset coord:/path/to/samples.jsonl")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--dataset coord:{path}: no such file")
+            path = os.path.abspath(path)
+            pre = dataset_meta.preprocess_func
+            pre.source, pre.base_dir = path, os.path.dirname(path)
+            return self._load_dataset_path(path, dataset_meta=dataset_meta)
+
+    return CoordSamplePreprocessor, CoordSampleLoader
+
+
+def register() -> None:
+    from swift.dataset import DATASET_MAPPING, DatasetMeta, register_dataset
+
+    if any(getattr(m, "dataset_name", None) == DATASET_NAME for m in DATASET_MAPPING.values()):
+        return
+    pre_cls, loader_cls = _build_classes()
+    register_dataset(
+        DatasetMeta(ms_dataset_id=DATASET_NAME, dataset_name=DATASET_NAME, preprocess_func=pre_cls(),
+                    loader=loader_cls, help="unified detection samples: --dataset coord:/path/samples.jsonl"),
+        exist_ok=True)

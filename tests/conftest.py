@@ -1,0 +1,32 @@
+"""Session fixtures: the tiny Qwen3-VL (built once per test session) and the shipped samples."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import SAMPLE_JSONL, absolute_samples
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random Qwen3-VL (tied head) with the real tokenizer, as ``coord-make-tiny-model`` builds it."""
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_untied_dir(tmp_path_factory) -> str:
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl_untied")), tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def sample_jsonl(tmp_path_factory) -> str:
+    """The shipped COCO samples with absolute image paths."""
+    return absolute_samples(SAMPLE_JSONL, tmp_path_factory.mktemp("samples") / "samples.jsonl")
