@@ -312,16 +312,23 @@ def _annotation_error(i: int, ann: Any, images: Mapping[Any, Any], descs: Mappin
     return CocoFormatError(f"{where}: unusable record {_short(ann)}")
 
 
-def _box_area(o: DetObject) -> float:
-    x1, y1, x2, y2 = o.bbox
-    return (x2 - x1) * (y2 - y1)
+def box_area_px(bbox, width: float, height: float) -> float:
+    """Area in pixels of a normalised box, rounded to 1e-4 px^2.
+
+    COCO coordinates have two decimals, so true areas are multiples of 1e-4 px^2; the rounding
+    removes the floating-point noise of normalising, so that equal areas compare equal.
+    """
+    x1, y1, x2, y2 = bbox
+    return round((x2 - x1) * width * (y2 - y1) * height, 4)
 
 
-def cap_objects(objects: List[DetObject], max_objects: int, policy: str) -> List[DetObject]:
+def cap_objects(objects: List[DetObject], max_objects: int, policy: str, width: float = 1.0,
+                height: float = 1.0) -> List[DetObject]:
     """Apply the cap to objects given in annotation order; returns them in codec order.
 
-    ``area``: the ``max_objects`` largest boxes (equal areas: the earlier annotation wins), then
-    ordered. ``scan``: all ordered, then the first ``max_objects``. ``max_objects == 0``: no cap.
+    ``area``: the ``max_objects`` largest boxes (``box_area_px`` with the image's ``width`` and
+    ``height``; equal areas: the earlier annotation wins), then ordered. ``scan``: all ordered, then
+    the first ``max_objects``. ``max_objects == 0``: no cap.
     """
     if max_objects == 0 or len(objects) <= max_objects:
         return order_objects(objects)
@@ -329,7 +336,8 @@ def cap_objects(objects: List[DetObject], max_objects: int, policy: str) -> List
         return order_objects(objects)[:max_objects]
     if policy != "area":
         raise ValueError(f"cap_policy must be one of {CAP_POLICIES}, got {policy!r}")
-    largest = sorted(range(len(objects)), key=lambda i: -_box_area(objects[i]))[:max_objects]
+    areas = [box_area_px(o.bbox, width, height) for o in objects]
+    largest = sorted(range(len(objects)), key=lambda i: -areas[i])[:max_objects]  # stable: ties by index
     largest.sort()  # back to annotation order, so that order ties still keep it
     return order_objects([objects[i] for i in largest])
 
@@ -414,10 +422,9 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
         objects = []
         for cid, x1, y1, x2, y2 in anns:
             box = normalize_box((x1, y1, x2, y2), width, height)
-            if not box[2] > box[0] or not box[3] > box[1]:
-                if math.isfinite(sum(box)):
-                    degenerate += 1
-                    continue
+            if not (box[2] > box[0] and box[3] > box[1]):
+                degenerate += 1
+                continue
             problem = bbox_problem(box)
             if problem:
                 raise CocoFormatError(f"{source}: image id={iid!r}: an annotation's bbox gives {problem}")
@@ -425,7 +432,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
         n = len(objects)
         if max_objects and n > max_objects:
             over_cap += n - max_objects
-        objects = cap_objects(objects, max_objects, policy)
+        objects = cap_objects(objects, max_objects, policy, width, height)
         if not objects:
             if drop_empty:
                 dropped_empty += 1
@@ -488,6 +495,7 @@ def prepare_coco(ann_path: str, images_dir: str, out_path: str, options: Convert
     progress = progress_factory(len(instances["images"])) if progress_factory else None
     conversion = convert_instances(instances, images_dir, options, source=ann_path, progress=progress)
     del instances
+    conversion.summary.source = os.path.abspath(ann_path)
     write_conversion(conversion, out_path)
     summary = conversion.summary
     summary.seconds = {"read": round(read_s, 3), **summary.seconds,

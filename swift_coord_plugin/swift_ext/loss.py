@@ -1,5 +1,208 @@
-"""Placeholder: the loss types are registered here."""
+"""``--loss_type coordexp_ce | coordexp_geom | coordexp_hybrid``: groups A, B and C as ms-swift losses.
+
+Each class is a preset of one loss (``core.losses.compute_loss``); every flag can be overridden
+with ``COORDEXP_*`` environment keys (``--model_kwargs '{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a
+YAML ``ENV:`` block). The configuration is validated when the trainer builds the loss, written to
+``<output_dir>/coordexp_config.json`` and printed once.
+
+The components (``core.losses.METRICS``) are accumulated on the device without a host sync per
+step and handed to ms-swift's ``trainer.custom_metrics``, which averages them over the logging
+interval and writes them to the console, ``logging.jsonl``, tensorboard and ``images/`` (eval ones
+prefixed ``eval_``); one all-reduce and one host sync per logging event for all of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from swift.loss import loss_map
+from swift.loss.base import BaseLoss
+from swift.metrics.utils import Metric
+from swift.utils import get_logger
+
+from ..core.losses import METRICS, LossConfig, compute_loss, env_key
+from ..core.vocab import CoordVocab
+
+logger = get_logger()
+
+CONFIG_FILE = "coordexp_config.json"
+
+
+class _MetricPool:
+    """Sums and counts of every component of one mode (train or eval), kept on the device.
+
+    ``add`` is two in-place additions (no sync). The first ``value`` read of a logging event
+    all-reduces the whole vector once and caches it for the other components of that event.
+    """
+
+    def __init__(self, names: List[str], kinds: List[str], indices: List[int], device_fn):
+        self.names, self.kinds, self.indices = names, kinds, indices
+        self._device_fn = device_fn
+        self._sums: Optional[torch.Tensor] = None
+        self._counts: Optional[torch.Tensor] = None
+        self._snapshot: Optional[Dict[str, Optional[float]]] = None
+        self._pending: set = set()
+
+    def add(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        sums, counts = sums[self.indices], counts[self.indices]
+        if self._sums is None:
+            self._sums, self._counts = sums.clone(), counts.clone()
+        else:
+            self._sums += sums
+            self._counts += counts
+
+    def value(self, name: str) -> Optional[float]:
+        if self._snapshot is None:
+            k = len(self.names)
+            if self._sums is None:
+                packed = torch.zeros(2 * k, dtype=torch.float64, device=self._device_fn())
+            else:
+                packed = torch.cat([self._sums, self._counts])
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+            flat = packed.tolist()
+            sums, counts = flat[:k], flat[k:]
+            self._snapshot = {}
+            for n, kind, s, c in zip(self.names, self.kinds, sums, counts):
+                # No data in the interval (e.g. no box): no value, so ms-swift drops the key from this log.
+                self._snapshot[n] = (s if kind == "sum" else s / c) if c > 0 else None
+            self._pending = set(self.names)
+            self._sums = self._counts = None
+        value = self._snapshot[name]
+        self._pending.discard(name)
+        if not self._pending:
+            self._snapshot = None
+        return value
+
+
+class _PoolMetric(Metric):
+    """One component as ms-swift's ``custom_metrics`` sees it (``compute`` then ``reset`` at each log)."""
+
+    def __init__(self, pool: _MetricPool, name: str):
+        super().__init__()
+        self.pool, self.name = pool, name
+
+    def update(self, *args, **kwargs):
+        raise RuntimeError(f"the {self.name} metric is fed by the coordexp loss, not through update()")
+
+    def compute(self):
+        return {"value": self.pool.value(self.name)}
+
+    def reset(self):
+        pass  # the pool resets itself when the whole snapshot has been read
+
+
+class CoordExpLoss(BaseLoss):
+    """Base of the three registered presets; ``group`` selects the preset."""
+
+    group = "A"
+    loss_type = "coordexp_ce"
+
+    def __init__(self, args, trainer):
+        super().__init__(args, trainer)
+        if self.is_megatron:
+            raise ValueError(f"--loss_type {self.loss_type} is not supported by megatron sft, which ignores custom "
+                             "causal-LM losses; use swift sft")
+        sp = max(int(getattr(args, "sequence_parallel_size", 1) or 1),
+                 int(getattr(getattr(trainer, "template", None), "sequence_parallel_size", 1) or 1))
+        if sp > 1:
+            raise ValueError(f"--loss_type {self.loss_type} refuses sequence parallel (sequence_parallel_size={sp}): "
+                             "ms-swift pre-shifts and shards the labels there, so object spans cannot be found; "
+                             "use --sequence_parallel_size 1")
+        self.config, self.overrides = LossConfig.from_env(self.group)
+        self._vocab: Optional[CoordVocab] = None
+        self._pools: Dict[str, _MetricPool] = {}
+        if trainer is not None and hasattr(trainer, "custom_metrics"):
+            self._register_metrics(trainer)
+        self._announce()
+
+    # ------------------------------------------------------------------ set-up
+    def describe(self) -> Dict[str, object]:
+        return {
+            "loss_type": self.loss_type,
+            "group": self.group,
+            "flags": self.config.to_dict(),
+            "overrides": dict(sorted(self.overrides.items())),
+            "env_keys": {name: env_key(name) for name in self.config.to_dict()},
+            "normalisation": "sum over labelled targets / num_items_in_batch; each coordinate token carries its "
+                             "box's geometric loss (a box weighs 4 tokens)",
+        }
+
+    def _announce(self) -> None:
+        if self.args is None or int(getattr(self.args, "process_index", 0)) != 0:
+            return
+        info = self.describe()
+        output_dir = getattr(self.args, "output_dir", None)
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+            with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                json.dump(info, f, indent=2)
+        logger.info(f"coordexp loss configuration: {json.dumps(info)}")
+
+    def _logged_metrics(self) -> List[int]:
+        # The gate component only when the gate term is on; everything else for every group, so that the
+        # groups can be compared on the same curves.
+        return [i for i, (name, _) in enumerate(METRICS) if name != "gate_loss" or self.config.trains_gate]
+
+    def _register_metrics(self, trainer) -> None:
+        idx = self._logged_metrics()
+        names = [METRICS[i][0] for i in idx]
+        kinds = [METRICS[i][1] for i in idx]
+        for mode in ("train", "eval"):
+            pool = _MetricPool(names, kinds, idx, lambda: trainer.args.device)
+            self._pools[mode] = pool
+            for name in names:
+                trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
+
+    def _get_vocab(self, trainer) -> CoordVocab:
+        if self._vocab is None:
+            if trainer is None or getattr(trainer, "template", None) is None:
+                raise ValueError(f"--loss_type {self.loss_type} needs the trainer's template to find the coordinate "
+                                 "token ids")
+            vocab = getattr(trainer.template, "coord_vocab", None)  # the plugin's template looked it up already
+            self._vocab = vocab if vocab is not None else CoordVocab.from_tokenizer(trainer.template.tokenizer)
+        return self._vocab
+
+    # ------------------------------------------------------------------ the loss
+    def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, trainer=None, **kwargs):
+        trainer = trainer if trainer is not None else self.trainer
+        logits = getattr(outputs, "logits", None)
+        if logits is None:
+            raise ValueError(f"--loss_type {self.loss_type} needs the model's logits, got none (a fused/Liger "
+                             "loss path does not produce them; drop --use_liger_kernel)")
+        out = compute_loss(logits, labels, self._get_vocab(trainer), self.config,
+                           num_items_in_batch=num_items_in_batch, loss_scale=loss_scale)
+        if self._pools:
+            mode = "train" if trainer.model.training else "eval"
+            self._pools[mode].add(out.metric_sums, out.metric_counts)
+        return out.loss
+
+
+class CoordExpCELoss(CoordExpLoss):
+    """Group A: cross-entropy on every token."""
+
+    group, loss_type = "A", "coordexp_ce"
+
+
+class CoordExpGeomLoss(CoordExpLoss):
+    """Group B: CE on non-coordinate tokens; coordinates through the CoordExp geometric loss only."""
+
+    group, loss_type = "B", "coordexp_geom"
+
+
+class CoordExpHybridLoss(CoordExpLoss):
+    """Group C: text CE + lambda_coord_ce * coordinate CE + lambda_coord * geometric loss."""
+
+    group, loss_type = "C", "coordexp_hybrid"
+
+
+LOSS_CLASSES = {cls.loss_type: cls for cls in (CoordExpCELoss, CoordExpGeomLoss, CoordExpHybridLoss)}
 
 
 def register() -> None:
-    return None
+    """Add the three loss types to ``swift.loss.loss_map`` (idempotent: plain dict assignment)."""
+    for name, cls in LOSS_CLASSES.items():
+        loss_map[name] = cls

@@ -1,0 +1,391 @@
+"""The training loss of groups A, B and C as a plain function, and its validated configuration.
+
+No ms-swift import: ``compute_loss(logits, labels, vocab, config, num_items_in_batch)`` follows
+ms-swift's loss contract (unshifted labels, ``logits[:, t]`` predicts ``labels[:, t + 1]``,
+``num_items_in_batch`` = labelled tokens over the gradient-accumulation window and all ranks) and
+is what the registered ``--loss_type coordexp_*`` classes call.
+
+The loss, per labelled target token ``t`` (``s_t`` = ms-swift's ``loss_scale``, 1 by default)::
+
+    loss = ( sum_text  s_t * CE_t
+           + lambda_coord_ce * [use_coord_ce] * sum_coord s_t * CE_t
+           + lambda_coord * [use_coordexp_loss] * sum_boxes (sum_{t in box} s_t) * G_box
+           + lambda_gate * sum_coord s_t * (-log mass_t) ) / num_items_in_batch
+
+    G_box = alpha_l1 * ||b_hat - b||_1 + [use_geom_loss] * beta_giou * (1 - GIoU(b_hat, b))
+
+``CE_t`` is the full-vocabulary cross-entropy; ``b_hat`` the CoordExp box (expectation over the
+coordinate tokens' restricted softmax) and ``b`` the dequantised target bins; ``mass_t`` the
+probability the full softmax puts on the coordinate tokens. Every coordinate token carries its
+box's geometric loss, so a box weighs 4 tokens; see ``docs/losses.md`` for why.
+
+Cost (design constraint): one cross-entropy pass over the full vocabulary, the coordinate terms
+computed on ``[n_coord, num_bins]`` rows gathered first, and a single logits-sized gradient buffer
+for all terms (``token_ce_and_coord_logits``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .coordexp import dequantize_bins
+from .geometry import DEFAULT_EPS, box_l1, giou_loss
+from .sequence import IGNORE_INDEX, STAT_NAMES, SequenceLayout, parse_targets, shift_labels
+from .vocab import CoordVocab
+
+ENV_PREFIX = "COORDEXP_"
+
+
+class LossConfigError(ValueError):
+    """A contradictory or invalid loss configuration; the message names the flags."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The flags of the loss. Validated on construction (``LossConfigError`` names the flags).
+
+    Text cross-entropy (every labelled non-coordinate token) is always on.
+    """
+
+    use_coord_ce: bool = True        # cross-entropy at coordinate positions
+    use_coordexp_loss: bool = False  # CoordExp coordinate loss (alpha_l1 * L1 on expected boxes)
+    use_geom_loss: bool = False      # add beta_giou * (1 - GIoU) to the CoordExp loss; needs use_coordexp_loss
+    lambda_coord: float = 1.0        # weight of the CoordExp/geometric term
+    lambda_coord_ce: float = 1.0     # weight of the coordinate cross-entropy
+    alpha_l1: float = 1.0
+    beta_giou: float = 1.0
+    lambda_gate: float = 0.0         # optional: -log(coordinate mass) at coordinate positions; 0 = off
+    giou_eps: float = DEFAULT_EPS
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("bool", bool):
+                if not isinstance(v, bool):
+                    raise LossConfigError(f"{f.name} ({env_key(f.name)}) must be true or false, got {v!r}")
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise LossConfigError(
+                        f"{f.name} ({env_key(f.name)}) must be a finite number >= 0, got {v!r}")
+        if self.giou_eps <= 0:
+            raise LossConfigError(f"giou_eps ({env_key('giou_eps')}) must be > 0, got {self.giou_eps}")
+        if self.use_geom_loss and not self.use_coordexp_loss:
+            raise LossConfigError(
+                "use_geom_loss=true needs use_coordexp_loss=true: the geometric loss is computed on the CoordExp "
+                f"boxes ({env_key('use_geom_loss')}, {env_key('use_coordexp_loss')})")
+        if self.use_coord_ce and self.lambda_coord_ce == 0:
+            raise LossConfigError(
+                f"use_coord_ce=true with lambda_coord_ce=0 switches the term on with no weight "
+                f"({env_key('use_coord_ce')}, {env_key('lambda_coord_ce')})")
+        if self.use_coordexp_loss and self.lambda_coord == 0:
+            raise LossConfigError(
+                f"use_coordexp_loss=true with lambda_coord=0 switches the term on with no weight "
+                f"({env_key('use_coordexp_loss')}, {env_key('lambda_coord')})")
+        if self.use_coordexp_loss and self.alpha_l1 == 0 and not (self.use_geom_loss and self.beta_giou > 0):
+            raise LossConfigError(
+                f"use_coordexp_loss=true with alpha_l1=0 and no GIoU part (use_geom_loss={self.use_geom_loss}, "
+                f"beta_giou={self.beta_giou}) leaves the CoordExp loss empty "
+                f"({env_key('alpha_l1')}, {env_key('use_geom_loss')}, {env_key('beta_giou')})")
+        if not self.use_coord_ce and not self.use_coordexp_loss:
+            raise LossConfigError(
+                "every coordinate term is off (use_coord_ce=false, use_coordexp_loss=false): nothing would train "
+                f"the coordinate tokens ({env_key('use_coord_ce')}, {env_key('use_coordexp_loss')})")
+
+    # ------------------------------------------------------------------ presets / environment
+    @classmethod
+    def preset(cls, group: str) -> "LossConfig":
+        """Group ``"A"``, ``"B"`` or ``"C"`` with the default weights."""
+        try:
+            return cls(**PRESETS[group.upper()])
+        except KeyError:
+            raise LossConfigError(f"unknown loss group {group!r}; expected one of {sorted(PRESETS)}") from None
+
+    @classmethod
+    def from_env(cls, base: Union[str, "LossConfig"] = "A",
+                 environ: Optional[Mapping[str, str]] = None) -> Tuple["LossConfig", Dict[str, str]]:
+        """``base`` (a group letter or a config) overridden by ``COORDEXP_*`` variables.
+
+        Returns the validated config and the overrides that were read (env key -> raw value).
+        An unknown ``COORDEXP_*`` key or an unparsable value is an error naming the key.
+        """
+        environ = os.environ if environ is None else environ
+        cfg = cls.preset(base) if isinstance(base, str) else base
+        known = {env_key(f.name): f for f in fields(cls)}
+        overrides = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise LossConfigError(f"unknown loss setting(s) {unknown}; known keys: {sorted(known)}")
+        values = {}
+        for key, raw in overrides.items():
+            f = known[key]
+            values[f.name] = _parse_bool(key, raw) if f.type in ("bool", bool) else _parse_float(key, raw)
+        return replace(cfg, **values), overrides
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @property
+    def coord_ce_weight(self) -> float:
+        return self.lambda_coord_ce if self.use_coord_ce else 0.0
+
+    @property
+    def trains_coordexp(self) -> bool:
+        return self.use_coordexp_loss
+
+    @property
+    def trains_gate(self) -> bool:
+        return self.lambda_gate > 0
+
+
+PRESETS: Dict[str, Dict[str, bool]] = {
+    # A: cross-entropy on every token.
+    "A": dict(use_coord_ce=True, use_coordexp_loss=False, use_geom_loss=False),
+    # B: cross-entropy on non-coordinate tokens; coordinates only through the CoordExp geometric loss.
+    "B": dict(use_coord_ce=False, use_coordexp_loss=True, use_geom_loss=True),
+    # C: both.
+    "C": dict(use_coord_ce=True, use_coordexp_loss=True, use_geom_loss=True),
+}
+
+
+def env_key(field_name: str) -> str:
+    """The environment key of a config field, e.g. ``lambda_coord`` -> ``COORDEXP_LAMBDA_COORD``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse_bool(key: str, raw: str) -> bool:
+    s = str(raw).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise LossConfigError(f"{key}={raw!r} is not a boolean (true/false/1/0)")
+
+
+def _parse_float(key: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise LossConfigError(f"{key}={raw!r} is not a number") from None
+
+
+# ---------------------------------------------------------------------------------------------- (a)
+class _TokenCEAndCoordLogits(torch.autograd.Function):
+    """Per-token cross-entropy over the full vocabulary and the coordinate logits of some rows.
+
+    Forward and backward use the same kernels as ``F.cross_entropy(reduction='none')`` on
+    ``logits.float()`` (so the values and gradients equal ms-swift's stock loss), and the gradient
+    of the coordinate logits is added in place into that same logits-sized buffer: one buffer for
+    all terms instead of one per gather.
+    """
+
+    @staticmethod
+    def forward(ctx, logits2d: Tensor, targets: Tensor, rows: Tensor, coord_start: int, num_bins: int):
+        ctx.set_materialize_grads(False)
+        x = logits2d.double() if logits2d.dtype == torch.float64 else logits2d.float()
+        logp = torch.log_softmax(x, dim=-1)
+        ce, total_weight = torch.ops.aten.nll_loss_forward(logp, targets, None, 0, IGNORE_INDEX)
+        coord_logits = x[:, coord_start:coord_start + num_bins][rows]
+        ctx.save_for_backward(logp, targets, rows, total_weight)
+        ctx.in_dtype = logits2d.dtype
+        ctx.coord_slice = (coord_start, coord_start + num_bins)
+        return ce, coord_logits
+
+    @staticmethod
+    def backward(ctx, grad_ce: Optional[Tensor], grad_coord: Optional[Tensor]):
+        logp, targets, rows, total_weight = ctx.saved_tensors
+        grad = None
+        if grad_ce is not None:
+            grad_logp = torch.ops.aten.nll_loss_backward(grad_ce, logp, targets, None, 0, IGNORE_INDEX, total_weight)
+            grad = torch.ops.aten._log_softmax_backward_data(grad_logp, logp, 1, logp.dtype)
+            del grad_logp
+        if grad_coord is not None and rows.numel() > 0:
+            if grad is None:
+                grad = torch.zeros_like(logp)
+            lo, hi = ctx.coord_slice
+            grad[:, lo:hi].index_add_(0, rows, grad_coord.to(grad.dtype))
+        if grad is not None:
+            grad = grad.to(ctx.in_dtype)
+        return grad, None, None, None, None
+
+
+def token_ce_and_coord_logits(logits2d: Tensor, targets: Tensor, rows: Tensor, coord_start: int,
+                              num_bins: int) -> Tuple[Tensor, Tensor]:
+    """Part (a): ``logits2d [N, V]``, ``targets [N]`` (``-100`` ignored), ``rows [n]`` ->
+    (per-token CE ``[N]``, coordinate logits ``[n, num_bins]``), both float32 (float64 for float64 input).
+    """
+    return _TokenCEAndCoordLogits.apply(logits2d, targets, rows, coord_start, num_bins)
+
+
+# ---------------------------------------------------------------------------------------------- (b)
+@dataclass
+class CoordTerms:
+    """Per coordinate token (``[n]``) and per box (``[m]``) quantities from the coordinate logits."""
+
+    expected_bins: Tensor  # [n] sum_k p_k k
+    gate: Tensor           # [n] -log(coordinate mass); zeros if ce_at_coord was not given
+    correct: Tensor        # [n] bool, restricted argmax == target
+    l1: Tensor             # [m] ||b_hat - b||_1
+    giou_loss: Tensor      # [m] 1 - GIoU
+
+
+def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
+                ce_at_coord: Optional[Tensor] = None, eps: float = DEFAULT_EPS) -> CoordTerms:
+    """Part (b): from coordinate logits ``[n, K]`` of any source (gathered logits, or a head restricted to
+    the coordinate rows), target bins ``[n]`` and boxes ``[m, 4]`` (indices into the ``n`` rows).
+
+    ``ce_at_coord [n]``, the full-vocabulary CE of the same rows, gives the full log-sum-exp without a
+    second pass over the vocabulary (``lse = CE + z_target``, the target being a coordinate token), from
+    which the coordinate mass and the gate term follow. Differentiable in ``coord_logits`` and
+    ``ce_at_coord``.
+    """
+    z = coord_logits if coord_logits.dtype == torch.float64 else coord_logits.float()
+    lse_c = torch.logsumexp(z, dim=-1)                                    # [n]
+    probs = torch.exp(z - lse_c.unsqueeze(-1))
+    k = torch.arange(z.shape[-1], device=z.device, dtype=z.dtype)
+    e_bins = probs @ k                                                    # [n]
+    pred = dequantize_bins(e_bins)[box_coords]                            # [m, 4]
+    target = dequantize_bins(coord_bins.to(z.dtype))[box_coords]          # [m, 4]
+    l1 = box_l1(pred, target)
+    gl = giou_loss(pred, target, eps=eps)
+    if ce_at_coord is not None:
+        z_t = z.gather(-1, coord_bins.unsqueeze(-1)).squeeze(-1)
+        gate = ce_at_coord.to(z.dtype) + z_t - lse_c                      # lse_full - lse_coord >= 0
+    else:
+        gate = torch.zeros_like(lse_c)
+    with torch.no_grad():
+        correct = z.argmax(dim=-1) == coord_bins
+    return CoordTerms(expected_bins=e_bins, gate=gate, correct=correct, l1=l1, giou_loss=gl)
+
+
+# ---------------------------------------------------------------------------------------------- loss
+# Logged components: (name, kind). "mean" = sum / count over the logging interval; "sum" = total.
+METRICS: Tuple[Tuple[str, str], ...] = (
+    ("text_loss", "mean"),           # CE per text token
+    ("coord_ce_loss", "mean"),       # CE per coordinate token
+    ("coord_loss", "mean"),          # alpha * L1 + beta * (1 - GIoU) per box
+    ("coord_l1_loss", "mean"),       # ||b_hat - b||_1 per box
+    ("coord_giou_loss", "mean"),     # 1 - GIoU per box
+    ("gate_loss", "mean"),           # -log coordinate mass per coordinate token
+    ("coord_acc", "mean"),           # restricted argmax == target, per coordinate token
+    ("coord_bin_err", "mean"),       # |expected bin - target bin| in bins, per coordinate token
+    ("coord_mass", "mean"),          # full-softmax probability on the coordinate tokens
+    ("incomplete_objects", "sum"),   # objects that gave no box (counted, geometric term skipped)
+)
+METRIC_NAMES = tuple(name for name, _ in METRICS)
+
+
+@dataclass
+class LossOutput:
+    """``loss``: the scalar to back-propagate. ``terms``: its three parts (detached), which add up to it.
+    ``metric_sums`` / ``metric_counts``: ``[len(METRICS)]`` float64, detached, on the logits' device.
+    """
+
+    loss: Tensor
+    terms: Dict[str, Tensor]
+    metric_sums: Tensor
+    metric_counts: Tensor
+    layout: SequenceLayout
+
+    def components(self) -> Dict[str, Tensor]:
+        """Each metric of this batch: mean (sum / count, 0 when empty) or sum, as 0-dim tensors."""
+        out = {}
+        for i, (name, kind) in enumerate(METRICS):
+            s, c = self.metric_sums[i], self.metric_counts[i]
+            out[name] = s if kind == "sum" else s / c.clamp(min=1)
+        return out
+
+
+def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: LossConfig,
+                 num_items_in_batch: Union[Tensor, int, None] = None,
+                 loss_scale: Optional[Tensor] = None) -> LossOutput:
+    """The loss of one micro-batch under ms-swift's contract.
+
+    ``logits``: ``[B, T, V]`` (any float dtype; computed in float32), already trimmed by
+    ``logits_to_keep`` if ms-swift did; ``labels``: ``[B, T]`` unshifted, ``-100`` = ignored;
+    ``num_items_in_batch``: labelled targets over the accumulation window and all ranks (None: the
+    local count); ``loss_scale``: ms-swift's per-token scale as it reaches a loss (rolled so that
+    entry ``b * T + t`` belongs to the target of ``logits[b, t]``), or None.
+    """
+    if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(labels.shape):
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}: expected "
+                         "[batch, seq, vocab] and [batch, seq] (labels trimmed like the logits)")
+    V = logits.shape[-1]
+    cs, nb = vocab.coord_start, vocab.num_bins
+    if cs + nb > V:
+        raise ValueError(f"coordinate ids {cs}..{cs + nb - 1} do not fit the {V} logits: the model's vocabulary "
+                         "was not resized for the coordinate tokens")
+    targets = shift_labels(labels.to(logits.device))
+    layout = parse_targets(targets, cs, vocab.obj_start, vocab.obj_end, nb)
+    flat_t = targets.reshape(-1)
+    N = flat_t.numel()
+
+    ce, coord_logits = token_ce_and_coord_logits(logits.reshape(-1, V), flat_t, layout.coord_pos, cs, nb)
+    scale = None
+    if loss_scale is not None:
+        if loss_scale.numel() != N:
+            raise ValueError(f"loss_scale has {loss_scale.numel()} entries, expected {N} (one per target)")
+        scale = loss_scale.reshape(-1).to(device=ce.device, dtype=ce.dtype)
+
+    # (a) one CE pass, split by per-token weights: 1 on text, lambda_coord_ce (or 0) on coordinates.
+    text = layout.text_mask.reshape(-1)
+    weight = text.to(ce.dtype)
+    if config.coord_ce_weight:
+        is_coord = torch.zeros(N, dtype=ce.dtype, device=ce.device).index_fill_(0, layout.coord_pos, 1.0)
+        weight = weight + is_coord * config.coord_ce_weight
+    if scale is not None:
+        weight = weight * scale
+    denom = num_items_in_batch if num_items_in_batch is not None else (flat_t != IGNORE_INDEX).sum()
+    denom = denom.clamp(min=1) if torch.is_tensor(denom) else max(int(denom), 1)
+    loss = (ce * weight).sum() / denom
+    terms = {"ce": loss.detach()}
+
+    # (b) coordinate terms on the gathered [n, num_bins] rows.
+    ce_coord = ce[layout.coord_pos]
+    trained = config.trains_coordexp or config.trains_gate
+    ct = coord_terms(coord_logits if trained else coord_logits.detach(), layout.coord_bins, layout.box_coords,
+                     ce_coord if trained else ce_coord.detach(), eps=config.giou_eps)
+    coord_scale = scale[layout.coord_pos] if scale is not None else None
+    if config.trains_coordexp:
+        g = config.alpha_l1 * ct.l1
+        if config.use_geom_loss:
+            g = g + config.beta_giou * ct.giou_loss
+        if coord_scale is not None:
+            box_weight = coord_scale[layout.box_coords].sum(dim=1)
+        else:
+            box_weight = torch.full_like(g, 4.0)
+        coord_term = config.lambda_coord * (box_weight * g).sum() / denom
+        loss = loss + coord_term
+        terms["coord"] = coord_term.detach()
+    if config.trains_gate:
+        gate = ct.gate if coord_scale is None else ct.gate * coord_scale
+        gate_term = config.lambda_gate * gate.sum() / denom
+        loss = loss + gate_term
+        terms["gate"] = gate_term.detach()
+
+    with torch.no_grad():
+        f64 = torch.float64
+        n = layout.coord_pos.shape[0]
+        m = layout.box_coords.shape[0]
+        l1, gl = ct.l1.to(f64), ct.giou_loss.to(f64)
+        gate = ct.gate.to(f64)
+        stats = layout.stats
+        sums = torch.stack([
+            (ce.to(f64) * text).sum(),
+            ce_coord.to(f64).sum(),
+            (config.alpha_l1 * l1 + config.beta_giou * gl).sum(),
+            l1.sum(),
+            gl.sum(),
+            gate.sum(),
+            ct.correct.to(f64).sum(),
+            (ct.expected_bins.to(f64) - layout.coord_bins.to(f64)).abs().sum(),
+            torch.exp(-gate).clamp(max=1.0).sum(),
+            stats[STAT_NAMES.index("incomplete_objects")].to(f64),
+        ])
+        counts = torch.tensor([0, n, m, m, m, n, n, n, n, 1], dtype=f64, device=sums.device)
+        counts[0] = stats[STAT_NAMES.index("text_tokens")].to(f64)
+    return LossOutput(loss=loss, terms=terms, metric_sums=sums, metric_counts=counts, layout=layout)

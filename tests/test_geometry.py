@@ -1,0 +1,101 @@
+"""L1 and GIoU: agreement with torchvision on valid boxes, defined behaviour on reversed/degenerate ones."""
+import torch
+from torchvision.ops import generalized_box_iou
+
+from swift_coord_plugin.core.geometry import box_area, box_l1, geometric_loss, giou, giou_loss
+
+
+def _xyxy(n, gen, dtype=torch.float64):
+    x = torch.rand(n, 2, generator=gen, dtype=dtype).sort(dim=1).values
+    y = torch.rand(n, 2, generator=gen, dtype=dtype).sort(dim=1).values
+    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def test_giou_matches_torchvision_on_valid_boxes():
+    gen = torch.Generator().manual_seed(0)
+    pred, target = _xyxy(500, gen), _xyxy(500, gen)
+    ours = giou(pred, target, eps=0.0)
+    ref = generalized_box_iou(pred, target).diagonal()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    # With the default eps the difference stays at the eps scale.
+    torch.testing.assert_close(giou(pred, target), ref, rtol=0, atol=1e-5)
+
+
+def test_identical_boxes_and_disjoint_boxes():
+    b = torch.tensor([[0.1, 0.2, 0.5, 0.6]], dtype=torch.float64)
+    assert giou_loss(b, b).item() < 1e-6
+    far = torch.tensor([[0.7, 0.8, 0.9, 1.0]], dtype=torch.float64)
+    # Disjoint: IoU 0; enclosing box 0.1..0.9 x 0.2..1.0 = 0.64, union 0.16 + 0.04 = 0.2.
+    expected = -(0.64 - 0.2) / 0.64
+    assert abs(giou(b, far, eps=0.0).item() - expected) < 1e-12
+
+
+def test_reversed_box_has_zero_area_and_finite_giou():
+    target = torch.tensor([[0.2, 0.2, 0.6, 0.6]], dtype=torch.float64)
+    pred = torch.tensor([[0.5, 0.3, 0.3, 0.5]], dtype=torch.float64)  # x2 < x1
+    assert box_area(pred).item() == 0.0
+    # Hand computation: intersection 0, union = 0.16, enclosing box 0.2..0.6 squared = 0.16 -> GIoU 0.
+    assert abs(giou(pred, target, eps=0.0).item()) < 1e-12
+    # Fully reversed prediction outside the target: enclosing box spans every coordinate given.
+    pred2 = torch.tensor([[0.9, 0.9, 0.7, 0.7]], dtype=torch.float64)
+    enclose = (0.9 - 0.2) ** 2
+    assert abs(giou(pred2, target, eps=0.0).item() - (0 - (enclose - 0.16) / enclose)) < 1e-12
+    # The reversed box is not read as its swapped counterpart (0.7, 0.7, 0.9, 0.9): that one has area 0.04,
+    # union 0.2 and GIoU -(0.49 - 0.2) / 0.49, higher than the reversed box's.
+    swapped = torch.tensor([[0.7, 0.7, 0.9, 0.9]], dtype=torch.float64)
+    assert abs(giou(swapped, target, eps=0.0).item() + (0.49 - 0.2) / 0.49) < 1e-12
+    assert giou(pred2, target).item() < giou(swapped, target).item()
+
+
+def test_degenerate_boxes_no_nan_in_values_or_gradients():
+    cases = [
+        ([0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]),  # identical points
+        ([0.3, 0.3, 0.3, 0.3], [0.3, 0.3, 0.3, 0.3]),
+        ([0.2, 0.4, 0.2, 0.8], [0.2, 0.4, 0.2, 0.8]),  # identical zero-width segments
+        ([0.6, 0.6, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]),  # reversed vs point
+        ([0.5, 0.5, 0.5, 0.5], [0.1, 0.2, 0.3, 0.4]),
+    ]
+    for dtype in (torch.float32, torch.float64):
+        pred = torch.tensor([p for p, _ in cases], dtype=dtype, requires_grad=True)
+        target = torch.tensor([t for _, t in cases], dtype=dtype)
+        total, l1, gl = geometric_loss(pred, target, alpha=1.0, beta=1.0)
+        assert torch.isfinite(total).all() and torch.isfinite(gl).all()
+        total.sum().backward()
+        assert torch.isfinite(pred.grad).all()
+
+
+def test_gradcheck_float64():
+    gen = torch.Generator().manual_seed(1)
+    target = _xyxy(6, gen)
+    # Generic positions (away from the kinks of min/max/clamp), including reversed predictions.
+    pred = torch.rand(6, 4, generator=gen, dtype=torch.float64)
+    pred.requires_grad_(True)
+    assert (pred[:, 2] < pred[:, 0]).any() or (pred[:, 3] < pred[:, 1]).any()
+    assert torch.autograd.gradcheck(lambda p: geometric_loss(p, target, alpha=0.7, beta=1.3)[0], (pred,))
+    assert torch.autograd.gradcheck(lambda p: giou(p, target, eps=1e-3), (pred,))
+
+
+def test_l1_and_weights():
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    t = torch.tensor([[0.2, 0.2, 0.1, 0.5]])
+    assert abs(box_l1(p, t).item() - (0.1 + 0.0 + 0.2 + 0.1)) < 1e-6
+    total, l1, gl = geometric_loss(p, t, alpha=2.0, beta=3.0)
+    torch.testing.assert_close(total, 2.0 * l1 + 3.0 * gl)
+
+
+def test_eps_argument_is_used():
+    p = torch.tensor([[0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    # Union and enclosing box are both zero: GIoU = 0 / eps - 0 / eps = 0 for any eps.
+    for eps in (1e-9, 1e-3):
+        assert giou(p, p, eps=eps).item() == 0.0
+    a = torch.tensor([[0.0, 0.0, 0.1, 0.1]], dtype=torch.float64)
+    assert giou(a, a, eps=1e-2).item() < giou(a, a, eps=1e-9).item()
+
+
+def test_shape_error():
+    try:
+        giou(torch.zeros(3, 3), torch.zeros(3, 3))
+    except ValueError as e:
+        assert "last dimension of 4" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")

@@ -1,0 +1,93 @@
+"""Group A end to end through the real ms-swift CLI on the tiny model: sft -> checkpoint -> infer -> parse."""
+import json
+import os
+
+import pytest
+
+from helpers import base_infer_args, base_sft_args, last_checkpoint, read_jsonl, run_swift
+from swift_coord_plugin.core import codec
+
+pytestmark = pytest.mark.e2e
+
+
+def _check_checkpoint(ckpt, untied=False):
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert len(tok) == 151669 + 1002
+    assert tok.convert_tokens_to_ids("<|coord_0|>") == 151669
+    assert tok.convert_tokens_to_ids("<|coord_999|>") == 151669 + 999
+    assert tok.convert_tokens_to_ids(["<obj_start>", "<obj_end>"]) == [152669, 152670]
+    cfg = json.load(open(os.path.join(ckpt, "config.json")))
+    vocab = cfg.get("text_config", cfg)["vocab_size"]
+    assert vocab == 152704 and vocab % 64 == 0
+    with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    emb = [s for k, s in shapes.items() if k.endswith("embed_tokens.weight")]
+    assert emb and emb[0][0] == 152704
+    heads = [s for k, s in shapes.items() if k.endswith("lm_head.weight")]
+    if untied:
+        assert heads and heads[0][0] == 152704
+    args = json.load(open(os.path.join(ckpt, "args.json")))
+    assert args["model_type"] == "qwen3_vl_coord" and args["template"] == "qwen3_vl_coord"
+    assert all(os.path.isabs(p) for p in args["external_plugins"])
+
+
+def _infer_and_parse(ckpt, sample_jsonl, cwd, adapters=False):
+    result = str(cwd / "infer.jsonl")
+    # Only the checkpoint: plugin, model type and template come back from its args.json.
+    args = base_infer_args(ckpt, sample_jsonl, result, max_new_tokens=24)
+    if adapters:  # a LoRA checkpoint: the base model comes from its args.json too
+        i = args.index("--model")
+        args[i] = "--adapters"
+    run_swift("infer", args, cwd)
+    rows = read_jsonl(result)
+    assert len(rows) == len(read_jsonl(sample_jsonl))
+    for r in rows:
+        res = codec.parse_objects(r["response"])  # never raises; a random model writes junk
+        assert isinstance(res.objects, list)
+        assert r["chat_template_kwargs"]["coord_meta"]["image_id"] > 0
+    return rows
+
+
+def test_full_finetune_group_a(tiny_model_dir, sample_jsonl, tmp_path):
+    out = str(tmp_path / "out")
+    proc = run_swift("sft", base_sft_args(tiny_model_dir, sample_jsonl, out, steps=3), tmp_path)
+    assert "[swift-coord] added 1002 tokens" in proc.stdout
+    assert "[swift-coord] dataset" in proc.stdout and "9 kept" in proc.stdout
+    logs = read_jsonl(os.path.join(out, "logging.jsonl"))
+    losses = [r["loss"] for r in logs if "loss" in r]
+    assert len(losses) == 3 and all(l == l and l > 0 for l in losses)
+    ckpt = last_checkpoint(out)
+    _check_checkpoint(ckpt)
+    _infer_and_parse(ckpt, sample_jsonl, tmp_path)
+
+
+def test_lora_untied_group_a(tiny_model_untied_dir, sample_jsonl, tmp_path):
+    out = str(tmp_path / "out")
+    run_swift("sft", base_sft_args(tiny_model_untied_dir, sample_jsonl, out, steps=2, tuner="lora",
+                                   extra=["--modules_to_save", "embed_tokens", "lm_head", "--lora_rank", "4"]),
+              tmp_path)
+    ckpt = last_checkpoint(out)
+    files = os.listdir(ckpt)
+    assert "adapter_config.json" in files
+    cfg = json.load(open(os.path.join(ckpt, "adapter_config.json")))
+    assert set(cfg["modules_to_save"]) >= {"embed_tokens", "lm_head"}
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(ckpt, "adapter_model.safetensors"), "pt") as f:
+        saved = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    full_rows = [s for k, s in saved.items() if "embed_tokens" in k or "lm_head" in k]
+    assert full_rows and all(s[0] == 152704 for s in full_rows)  # new tokens' rows are trained and saved
+    _infer_and_parse(ckpt, sample_jsonl, tmp_path, adapters=True)
+
+
+def test_bad_sample_stops_sft_with_its_line(tiny_model_dir, sample_jsonl, tmp_path):
+    rows = read_jsonl(sample_jsonl)[:2] + [{"image": str(tmp_path / "missing.jpg"), "objects": []}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_swift("sft", base_sft_args(tiny_model_dir, str(bad), str(tmp_path / "o"), steps=1), tmp_path,
+                     check=False)
+    assert proc.returncode != 0
+    assert "bad.jsonl:3: image file not found" in proc.stdout
