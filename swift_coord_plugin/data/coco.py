@@ -343,8 +343,7 @@ def cap_objects(objects: List[DetObject], max_objects: int, policy: str, width: 
 
 
 def convert_instances(instances: Mapping[str, Any], images_dir: str, options: ConvertOptions = ConvertOptions(),
-                      source: str = "<instances>", progress: Optional[Callable[[int], None]] = None,
-                      exists: Callable[[str], bool] = os.path.exists) -> Conversion:
+                      source: str = "<instances>", progress: Optional[Callable[[int], None]] = None) -> Conversion:
     """Apply the rules to loaded instances (see ``read_instances``).
 
     ``progress(n)`` is called as images are done, with the number done since the last call.
@@ -354,9 +353,9 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     t0 = time.perf_counter()
     images_dir_abs = os.path.abspath(images_dir)
     descs = category_descs(instances["categories"], options.desc_map, source)
-    summary = Summary(source=source, images_dir=images_dir_abs,
-                      options={k: v for k, v in asdict(options).items() if k != "desc_map"}
-                      | {"desc_map": bool(options.desc_map)})
+    options_record = {k: v for k, v in asdict(options).items() if k != "desc_map"}
+    options_record["desc_map"] = {str(k): v for k, v in options.desc_map.items()} if options.desc_map else None
+    summary = Summary(source=source, images_dir=images_dir_abs, options=options_record)
     images = instances["images"]
     annotations = instances["annotations"]
     summary.images, summary.annotations = len(images), len(annotations)
@@ -364,7 +363,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     # Images: id -> [path, width, height, annotations]; the file check happens here, before any work.
     records: Dict[Any, list] = {}
     missing: List[str] = []
-    join, abspath = os.path.join, os.path.abspath
+    join, abspath, exists = os.path.join, os.path.abspath, os.path.exists
     for i, im in enumerate(images):
         iid, name, w, h = _image_record(i, im, source)
         if iid in records:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -226,6 +227,7 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     kept = []
     per_image = Counter()
 
+    t_start = time.perf_counter()
     total = count_lines(results_path)
     for line, row in _progress(iter_lines(results_path), total, progress):
         pred = read_row(row, line, results_path, dedupe=settings.dedupe)
@@ -314,7 +316,9 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     objects["detections"] = len(detections)
 
     img_ids = sorted(gt_images.by_id) if settings.all_gt_images else sorted(seen)
+    t_rows = time.perf_counter()
     ev = run_cocoeval(coco_gt, detections, img_ids, settings.max_dets)
+    t_eval = time.perf_counter()
     metrics = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
     ious = matched_ious(ev)
     beyond = sum(max(0, n - settings.max_dets) for n in per_image.values())
@@ -376,6 +380,7 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
             "unmatched_descriptions": dict(unmatched_desc.most_common()),
         },
         "matched_iou": _iou_summary(ious),
+        "timing_s": {"read_parse_convert": round(t_rows - t_start, 3), "cocoeval": round(t_eval - t_rows, 3)},
         "versions": _versions(),
     }
     if settings.decode == "coordexp":

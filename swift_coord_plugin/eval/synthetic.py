@@ -17,17 +17,36 @@ from ..core.samples import EVAL_META_KEY
 END_OF_TURN = "<|im_end|>"
 
 
+def _alternatives(text: str, logprob: float, n: int) -> List[dict]:
+    """``n`` less likely alternatives: the neighbouring bins of a coordinate (k-1, k+1, k-2, k+2, ...,
+    those inside 0..999), a newline for any other token."""
+    k = codec.coord_bin_of(text)
+    out = []
+    for j in range(n):
+        if k is None:
+            alt = "\n"
+        else:
+            b = k + (j // 2 + 1) * (1 if j % 2 else -1)
+            if not 0 <= b < codec.NUM_BINS:
+                continue
+            alt = codec.coord_token(b)
+        out.append({"token": alt, "logprob": logprob - 2.0 - j // 2, "bytes": list(alt.encode("utf-8"))})
+    return out
+
+
 def _token(text: str, logprob: float, top_k: int) -> dict:
     entry = {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
     if top_k:
-        entry["top_logprobs"] = [{"token": text, "logprob": logprob, "bytes": entry["bytes"]}]
+        entry["top_logprobs"] = [{"token": text, "logprob": logprob, "bytes": entry["bytes"]}] + \
+            _alternatives(text, logprob, top_k - 1)
     return entry
 
 
 def response_row(image: dict, objects: Iterable[tuple], logprobs: bool = True, by: str = "image_id",
                  top_k: int = 1) -> dict:
     """One result row for a COCO ``image`` entry; ``objects`` are ``(desc, bins, score)`` in the order
-    they are to be written. ``by``: ``image_id`` (the row carries image_id/width/height as the data pipeline
+    they are to be written. ``top_k``: entries of each token's ``top_logprobs`` (0: none), the token
+    itself first. ``by``: ``image_id`` (the row carries image_id/width/height as the data pipeline
     writes them) or ``file_name`` (only ``images[0].path``)."""
     pieces, lps = [], []
     for desc, bins, score in objects:
