@@ -21,6 +21,7 @@ setup(
             "coord-prepare-coco=swift_coord_plugin.cli.prepare_coco:main",
             "coord-eval=swift_coord_plugin.cli.evaluate:main",
             "coord-compare=swift_coord_plugin.cli.compare:main",
+            "coord-plugin-path=swift_coord_plugin.cli.plugin_path:main",
         ]
     },
 )

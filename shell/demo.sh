@@ -34,7 +34,7 @@ fi
 set -x
 swift sft \
   --model "$MODEL" --model_type qwen3_vl_coord --template qwen3_vl_coord \
-  --external_plugins "$ROOT/swift_coord_plugin/plugin.py" \
+  --external_plugins "$ROOT/swift_coord_plugin/entry/swift_plugin.py" \
   --dataset "coord:$DATA" --tuner_type full "${DEVICE_ARGS[@]}" \
   --check_model false --max_steps "$STEPS" --per_device_train_batch_size 2 --gradient_accumulation_steps 1 \
   --learning_rate 1e-4 --seed 42 --output_dir "$OUT/group_a" --add_version false --save_only_model true \

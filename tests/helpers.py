@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN = str(REPO / "swift_coord_plugin" / "plugin.py")
+PLUGIN = str(REPO / "swift_coord_plugin" / "entry" / "swift_plugin.py")
 SAMPLE_DIR = REPO / "assets" / "coco_sample"
 SAMPLE_JSONL = SAMPLE_DIR / "samples.jsonl"
 SHARED_DATA = REPO.parent / "shared" / "data"

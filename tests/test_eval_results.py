@@ -272,3 +272,25 @@ def test_coordinate_logprob_is_finite_number():
         read_row(row, 1)
     row["logprobs"]["content"][2]["logprob"] = -math.inf  # a certain-to-fail token is still a number
     assert read_row(row, 1).objects[0].coords[0].logprob == -math.inf
+
+
+def test_cutting_bytes_arrays_never_changes_a_row(tmp_path):
+    rng = random.Random(3)
+    tricky = ['x, "bytes": [1, 2]', '\\", "bytes": [3]', '"bytes"', "]", "<|coord_5|>", "é"]
+    rows = []
+    for _ in range(200):
+        toks = [rng.choice(tricky + WORDS) for _ in range(rng.randint(0, 12))]
+        row = logprob_row(toks, rng=rng)
+        row["images"] = [{"bytes": None, "path": rng.choice(tricky)}]
+        rows.append(row)
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(r, ensure_ascii=rng.random() < 0.5) + "\n" for r in rows))
+
+    def without_bytes(o):
+        if isinstance(o, dict):
+            return {k: without_bytes(v) for k, v in o.items() if not (k == "bytes" and isinstance(v, list))}
+        if isinstance(o, list):
+            return [without_bytes(v) for v in o]
+        return o
+
+    assert [r for _, r in iter_lines(str(p))] == [without_bytes(r) for r in rows]

@@ -230,7 +230,7 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     t_start = time.perf_counter()
     total = count_lines(results_path)
     for line, row in _progress(iter_lines(results_path), total, progress):
-        pred = read_row(row, line, results_path, dedupe=settings.dedupe)
+        pred = read_row(row, line, results_path, dedupe=settings.dedupe, keep_top=settings.decode == "coordexp")
         rows["total"] += 1
         merge_counts(parse_counts, pred.parse_counts)
         objects["parsed"] += len(pred.objects)

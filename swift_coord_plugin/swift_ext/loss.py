@@ -100,6 +100,9 @@ class CoordExpLoss(BaseLoss):
 
     group = "A"
     loss_type = "coordexp_ce"
+    # The coordinate vocabulary; looked up from the trainer's template on the first call unless set (e.g. to
+    # use the loss outside a trainer).
+    vocab: Optional[CoordVocab] = None
 
     def __init__(self, args, trainer):
         super().__init__(args, trainer)
@@ -113,7 +116,6 @@ class CoordExpLoss(BaseLoss):
                              "ms-swift pre-shifts and shards the labels there, so object spans cannot be found; "
                              "use --sequence_parallel_size 1")
         self.config, self.overrides = LossConfig.from_env(self.group)
-        self._vocab: Optional[CoordVocab] = None
         self._pools: Dict[str, _MetricPool] = {}
         if trainer is not None and hasattr(trainer, "custom_metrics"):
             self._register_metrics(trainer)
@@ -158,13 +160,13 @@ class CoordExpLoss(BaseLoss):
                 trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
 
     def _get_vocab(self, trainer) -> CoordVocab:
-        if self._vocab is None:
+        if self.vocab is None:
             if trainer is None or getattr(trainer, "template", None) is None:
                 raise ValueError(f"--loss_type {self.loss_type} needs the trainer's template to find the coordinate "
-                                 "token ids")
+                                 "token ids (or set .vocab)")
             vocab = getattr(trainer.template, "coord_vocab", None)  # the plugin's template looked it up already
-            self._vocab = vocab if vocab is not None else CoordVocab.from_tokenizer(trainer.template.tokenizer)
-        return self._vocab
+            self.vocab = vocab if vocab is not None else CoordVocab.from_tokenizer(trainer.template.tokenizer)
+        return self.vocab
 
     # ------------------------------------------------------------------ the loss
     def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, trainer=None, **kwargs):
