@@ -82,7 +82,7 @@ def test_group_a_equals_stock_cross_entropy_in_process(tiny_model_dir):
     c = vocab.coord_start
     obj = [vocab.obj_start, 11, c + 10, c + 200, c + 300, c + 999, 220, vocab.obj_end]
     labels = torch.tensor([[-100] * 5 + obj + obj + [151645, -100],
-                           [-100] * 3 + obj + obj[:5] + [-100] * 6])
+                           [-100] * 3 + obj + obj[:5] + [-100] * 7])
     stock = loss_map["cross_entropy"](None, None)
     mine = loss_map["coordexp_ce"](None, None)
     mine.vocab = vocab

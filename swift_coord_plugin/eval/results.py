@@ -167,11 +167,13 @@ def _coord_token(entry: dict, k: int, where: str, keep_top: bool) -> CoordToken:
         raise ResultsError(f"{where}: top_logprobs must be a list, got {type(top).__name__}")
     coords = []
     for j, alt in enumerate(top):
-        if not isinstance(alt, dict) or not isinstance(alt.get("token"), str):
+        tok = alt.get("token") if isinstance(alt, dict) else None
+        if not isinstance(tok, str):
             raise ResultsError(f"{where}: top_logprobs[{j}] must be an object with a string 'token'")
-        b = codec.coord_bin_of(alt["token"])
-        if b is not None:
-            coords.append((b, _logprob(alt, f"{where}: top_logprobs[{j}]")))
+        if tok.startswith(codec.COORD_TOKEN_PREFIX):
+            b = codec.coord_bin_of(tok)
+            if b is not None:
+                coords.append((b, _logprob(alt, f"{where}: top_logprobs[{j}]")))
     return CoordToken(k, _logprob(entry, where), tuple(coords), len(top))
 
 
