@@ -1,54 +1,61 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: build the tiny random Qwen3-VL (real tokenizer), then train
-# Group A (cross-entropy on every token) a few steps on the shipped COCO sample with stock `swift sft`,
-# and run `swift infer` on the checkpoint.
+# The main job on the embedded default, on a CPU in a few minutes:
+#   build the tiny random Qwen3-VL (real tokenizer) -> convert the shipped COCO sample ->
+#   train groups A, B and C with identical seeds, data and steps -> swift infer with logprobs ->
+#   coord-eval for each -> coord-compare.
 #
-#   bash shell/demo.sh                      # CPU, tiny model, about a minute
-#   MODEL=/path/to/Qwen3-VL-2B-Instruct STEPS=500 bash shell/demo.sh   # a real checkpoint on a GPU
+#   bash shell/demo.sh
+#   MODEL=/path/to/Qwen3-VL-2B-Instruct COCO=/data/coco bash shell/demo.sh    # the real thing, on a GPU
 #
-# A tiny randomly initialised model shows the pipeline working, not detection quality.
+# With MODEL set, the group configurations in templates/ are used as they are (bf16, their batch, steps
+# and schedule) on $COCO/annotations/instances_{train,val}2017.json; STEPS overrides max_steps.
+# Without MODEL: a tiny randomly initialised model shows the pipeline working, not detection quality.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash shell/setup.sh
 source .venv/bin/activate
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-$ROOT/output/demo}"
-STEPS="${STEPS:-6}"
-DATA="${DATA:-$ROOT/assets/coco_sample/samples.jsonl}"
-mkdir -p "$OUT"
+mkdir -p "$OUT/data"
 T0=$(date +%s)
 
 if [ -z "${MODEL:-}" ]; then
+  echo "[demo] NOTE: a tiny randomly initialised model shows the pipeline working, not detection quality."
   MODEL="$OUT/tiny-qwen3-vl"
   [ -f "$MODEL/config.json" ] || coord-make-tiny-model "$MODEL"
-  DEVICE_ARGS=(--torch_dtype float32 --fp16 false --bf16 false --max_pixels 65536)
-  INFER_ARGS=(--max_pixels 65536)
-  echo "[demo] NOTE: a tiny randomly initialised model shows the pipeline working, not detection quality."
+  GT="$ROOT/assets/coco_sample/instances.json"
+  coord-prepare-coco --ann "$GT" --images "$ROOT/assets/coco_sample/images" --out "$OUT/data/train.jsonl" \
+    --max-objects 30 --no-progress
+  TRAIN="$OUT/data/train.jsonl"; VAL="$OUT/data/train.jsonl"   # over-fit and score the same 9 images
+  STEPS="${STEPS:-60}"
+  TRAIN_ARGS=(--torch_dtype float32 --fp16 false --bf16 false --max_pixels 65536 --max_steps "$STEPS"
+              --per_device_train_batch_size 3 --per_device_eval_batch_size 3 --gradient_accumulation_steps 1
+              --learning_rate 2e-3 --warmup_ratio 0 --lr_scheduler_type constant --weight_decay 0
+              --eval_steps 20 --save_steps "$STEPS" --logging_steps 5 --dataloader_num_workers 0
+              --dataset_num_proc 1 --gradient_checkpointing false --check_model false --report_to none
+              --freeze_vit true --freeze_aligner true)
+  INFER_ARGS=(--max_pixels 65536 --max_new_tokens 200 --max_batch_size 9)
 else
-  DEVICE_ARGS=(--torch_dtype bfloat16)
+  COCO="${COCO:?set COCO to the folder with annotations/ train2017/ val2017/}"
+  GT="$COCO/annotations/instances_val2017.json"
+  for split in train val; do
+    [ -f "$OUT/data/$split.jsonl" ] || coord-prepare-coco --ann "$COCO/annotations/instances_${split}2017.json" \
+      --images "$COCO/${split}2017" --out "$OUT/data/$split.jsonl" --max-objects 30
+  done
+  TRAIN="$OUT/data/train.jsonl"; VAL="$OUT/data/val.jsonl"
+  TRAIN_ARGS=(); [ -n "${STEPS:-}" ] && TRAIN_ARGS+=(--max_steps "$STEPS")
   INFER_ARGS=()
 fi
 
-set -x
-swift sft \
-  --model "$MODEL" --model_type qwen3_vl_coord --template qwen3_vl_coord \
-  --external_plugins "$ROOT/swift_coord_plugin/entry/swift_plugin.py" \
-  --dataset "coord:$DATA" --tuner_type full "${DEVICE_ARGS[@]}" \
-  --check_model false --max_steps "$STEPS" --per_device_train_batch_size 2 --gradient_accumulation_steps 1 \
-  --learning_rate 1e-4 --seed 42 --output_dir "$OUT/group_a" --add_version false --save_only_model true \
-  --save_steps "$STEPS" --logging_steps 1 --dataloader_num_workers 0 --report_to none
-CKPT=$(ls -d "$OUT"/group_a/checkpoint-* | sort -t- -k2 -n | tail -1)
-swift infer --model "$CKPT" --val_dataset "coord:$DATA" --infer_backend transformers --temperature 0 \
-  --max_new_tokens 64 --max_batch_size 4 --result_path "$OUT/group_a/infer_result.jsonl" \
-  --logprobs true --top_logprobs 5 ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
-set +x
-python - "$OUT/group_a/infer_result.jsonl" <<'PY'
-import json, sys
-from swift_coord_plugin.core.codec import parse_objects
-rows = [json.loads(l) for l in open(sys.argv[1])]
-objs = [parse_objects(r["response"]) for r in rows]
-print(f"[demo] {len(rows)} responses, {sum(len(o.objects) for o in objs)} objects parsed")
-PY
-echo "[demo] done in $(( $(date +%s) - T0 ))s; outputs under $OUT"
+for g in a b c; do
+  echo "[demo] ===== train group $g ====="
+  GROUP=$g MODEL="$MODEL" DATA="$TRAIN" VAL_DATA="$VAL" OUT="$OUT/group_$g" bash shell/train.sh "${TRAIN_ARGS[@]}"
+done
+for g in a b c; do
+  echo "[demo] ===== evaluate group $g ====="
+  GROUP=$g OUT="$OUT/group_$g" VAL_DATA="$VAL" GT="$GT" bash shell/eval.sh ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
+done
+ABLATION="$OUT" bash shell/compare.sh
+echo "[demo] done in $(( $(date +%s) - T0 ))s: $OUT/compare/summary.md"
+[ "$MODEL" != "$OUT/tiny-qwen3-vl" ] || echo "[demo] (tiny random model: the numbers show the pipeline working, not detection quality)"

@@ -150,31 +150,34 @@ def _token_entries(logprobs, where: str) -> Optional[list]:
     return content
 
 
-def _logprob(entry, where: str) -> float:
+def _logprob(entry, where: str, i: int, j: Optional[int] = None) -> float:
+    """``entry['logprob']``; ``where``, ``i`` (token) and ``j`` (alternative) only name it in an error."""
     lp = entry.get("logprob")
     if type(lp) is float and lp == lp:  # the common case, fast
         return lp
     if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp):
-        raise ResultsError(f"{where}: logprob must be a number, got {lp!r}")
+        alt = "" if j is None else f".top_logprobs[{j}]"
+        raise ResultsError(f"{where}: logprobs.content[{i}]{alt}: logprob must be a number, got {lp!r}")
     return float(lp)
 
 
-def _coord_token(entry: dict, k: int, where: str, keep_top: bool) -> CoordToken:
+def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> CoordToken:
     top = entry.get("top_logprobs")
     if top is None or not keep_top:
-        return CoordToken(k, _logprob(entry, where))
+        return CoordToken(k, _logprob(entry, where, i))
     if not isinstance(top, list):
-        raise ResultsError(f"{where}: top_logprobs must be a list, got {type(top).__name__}")
+        raise ResultsError(f"{where}: logprobs.content[{i}]: top_logprobs must be a list, got {type(top).__name__}")
     coords = []
     for j, alt in enumerate(top):
         tok = alt.get("token") if isinstance(alt, dict) else None
         if not isinstance(tok, str):
-            raise ResultsError(f"{where}: top_logprobs[{j}] must be an object with a string 'token'")
+            raise ResultsError(f"{where}: logprobs.content[{i}].top_logprobs[{j}] must be an object with a "
+                               "string 'token'")
         if tok.startswith(codec.COORD_TOKEN_PREFIX):
             b = codec.coord_bin_of(tok)
             if b is not None:
-                coords.append((b, _logprob(alt, f"{where}: top_logprobs[{j}]")))
-    return CoordToken(k, _logprob(entry, where), tuple(coords), len(top))
+                coords.append((b, _logprob(alt, where, i, j)))
+    return CoordToken(k, _logprob(entry, where, i), tuple(coords), len(top))
 
 
 def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True,
@@ -233,9 +236,8 @@ def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True,
             descs = [o.desc for o in text]
     for o, desc in zip(parsed.objects, descs):
         coords = tuple(
-            _coord_token(entries[i], k, f"{where}: logprobs.content[{i}]", keep_top)
-            for k, i in zip(o.bins, o.coord_pieces))
-        desc_lps = tuple(_logprob(entries[i], f"{where}: logprobs.content[{i}]") for i in o.desc_pieces)
+            _coord_token(entries[i], k, where, i, keep_top) for k, i in zip(o.bins, o.coord_pieces))
+        desc_lps = tuple(_logprob(entries[i], where, i) for i in o.desc_pieces)
         pred.objects.append(PredictedObject(desc, o.bins, coords, desc_lps))  # type: ignore[arg-type]
     return pred
 
