@@ -7,6 +7,7 @@ import contextlib
 import copy
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -196,11 +197,15 @@ def test_every_row_and_object_is_accounted_for(c128, tmp_path):
 def test_max_dets_counts_what_cocoeval_ignores(c128, tmp_path):
     gt = c128
     results = write_rows(tmp_path / "r.jsonl", rows_from_boxes(gt, gt["annotations"]))
-    per_image = {}
+    per_image, per_pair = Counter(), Counter()
     for a in gt["annotations"]:
-        per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+        per_image[a["image_id"]] += 1
+        per_pair[a["image_id"], a["category_id"]] += 1
     ev = evaluate_results(results, str(C128), EvalSettings(max_dets=10), progress=False)
-    assert ev.report["counts"]["objects"]["beyond_max_dets"] == sum(max(0, n - 10) for n in per_image.values()) > 0
+    o = ev.report["counts"]["objects"]
+    # pycocotools applies max_dets to each (image, category) pair
+    assert o["beyond_max_dets"] == sum(max(0, n - 10) for n in per_pair.values()) > 0
+    assert o["images_over_max_dets"] == sum(1 for n in per_image.values() if n > 10)
     ref = pycocotools_stats(C128, quantised_reference(gt, [dict(a, score=1.0) for a in gt["annotations"]]),
                             max_dets=10)
     assert as_list(ev.report["metrics"]) == pytest.approx(ref, abs=1e-9)

@@ -161,6 +161,19 @@ def _logprob(entry, where: str, i: int, j: Optional[int] = None) -> float:
     return float(lp)
 
 
+_BIN_CACHE: Dict[str, Optional[int]] = {}
+
+
+def _bin_of(token: str) -> Optional[int]:
+    """``codec.coord_bin_of``, memoised: top-k lists repeat the same few thousand tokens."""
+    b = _BIN_CACHE.get(token, -1)
+    if b == -1:
+        b = codec.coord_bin_of(token)
+        if len(_BIN_CACHE) < 200_000:
+            _BIN_CACHE[token] = b
+    return b
+
+
 def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> CoordToken:
     top = entry.get("top_logprobs")
     if top is None or not keep_top:
@@ -173,10 +186,9 @@ def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> Coo
         if not isinstance(tok, str):
             raise ResultsError(f"{where}: logprobs.content[{i}].top_logprobs[{j}] must be an object with a "
                                "string 'token'")
-        if tok.startswith(codec.COORD_TOKEN_PREFIX):
-            b = codec.coord_bin_of(tok)
-            if b is not None:
-                coords.append((b, _logprob(alt, where, i, j)))
+        b = _bin_of(tok)
+        if b is not None:
+            coords.append((b, _logprob(alt, where, i, j)))
     return CoordToken(k, _logprob(entry, where, i), tuple(coords), len(top))
 
 

@@ -1,0 +1,147 @@
+"""Run configurations, launch scripts and the comparison of runs."""
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from helpers import REPO, base_sft_args, read_jsonl, run_swift, swift_env
+from swift_coord_plugin.core.losses import PRESETS, LossConfig
+
+GROUPS = {"a": ("coordexp_ce", "A"), "b": ("coordexp_geom", "B"), "c": ("coordexp_hybrid", "C")}
+
+
+def _load(g):
+    with open(REPO / "templates" / f"group_{g}.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def _split(cfg):
+    cfg = dict(cfg)
+    env = dict(cfg.pop("ENV", {}))
+    loss_env = {k: v for k, v in env.items() if k.startswith("COORDEXP_")}
+    other_env = {k: v for k, v in env.items() if not k.startswith("COORDEXP_")}
+    loss_type = cfg.pop("loss_type")
+    output_dir = cfg.pop("output_dir")
+    return cfg, other_env, loss_env, loss_type, output_dir
+
+
+def test_group_configs_differ_only_in_loss():
+    parts = {g: _split(_load(g)) for g in GROUPS}
+    ref = parts["a"]
+    for g, (cfg, other_env, loss_env, loss_type, output_dir) in parts.items():
+        assert cfg == ref[0], f"group {g}: settings outside the loss differ"
+        assert other_env == ref[1], f"group {g}: ENV outside COORDEXP_* differs"
+        assert output_dir.endswith(f"group_{g}")
+        assert loss_type == GROUPS[g][0]
+        # The flags are the group's preset, and they validate.
+        config, _ = LossConfig.from_env(GROUPS[g][1], {k: str(v) for k, v in loss_env.items()})
+        for flag, value in PRESETS[GROUPS[g][1]].items():
+            assert getattr(config, flag) == value, (g, flag)
+    assert parts["a"][2] != parts["b"][2] != parts["c"][2]
+    for key in ("model", "model_type", "template", "dataset", "val_dataset", "max_pixels", "learning_rate",
+                "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+                "seed", "logging_steps", "eval_steps", "save_steps", "external_plugins"):
+        assert key in ref[0], key
+    assert ref[0]["model_type"] == "qwen3_vl_coord" and ref[0]["template"] == "qwen3_vl_coord"
+    assert (REPO / ref[0]["external_plugins"]).is_file()
+
+
+def test_infer_config():
+    with open(REPO / "templates" / "infer_eval.yaml") as f:
+        cfg = yaml.safe_load(f)
+    assert cfg["temperature"] == 0 and cfg["logprobs"] is True and cfg["top_logprobs"] >= 5
+    assert cfg["max_new_tokens"] >= 30 * 10
+
+
+def _script(name, env, *args):
+    return subprocess.run(["bash", str(REPO / "shell" / name), *args], env=swift_env(env), cwd=str(REPO),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("env,msg", [
+    ({"GROUP": "x"}, "GROUP must be a, b or c"),
+    ({"GROUP": "a", "TUNER": "qlora"}, "TUNER must be full, lora or dora"),
+    ({"GROUP": "a", "DATA": "/nonexistent.jsonl"}, "DATA not found"),
+])
+def test_train_script_fails_loudly(env, msg):
+    path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    proc = _script("train.sh", {**env, "PATH": path})
+    assert proc.returncode == 2 and msg in proc.stdout
+
+
+def test_eval_script_needs_gt():
+    proc = _script("eval.sh", {"GROUP": "a"})
+    assert proc.returncode == 2 and "set GT" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- e2e
+CPU_ARGS = ["--torch_dtype", "float32", "--fp16", "false", "--bf16", "false", "--max_pixels", "65536",
+            "--max_steps", "2", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
+            "--gradient_accumulation_steps", "1", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
+            "--dataloader_num_workers", "0", "--dataset_num_proc", "1", "--gradient_checkpointing", "false",
+            "--check_model", "false", "--report_to", "none", "--val_dataset"]
+
+
+def _train(group, model, data, out, cwd, **env):
+    path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    full_env = swift_env({"GROUP": group, "MODEL": model, "DATA": data, "OUT": str(out), "PATH": path,
+                          "COORDEXP_LAMBDA_COORD": "7", **env})  # a stray shell value must be ignored
+    proc = subprocess.run(["bash", str(REPO / "shell" / "train.sh"), *CPU_ARGS, f"coord:{data}"], env=full_env,
+                          cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    (cwd / f"train_{group}.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return proc.stdout
+
+
+@pytest.mark.e2e
+def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_path):
+    logs = {
+        "a": _train("a", tiny_model_dir, sample_jsonl, tmp_path / "group_a", tmp_path),
+        "b": _train("b", tiny_model_dir, sample_jsonl, tmp_path / "group_b", tmp_path, DEEPSPEED="zero3",
+                    MASTER_PORT="29701"),
+        "c": _train("c", tiny_model_dir, sample_jsonl, tmp_path / "group_c", tmp_path, DEEPSPEED="zero2",
+                    MASTER_PORT="29702"),
+    }
+    for g, out in logs.items():
+        assert "[train] swift sft" in out and "ignoring COORDEXP_LAMBDA_COORD from the shell" in out
+        cfg = json.load(open(tmp_path / f"group_{g}" / "coordexp_config.json"))
+        assert cfg["flags"]["lambda_coord"] == 1.0  # from the YAML, not the shell
+        rows = read_jsonl(tmp_path / f"group_{g}" / "logging.jsonl")
+        train = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eval_loss" in r]
+        assert len(train) == 2 and evals
+        for key in ("text_loss", "coord_ce_loss", "coord_loss", "coord_l1_loss", "coord_giou_loss", "coord_acc",
+                    "coord_bin_err", "coord_mass"):
+            assert key in train[0] and f"eval_{key}" in evals[0], (g, key)
+    assert "--deepspeed zero3" in logs["b"] and "torch.distributed.run --nproc_per_node 1" in logs["b"]
+    assert "--deepspeed zero2" in logs["c"]
+
+    out = tmp_path / "compare"
+    proc = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "coord-compare"),
+                           str(tmp_path / "group_a"), str(tmp_path / "group_b"), str(tmp_path / "group_c"),
+                           "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout
+    summary = json.load(open(out / "summary.json"))
+    assert [r["loss_type"] for r in summary["runs"]] == ["coordexp_ce", "coordexp_geom", "coordexp_hybrid"]
+    assert not summary["comparable"]  # the DeepSpeed stage differs between the runs
+    assert any("`deepspeed` differs" in i for i in summary["comparability_issues"])
+    assert not any("learning_rate" in i or "seed" in i for i in summary["comparability_issues"])
+    for png in ("train_losses.png", "eval_losses.png"):
+        assert (out / png).stat().st_size > 10000
+    md = (out / "summary.md").read_text()
+    assert "NOT COMPARABLE" in md and "coordexp_geom" in md and "use_geom_loss" in md
+
+
+def test_comparability_of_runs_that_differ_in_loss_only(tmp_path):
+    from swift_coord_plugin.experiment.compare import Run, comparability
+
+    args = {"model": "m", "learning_rate": 1e-4, "seed": 42, "loss_type": "coordexp_ce", "output_dir": "x",
+            "model_kwargs": {"COORDEXP_LAMBDA_COORD": 1, "MAX_PIXELS": 5}}
+    other = dict(args, loss_type="coordexp_geom", output_dir="y", model_kwargs={"COORDEXP_LAMBDA_COORD": 2,
+                                                                               "MAX_PIXELS": 5})
+    mk = lambda n, a: Run(path=n, name=n, args=a, train=[{"_step": 10}])
+    assert comparability([mk("A", args), mk("B", other)]) == []
+    issues = comparability([mk("A", args), mk("B", dict(other, seed=1, model_kwargs={"MAX_PIXELS": 6}))])
+    assert any("`seed` differs" in i for i in issues) and any("model_kwargs" in i for i in issues)
