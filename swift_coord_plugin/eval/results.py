@@ -73,13 +73,13 @@ class RowPrediction:
 
 
 def count_lines(path: str) -> int:
-    """Number of non-blank lines (the progress bar's total)."""
-    n = 0
+    """Number of lines (the progress bar's total; blank lines included)."""
+    n, last = 0, b"\n"
     with open(path, "rb") as f:
-        for raw in f:
-            if raw.strip():
-                n += 1
-    return n
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
 
 
 # The per-token "bytes" arrays (UTF-8 of each token, unused here) are about half of a line with

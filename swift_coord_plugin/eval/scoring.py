@@ -7,6 +7,7 @@ pycocotools as it is). Every count in the report is explained in the project's e
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import math
@@ -23,7 +24,7 @@ from ..core import codec
 from .categories import CategoryMapper
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
     object_score
-from .results import ResultsError, count_lines, iter_lines, merge_counts, read_row
+from .results import RowPrediction, count_lines, iter_lines, merge_counts, read_row
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_HIST_EDGES = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.50, 0.55, ..., 1.00
@@ -200,6 +201,126 @@ def _progress(iterable, total: int, enabled: bool):
     return tqdm(iterable, total=total, unit="row", desc="coord-eval", dynamic_ncols=True)
 
 
+@dataclass
+class _Kept:
+    """A detection before its score rule is chosen (that needs every row seen)."""
+
+    image_id: int
+    category_id: int
+    bbox: List[float]
+    logprob: Optional[float]
+    logprob_desc: Optional[float]
+
+
+class _Tally:
+    """Everything the row pass counts and keeps; ``add`` takes one parsed row."""
+
+    def __init__(self, results_path: str, gt_images: GtImages, mapper: CategoryMapper, settings: EvalSettings):
+        self.path, self.gt_images, self.mapper, self.settings = results_path, gt_images, mapper, settings
+        self.need_logprobs = settings.decode == "coordexp" or settings.score in ("logprob", "logprob_desc")
+        self.rows, self.unmatched, self.objects = Counter(), Counter(), Counter()
+        self.unmatched_desc, self.aliases_used = Counter(), Counter()
+        self.parse_counts: Dict[str, int] = {}
+        self.decode_stats = DecodeStats()
+        self.seen: Dict[int, int] = {}  # GT image id -> line of the row that gave it
+        self.size_mismatch_lines: List[int] = []
+        self.kept: List[_Kept] = []
+        self.per_image, self.per_image_cat = Counter(), Counter()
+
+    def add(self, pred: RowPrediction) -> None:
+        rows, objects = self.rows, self.objects
+        rows["total"] += 1
+        merge_counts(self.parse_counts, pred.parse_counts)
+        objects["parsed"] += len(pred.objects)
+        if pred.has_logprobs:
+            rows["with_logprobs"] += 1
+            rows["without_end_of_turn"] += not pred.ended
+            rows["tokens_disagree_with_response"] += not pred.text_agrees
+        if not pred.objects:
+            rows["without_objects"] += 1
+        elif not pred.has_logprobs:
+            rows["objects_without_logprobs"] += 1
+            if self.need_logprobs:
+                s = self.settings
+                what = "--decode coordexp" if s.decode == "coordexp" else f"--score {s.score}"
+                raise EvalError(
+                    f"{self.path}:{pred.line}: {what} needs token log-probabilities but this row has none; "
+                    "run swift infer with --logprobs true --top_logprobs K (K >= 5 for coordexp), "
+                    "or use --decode argmax --score constant")
+        gid, how = self.gt_images.match(pred.image_id, pred.file_name)
+        if gid is None:
+            self.unmatched[how] += 1
+            objects["in_unmatched_rows"] += len(pred.objects)
+            return
+        if gid in self.seen:
+            rows["duplicate_image"] += 1
+            objects["in_duplicate_rows"] += len(pred.objects)
+            return
+        self.seen[gid] = pred.line
+        rows["matched_" + how] += 1
+        img = self.gt_images.by_id[gid]
+        if (pred.width is not None and pred.width != img["width"]) or \
+                (pred.height is not None and pred.height != img["height"]):
+            rows["size_differs_from_gt"] += 1
+            self.size_mismatch_lines.append(pred.line)
+        for obj in pred.objects:
+            self._add_object(obj, gid, float(img["width"]), float(img["height"]), pred.line)
+
+    def _add_object(self, obj, gid: int, w: float, h: float, line: int) -> None:
+        hit = self.mapper.lookup(obj.desc)
+        if hit is None:
+            self.unmatched_desc[codec.clean_desc(obj.desc)] += 1
+            self.objects["unmatched_description"] += 1
+            return
+        cid, via_alias = hit
+        if via_alias:
+            self.aliases_used[f"{codec.clean_desc(obj.desc).lower()} -> {self.mapper.names[cid]}"] += 1
+        if self.settings.decode == "coordexp":
+            try:
+                bins = decode_bins(obj, "coordexp", self.decode_stats)
+            except ValueError:
+                raise EvalError(f"{self.path}:{line}: --decode coordexp needs top_logprobs for every token; run "
+                                "swift infer with --logprobs true --top_logprobs K (K >= 5)") from None
+        else:
+            bins = decode_bins(obj, "argmax")
+        bbox = coco_bbox(bins, w, h)
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            self.objects["zero_area_boxes"] += 1
+        has_lp = obj.coords is not None
+        self.kept.append(_Kept(gid, cid, bbox, object_score(obj, "logprob") if has_lp else None,
+                               object_score(obj, "logprob_desc") if has_lp else None))
+        self.per_image[gid] += 1
+        self.per_image_cat[gid, cid] += 1
+
+    def choose_score(self):
+        """``(score rule, why)``: the requested one, else logprob when every row with objects has logprobs."""
+        if self.settings.score is not None:
+            return self.settings.score, "as requested"
+        missing, with_lp = self.rows["objects_without_logprobs"], self.rows["with_logprobs"]
+        if missing == 0 and with_lp > 0:
+            return "logprob", "default: every row with objects has logprobs"
+        if with_lp == 0:
+            return "constant", "default: no logprobs in the results"
+        return "constant", f"default: {missing} rows with objects have no logprobs"
+
+    def detections(self, score: str) -> List[dict]:
+        return [{"image_id": int(k.image_id), "category_id": int(k.category_id), "bbox": k.bbox,
+                 "score": 1.0 if score == "constant" else getattr(k, score)} for k in self.kept]
+
+
+def _read_all(results_path: str, tally: _Tally, progress: bool) -> None:
+    total = count_lines(results_path)
+    keep_top = tally.settings.decode == "coordexp"
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # rows make millions of short-lived acyclic objects: collection passes would only cost time
+    try:
+        for line, row in _progress(iter_lines(results_path), total, progress):
+            tally.add(read_row(row, line, results_path, dedupe=tally.settings.dedupe, keep_top=keep_top))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
 def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSettings] = None,
                      progress: bool = True) -> Evaluation:
     """Parse every result row, build COCO detections and score them. See the module doc."""
@@ -211,192 +332,108 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
         raise EvalError(f"ground-truth file not found: {gt_path}")
     coco_gt = load_gt(gt_path)
     gt_images = GtImages(coco_gt)
-    mapper = CategoryMapper(coco_gt.dataset["categories"])
-    need_logprobs = settings.decode == "coordexp" or settings.score in ("logprob", "logprob_desc")
+    tally = _Tally(results_path, gt_images, CategoryMapper(coco_gt.dataset["categories"]), settings)
 
-    rows = Counter()
-    unmatched = Counter()
-    parse_counts: Dict[str, int] = {}
-    objects = Counter()
-    unmatched_desc = Counter()
-    aliases_used = Counter()
-    decode_stats = DecodeStats()
-    seen: Dict[int, int] = {}  # gt image id -> line of the row that gave it
-    size_mismatch_lines: List[int] = []
-    # Per kept object: (image_id, category_id, bbox, logprob score or None, logprob_desc score or None)
-    kept = []
-    per_image = Counter()
-    per_image_cat = Counter()
-
-    t_start, c_start = time.perf_counter(), time.process_time()
-    total = count_lines(results_path)
-    for line, row in _progress(iter_lines(results_path), total, progress):
-        pred = read_row(row, line, results_path, dedupe=settings.dedupe, keep_top=settings.decode == "coordexp")
-        rows["total"] += 1
-        merge_counts(parse_counts, pred.parse_counts)
-        objects["parsed"] += len(pred.objects)
-        if pred.has_logprobs:
-            rows["with_logprobs"] += 1
-            if not pred.ended:
-                rows["without_end_of_turn"] += 1
-            if not pred.text_agrees:
-                rows["tokens_disagree_with_response"] += 1
-        if not pred.objects:
-            rows["without_objects"] += 1
-        elif not pred.has_logprobs:
-            rows["objects_without_logprobs"] += 1
-            if need_logprobs:
-                what = "--decode coordexp" if settings.decode == "coordexp" else f"--score {settings.score}"
-                raise EvalError(
-                    f"{results_path}:{line}: {what} needs token log-probabilities but this row has none; "
-                    "run swift infer with --logprobs true --top_logprobs K (K >= 5 for coordexp), "
-                    "or use --decode argmax --score constant")
-        gid, how = gt_images.match(pred.image_id, pred.file_name)
-        if gid is None:
-            unmatched[how] += 1
-            objects["in_unmatched_rows"] += len(pred.objects)
-            continue
-        if gid in seen:
-            rows["duplicate_image"] += 1
-            objects["in_duplicate_rows"] += len(pred.objects)
-            continue
-        seen[gid] = line
-        rows["matched_" + how] += 1
-        img = gt_images.by_id[gid]
-        w, h = float(img["width"]), float(img["height"])
-        if (pred.width is not None and pred.width != img["width"]) or \
-                (pred.height is not None and pred.height != img["height"]):
-            rows["size_differs_from_gt"] += 1
-            size_mismatch_lines.append(line)
-        for obj in pred.objects:
-            hit = mapper.lookup(obj.desc)
-            if hit is None:
-                unmatched_desc[codec.clean_desc(obj.desc)] += 1
-                objects["unmatched_description"] += 1
-                continue
-            cid, via_alias = hit
-            if via_alias:
-                aliases_used[f"{codec.clean_desc(obj.desc).lower()} -> {mapper.names[cid]}"] += 1
-            if settings.decode == "coordexp":
-                try:
-                    bins = decode_bins(obj, "coordexp", decode_stats)
-                except ValueError:
-                    raise EvalError(
-                        f"{results_path}:{line}: --decode coordexp needs top_logprobs for every token; run "
-                        "swift infer with --logprobs true --top_logprobs K (K >= 5)") from None
-            else:
-                bins = decode_bins(obj, "argmax")
-            bbox = coco_bbox(bins, w, h)
-            if bbox[2] <= 0 or bbox[3] <= 0:
-                objects["zero_area_boxes"] += 1
-            s_lp = object_score(obj, "logprob") if obj.coords is not None else None
-            s_lpd = object_score(obj, "logprob_desc") if obj.coords is not None else None
-            kept.append((gid, cid, bbox, s_lp, s_lpd))
-            per_image[gid] += 1
-            per_image_cat[gid, cid] += 1
-
-    if rows["total"] == 0:
+    t0, c0 = time.perf_counter(), time.process_time()
+    _read_all(results_path, tally, progress)
+    if tally.rows["total"] == 0:
         raise EvalError(f"{results_path}: no result rows")
-    if not seen:
+    if not tally.seen:
         raise EvalError(
-            f"no row of {results_path} matched an image of {gt_path} "
-            f"(unmatched rows by reason: {dict(unmatched)}); are results and ground truth the same split? "
-            "Rows match by a top-level image_id, else by the base name of images[0].path against file_name.")
-
-    score = settings.score
-    score_note = "as requested"
-    if score is None:
-        if rows["objects_without_logprobs"] == 0 and rows["with_logprobs"] > 0:
-            score, score_note = "logprob", "default: every row with objects has logprobs"
-        else:
-            score, score_note = "constant", ("default: no logprobs in the results" if rows["with_logprobs"] == 0
-                                             else f"default: {rows['objects_without_logprobs']} rows with objects "
-                                                  "have no logprobs")
-    idx = {"logprob": 3, "logprob_desc": 4}.get(score)
-    detections = [{"image_id": int(k[0]), "category_id": int(k[1]), "bbox": k[2],
-                   "score": 1.0 if idx is None else k[idx]} for k in kept]
-    objects["detections"] = len(detections)
-
-    img_ids = sorted(gt_images.by_id) if settings.all_gt_images else sorted(seen)
-    t_rows, c_rows = time.perf_counter(), time.process_time()
+            f"no row of {results_path} matched an image of {gt_path} (unmatched rows by reason: "
+            f"{dict(tally.unmatched)}); are results and ground truth the same split? Rows match by image_id "
+            "(chat_template_kwargs.coord_meta or a top-level column), else by the base name of images[0].path "
+            "against the GT file_name.")
+    score, score_note = tally.choose_score()
+    detections = tally.detections(score)
+    img_ids = sorted(gt_images.by_id) if settings.all_gt_images else sorted(tally.seen)
+    t1, c1 = time.perf_counter(), time.process_time()
     ev = run_cocoeval(coco_gt, detections, img_ids, settings.max_dets)
-    t_eval, c_eval = time.perf_counter(), time.process_time()
-    metrics = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
-    ious = matched_ious(ev)
-    # COCOeval keeps the max_dets best-scored detections of each (image, category) pair.
-    beyond = sum(max(0, n - settings.max_dets) for n in per_image_cat.values())
+    t2, c2 = time.perf_counter(), time.process_time()
 
+    ious = matched_ious(ev)
     img_set = set(img_ids)
     eval_anns = [a for a in coco_gt.dataset["annotations"] if a["image_id"] in img_set]
     report = {
-        "metrics": metrics,
+        "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)},
         "per_category": per_category(ev, coco_gt, detections),
-        "settings": {
-            "decode": settings.decode,
-            "decode_formula": DECODE_FORMULAS[settings.decode],
-            "score": score,
-            "score_formula": SCORE_FORMULAS[score],
-            "score_choice": score_note,
-            "max_dets": int(settings.max_dets),
-            "images": "all GT images (missing rows scored as empty answers)" if settings.all_gt_images
-            else "GT images with a result row",
-            "dedupe_identical_objects": settings.dedupe,
-            "category_mapping": {
-                "rule": "case-insensitive exact name, then regular plural, then the synonym table",
-                "aliases_used": dict(aliases_used.most_common()),
-            },
-            "results": results_path,
-            "gt": gt_path,
-        },
-        "counts": {
-            "rows": {
-                "total": rows["total"],
-                "matched_by_image_id": rows["matched_by_image_id"],
-                "matched_by_file_name": rows["matched_by_file_name"],
-                "unmatched": dict(sorted(unmatched.items())),
-                "duplicate_image": rows["duplicate_image"],
-                "with_logprobs": rows["with_logprobs"],
-                "without_end_of_turn": rows["without_end_of_turn"],
-                "tokens_disagree_with_response": rows["tokens_disagree_with_response"],
-                "without_objects": rows["without_objects"],
-                "size_differs_from_gt": rows["size_differs_from_gt"],
-                "size_differs_from_gt_lines": size_mismatch_lines[:20],
-            },
-            "images": {
-                "gt_images": len(gt_images.by_id),
-                "evaluated": len(img_ids),
-                "gt_images_without_row": len(gt_images.by_id) - len(seen),
-                "gt_boxes": sum(1 for a in eval_anns if not a.get("iscrowd", 0)),
-                "gt_crowd_regions": sum(1 for a in eval_anns if a.get("iscrowd", 0)),
-            },
-            "objects": {
-                "parsed": objects["parsed"],
-                "in_unmatched_rows": objects["in_unmatched_rows"],
-                "in_duplicate_rows": objects["in_duplicate_rows"],
-                "unmatched_description": objects["unmatched_description"],
-                "detections": objects["detections"],
-                "beyond_max_dets": beyond,
-                "images_over_max_dets": sum(1 for n in per_image.values() if n > settings.max_dets),
-                "zero_area_boxes": objects["zero_area_boxes"],
-            },
-            "parser": {r: parse_counts.get(r, 0) for r in codec.PARSE_REASONS},
-            "unmatched_descriptions": dict(unmatched_desc.most_common()),
-        },
+        "settings": _settings_report(settings, score, score_note, tally, results_path, gt_path),
+        "counts": _counts_report(tally, len(img_ids), eval_anns, len(detections)),
         "matched_iou": _iou_summary(ious),
-        "timing_s": {"read_parse_convert": round(t_rows - t_start, 3), "cocoeval": round(t_eval - t_rows, 3),
-                     "read_parse_convert_cpu": round(c_rows - c_start, 3), "cocoeval_cpu": round(c_eval - c_rows, 3)},
+        "timing_s": {"read_parse_convert": round(t1 - t0, 3), "cocoeval": round(t2 - t1, 3),
+                     "read_parse_convert_cpu": round(c1 - c0, 3), "cocoeval_cpu": round(c2 - c1, 3)},
         "versions": _versions(),
     }
-    if settings.decode == "coordexp":
-        report["counts"]["coordexp"] = decode_stats.as_dict()
     gt_norm = []
     for a in eval_anns:
-        if a.get("iscrowd", 0):
-            continue
-        img = gt_images.by_id[a["image_id"]]
-        x, y, bw, bh = a["bbox"]
-        gt_norm.append(codec.normalize_box((x, y, x + bw, y + bh), img["width"], img["height"]))
+        if not a.get("iscrowd", 0):
+            img = gt_images.by_id[a["image_id"]]
+            x, y, bw, bh = a["bbox"]
+            gt_norm.append(codec.normalize_box((x, y, x + bw, y + bh), img["width"], img["height"]))
     return Evaluation(report, detections, coco_gt, ev, gt_norm, ious)
+
+
+def _settings_report(settings: EvalSettings, score: str, score_note: str, tally: _Tally, results_path: str,
+                     gt_path: str) -> dict:
+    return {
+        "decode": settings.decode,
+        "decode_formula": DECODE_FORMULAS[settings.decode],
+        "score": score,
+        "score_formula": SCORE_FORMULAS[score],
+        "score_choice": score_note,
+        "max_dets": int(settings.max_dets),
+        "images": "all GT images (missing rows scored as empty answers)" if settings.all_gt_images
+        else "GT images with a result row",
+        "dedupe_identical_objects": settings.dedupe,
+        "category_mapping": {
+            "rule": "case-insensitive exact name, then regular plural, then the synonym table",
+            "aliases_used": dict(tally.aliases_used.most_common()),
+        },
+        "results": results_path,
+        "gt": gt_path,
+    }
+
+
+def _counts_report(tally: _Tally, n_evaluated: int, eval_anns: List[dict], n_detections: int) -> dict:
+    rows, objects, max_dets = tally.rows, tally.objects, tally.settings.max_dets
+    counts = {
+        "rows": {
+            "total": rows["total"],
+            "matched_by_image_id": rows["matched_by_image_id"],
+            "matched_by_file_name": rows["matched_by_file_name"],
+            "unmatched": dict(sorted(tally.unmatched.items())),
+            "duplicate_image": rows["duplicate_image"],
+            "with_logprobs": rows["with_logprobs"],
+            "without_end_of_turn": rows["without_end_of_turn"],
+            "tokens_disagree_with_response": rows["tokens_disagree_with_response"],
+            "without_objects": rows["without_objects"],
+            "size_differs_from_gt": rows["size_differs_from_gt"],
+            "size_differs_from_gt_lines": tally.size_mismatch_lines[:20],
+        },
+        "images": {
+            "gt_images": len(tally.gt_images.by_id),
+            "evaluated": n_evaluated,
+            "gt_images_without_row": len(tally.gt_images.by_id) - len(tally.seen),
+            "gt_boxes": sum(1 for a in eval_anns if not a.get("iscrowd", 0)),
+            "gt_crowd_regions": sum(1 for a in eval_anns if a.get("iscrowd", 0)),
+        },
+        "objects": {
+            "parsed": objects["parsed"],
+            "in_unmatched_rows": objects["in_unmatched_rows"],
+            "in_duplicate_rows": objects["in_duplicate_rows"],
+            "unmatched_description": objects["unmatched_description"],
+            "detections": n_detections,
+            # COCOeval keeps the max_dets best-scored detections of each (image, category) pair.
+            "beyond_max_dets": sum(max(0, n - max_dets) for n in tally.per_image_cat.values()),
+            "images_over_max_dets": sum(1 for n in tally.per_image.values() if n > max_dets),
+            "zero_area_boxes": objects["zero_area_boxes"],
+        },
+        "parser": {r: tally.parse_counts.get(r, 0) for r in codec.PARSE_REASONS},
+        "unmatched_descriptions": dict(tally.unmatched_desc.most_common()),
+    }
+    if tally.settings.decode == "coordexp":
+        counts["coordexp"] = tally.decode_stats.as_dict()
+    return counts
 
 
 def _iou_summary(ious: List[float]) -> dict:
