@@ -60,7 +60,8 @@ def main() -> None:
     gt = replicate(base, args.copies)
     print(f"# {len(gt['images'])} images, {len(gt['annotations'])} GT boxes; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print("| variant | results file | read+parse+convert s | COCOeval s | ratio | CPU s: rows / COCOeval | CPU ratio | AP |")
+    print("| variant | results file | read+parse+convert s | COCOeval s | ratio | CPU s: rows / COCOeval | "
+          "CPU ratio | AP |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         gt_path = os.path.join(tmp, "gt.json")

@@ -110,3 +110,10 @@ def test_bbox_and_desc_problems():
     assert codec.desc_problem("dog") is None
     assert codec.desc_problem("  ") and codec.desc_problem(None) and codec.desc_problem("a <obj_end>")
     assert codec.bins_problem([1, 2, 3, 4]) is None and codec.bins_problem([1, 2, 1000, 4])
+
+
+def test_only_canonical_coordinate_spellings():
+    assert codec.coord_bin_of("<|coord_0007|>") is None and codec.coord_bin_of("<|coord_00|>") is None
+    assert codec.coord_bin_of("<|coord_0|>") == 0 and codec.coord_bin_of("<|coord_999|>") == 999
+    res = codec.parse_objects("<obj_start> a <|coord_1|><|coord_0002|><|coord_3|><|coord_4|> <obj_end>")
+    assert res.objects == [] and res.counts == {codec.DROP_BAD_COORD: 1}

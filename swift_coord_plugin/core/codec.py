@@ -50,9 +50,10 @@ def new_tokens() -> List[str]:
     return [coord_token(k) for k in range(NUM_BINS)] + [OBJ_START, OBJ_END]
 
 
-COORD_TOKEN_RE = re.compile(r"<\|coord_(\d{1,4})\|>")
+# Only the canonical spellings <|coord_0|>..<|coord_999|> (no leading zeros): exactly the added tokens.
+COORD_TOKEN_RE = re.compile(r"<\|coord_(0|[1-9]\d{0,2})\|>")
 # Splits text into coordinate tokens, markers and the text between them.
-_PIECE_RE = re.compile(r"(<\|coord_\d{1,4}\|>|<obj_start>|<obj_end>)")
+_PIECE_RE = re.compile(r"(<\|coord_(?:0|[1-9]\d{0,2})\|>|<obj_start>|<obj_end>)")
 
 
 def coord_bin_of(piece: str) -> Optional[int]:

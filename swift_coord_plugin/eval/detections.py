@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from ..core import codec
-from .results import PredictedObject, coord_mass, expected_bin
+from .results import PredictedObject, expectation_and_mass
 
 DECODES = ("argmax", "coordexp")
 SCORES = ("logprob", "logprob_desc", "constant")
@@ -82,12 +82,13 @@ def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] 
     for tok in obj.coords:
         if tok.top is None:
             raise ValueError("coordexp needs per-token top_logprobs")
-        e = expected_bin(tok.top)
+        e, mass = expectation_and_mass(tok.top)
         if stats is not None:
             stats.positions += 1
-            stats.top_k_max = max(stats.top_k_max, tok.top_k)
+            if tok.top_k > stats.top_k_max:
+                stats.top_k_max = tok.top_k
             stats.coord_in_top_k[len(tok.top)] += 1
-            stats.coord_mass_sum += coord_mass(tok.top)
+            stats.coord_mass_sum += mass
             if e is None:
                 stats.no_coord_in_top_k += 1
         out.append(float(tok.bin) if e is None else e)

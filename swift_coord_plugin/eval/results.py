@@ -181,14 +181,20 @@ def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> Coo
     if not isinstance(top, list):
         raise ResultsError(f"{where}: logprobs.content[{i}]: top_logprobs must be a list, got {type(top).__name__}")
     coords = []
-    for j, alt in enumerate(top):
-        tok = alt.get("token") if isinstance(alt, dict) else None
-        if not isinstance(tok, str):
+    cache = _BIN_CACHE
+    for j, alt in enumerate(top):  # the inner loop of CoordExp: kept lean
+        tok = alt.get("token") if type(alt) is dict else None
+        if type(tok) is not str:
             raise ResultsError(f"{where}: logprobs.content[{i}].top_logprobs[{j}] must be an object with a "
                                "string 'token'")
-        b = _bin_of(tok)
+        b = cache.get(tok, -1)
+        if b == -1:
+            b = _bin_of(tok)
         if b is not None:
-            coords.append((b, _logprob(alt, where, i, j)))
+            lp = alt.get("logprob")
+            if type(lp) is not float or lp != lp:
+                lp = _logprob(alt, where, i, j)
+            coords.append((b, lp))
     return CoordToken(k, _logprob(entry, where, i), tuple(coords), len(top))
 
 
@@ -262,14 +268,22 @@ def merge_counts(total: Dict[str, int], counts: Dict[str, int]) -> None:
 def expected_bin(top: Sequence[Tuple[int, float]]) -> Optional[float]:
     """CoordExp of one position: ``sum_k p_k * k`` with ``p`` the top-k coordinate probabilities
     renormalised to sum to 1 (None when no coordinate token is among them)."""
-    if not top:
-        return None
-    m = max(lp for _, lp in top)
-    weights = [(k, math.exp(lp - m)) for k, lp in top]
-    z = sum(w for _, w in weights)
-    return sum(k * w for k, w in weights) / z
+    return expectation_and_mass(top)[0]
 
 
 def coord_mass(top: Sequence[Tuple[int, float]]) -> float:
     """Probability the model gave the coordinate tokens listed in the top-k (before renormalising)."""
-    return sum(math.exp(lp) for _, lp in top)
+    return expectation_and_mass(top)[1]
+
+
+def expectation_and_mass(top: Sequence[Tuple[int, float]]) -> Tuple[Optional[float], float]:
+    """``(expected_bin(top), coord_mass(top))`` in one pass."""
+    if not top:
+        return None, 0.0
+    m = max(lp for _, lp in top)
+    z = e = 0.0
+    for k, lp in top:
+        w = math.exp(lp - m)  # shifted by the max: no underflow to 0/0
+        z += w
+        e += k * w
+    return e / z, z * math.exp(m)

@@ -511,7 +511,8 @@ def format_markdown(report: dict) -> str:
     if un:
         lines += [f"**unmatched descriptions** ({sum(un.values())} objects, {len(un)} distinct; most frequent)", ""]
         lines += [f"- `{k}`: {v}" for k, v in list(un.items())[:30]] + [""]
-    lines += ["## Per-category AP", "", "| category | id | AP | AP50 | GT boxes | detections |", "|---|---|---|---|---|---|"]
+    lines += ["## Per-category AP", "", "| category | id | AP | AP50 | GT boxes | detections |",
+              "|---|---|---|---|---|---|"]
     for name, r in sorted(report["per_category"].items(), key=lambda kv: kv[1]["id"]):
         if r["num_gt"] or r["num_detections"]:
             lines.append(f"| {name} | {r['id']} | {_fmt(r['AP'])} | {_fmt(r['AP50'])} | {r['num_gt']} | "

@@ -109,8 +109,9 @@ class CoordExpLoss(BaseLoss):
         if self.is_megatron:
             raise ValueError(f"--loss_type {self.loss_type} is not supported by megatron sft, which ignores custom "
                              "causal-LM losses; use swift sft")
-        sp = max(int(getattr(args, "sequence_parallel_size", 1) or 1),
-                 int(getattr(getattr(trainer, "template", None), "sequence_parallel_size", 1) or 1))
+        # The trainer is half built here: its template and custom_metrics exist (ms-swift sets them before it
+        # builds the loss), the model, accelerator and device placement are only read later, per call.
+        sp = int(getattr(getattr(trainer, "template", None), "sequence_parallel_size", 1) or 1)
         if sp > 1:
             raise ValueError(f"--loss_type {self.loss_type} refuses sequence parallel (sequence_parallel_size={sp}): "
                              "ms-swift pre-shifts and shards the labels there, so object spans cannot be found; "
