@@ -22,6 +22,10 @@ box's geometric loss, so a box weighs 4 tokens; see ``docs/losses.md`` for why.
 Cost (design constraint): one cross-entropy pass over the full vocabulary, the coordinate terms
 computed on ``[n_coord, num_bins]`` rows gathered first, and a single logits-sized gradient buffer
 for all terms (``token_ce_and_coord_logits``).
+
+The lean path, ``compute_loss_from_hidden(hidden, head_weight, ...)`` (``LossConfig.lean``,
+``COORDEXP_LEAN=1``), computes the same loss from the final hidden states and the LM head weight without
+ever holding ``[tokens, vocab]`` logits (``core.lean``).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from torch import Tensor
 
 from .coordexp import dequantize_bins
 from .geometry import DEFAULT_EPS, box_l1, giou_loss
+from .lean import linear_ce_and_coord_logits
 from .sequence import IGNORE_INDEX, STAT_NAMES, SequenceLayout, parse_targets, shift_labels
 from .vocab import CoordVocab
 
@@ -61,6 +66,7 @@ class LossConfig:
     beta_giou: float = 1.0
     lambda_gate: float = 0.0         # optional: -log(coordinate mass) at coordinate positions; 0 = off
     giou_eps: float = DEFAULT_EPS
+    lean: bool = False               # compute the loss from the hidden states and the head (no full logits)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -290,6 +296,7 @@ class LossOutput:
     metric_sums: Tensor
     metric_counts: Tensor
     layout: SequenceLayout
+    preds: Optional[Tensor] = None  # [B, T] full-vocabulary argmax (lean path, for ms-swift's token_acc)
 
     def components(self) -> Dict[str, Tensor]:
         """Each metric of this batch: mean (sum / count, 0 when empty) or sum, as 0-dim tensors."""
@@ -300,51 +307,64 @@ class LossOutput:
         return out
 
 
-def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: LossConfig,
-                 num_items_in_batch: Union[Tensor, int, None] = None,
-                 loss_scale: Optional[Tensor] = None) -> LossOutput:
-    """The loss of one micro-batch under ms-swift's contract.
 
-    ``logits``: ``[B, T, V]`` (any float dtype; computed in float32), already trimmed by
-    ``logits_to_keep`` if ms-swift did; ``labels``: ``[B, T]`` unshifted, ``-100`` = ignored;
-    ``num_items_in_batch``: labelled targets over the accumulation window and all ranks (None: the
-    local count); ``loss_scale``: ms-swift's per-token scale as it reaches a loss (rolled so that
-    entry ``b * T + t`` belongs to the target of ``logits[b, t]``), or None.
-    """
-    if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(labels.shape):
-        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}: expected "
-                         "[batch, seq, vocab] and [batch, seq] (labels trimmed like the logits)")
-    V = logits.shape[-1]
+@dataclass
+class _Plan:
+    """What both paths know before any logit is computed: targets, layout and per-token weights."""
+
+    targets: Tensor            # [B, T] aligned with the logits
+    layout: SequenceLayout
+    scale: Optional[Tensor]    # [N] ms-swift's loss_scale per target, or None
+    ce_weight: Tensor          # [N] weight of each token's CE: 1 on text, coord_ce_weight on coordinates, x scale
+    denom: Union[Tensor, int]
+
+
+def _plan(labels: Tensor, device: torch.device, dtype: torch.dtype, vocab_size: int, vocab: CoordVocab,
+          config: LossConfig, num_items_in_batch, loss_scale: Optional[Tensor]) -> _Plan:
     cs, nb = vocab.coord_start, vocab.num_bins
-    if cs + nb > V:
-        raise ValueError(f"coordinate ids {cs}..{cs + nb - 1} do not fit the {V} logits: the model's vocabulary "
-                         "was not resized for the coordinate tokens")
-    targets = shift_labels(labels.to(logits.device))
+    if cs + nb > vocab_size:
+        raise ValueError(f"coordinate ids {cs}..{cs + nb - 1} do not fit the {vocab_size} logits: the model's "
+                         "vocabulary was not resized for the coordinate tokens")
+    targets = shift_labels(labels.to(device))
     layout = parse_targets(targets, cs, vocab.obj_start, vocab.obj_end, nb)
     flat_t = targets.reshape(-1)
     N = flat_t.numel()
-
-    ce, coord_logits = token_ce_and_coord_logits(logits.reshape(-1, V), flat_t, layout.coord_pos, cs, nb)
     scale = None
     if loss_scale is not None:
         if loss_scale.numel() != N:
             raise ValueError(f"loss_scale has {loss_scale.numel()} entries, expected {N} (one per target)")
-        scale = loss_scale.reshape(-1).to(device=ce.device, dtype=ce.dtype)
-
-    # (a) one CE pass, split by per-token weights: 1 on text, lambda_coord_ce (or 0) on coordinates.
-    text = layout.text_mask.reshape(-1)
-    weight = text.to(ce.dtype)
+        scale = loss_scale.reshape(-1).to(device=device, dtype=dtype)
+    # One CE pass, split by per-token weights: 1 on text, lambda_coord_ce (or 0) on coordinates.
+    weight = layout.text_mask.reshape(-1).to(dtype)
     if config.coord_ce_weight:
-        is_coord = torch.zeros(N, dtype=ce.dtype, device=ce.device).index_fill_(0, layout.coord_pos, 1.0)
+        is_coord = torch.zeros(N, dtype=dtype, device=device).index_fill_(0, layout.coord_pos, 1.0)
         weight = weight + is_coord * config.coord_ce_weight
     if scale is not None:
         weight = weight * scale
     denom = num_items_in_batch if num_items_in_batch is not None else (flat_t != IGNORE_INDEX).sum()
-    denom = denom.clamp(min=1) if torch.is_tensor(denom) else max(int(denom), 1)
-    loss = (ce * weight).sum() / denom
-    terms = {"ce": loss.detach()}
+    if torch.is_tensor(denom):
+        denom = denom.to(device).clamp(min=1)
+    else:
+        denom = max(int(denom), 1)
+    return _Plan(targets=targets, layout=layout, scale=scale, ce_weight=weight, denom=denom)
 
-    # (b) coordinate terms on the gathered [n, num_bins] rows.
+
+def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor, ce_loss: Tensor,
+              gate_in_ce: bool, preds: Optional[Tensor] = None) -> LossOutput:
+    """The coordinate terms and metrics on top of the CE part.
+
+    ``ce_loss``: the differentiable CE term. ``gate_in_ce``: the CE part of the gate term (``lambda_gate *
+    s_t * CE_t`` at coordinate tokens) is already in ``ce_loss`` (lean path, where ``ce`` itself carries no
+    gradient), so only the rest of the gate term is added here.
+    """
+    layout, scale, denom = plan.layout, plan.scale, plan.denom
+    loss = ce_loss
+    if gate_in_ce:
+        terms = {"ce": ((ce.detach() * plan.ce_weight).sum() / denom).to(ce_loss.dtype)}
+    else:
+        terms = {"ce": ce_loss.detach()}
+
+    # Coordinate terms on the [n, num_bins] coordinate logits.
     ce_coord = ce[layout.coord_pos]
     trained = config.trains_coordexp or config.trains_gate
     ct = coord_terms(coord_logits if trained else coord_logits.detach(), layout.coord_bins, layout.box_coords,
@@ -364,7 +384,11 @@ def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: Loss
     if config.trains_gate:
         gate = ct.gate if coord_scale is None else ct.gate * coord_scale
         gate_term = config.lambda_gate * gate.sum() / denom
-        loss = loss + gate_term
+        if gate_in_ce:
+            ce_part = ce_coord.detach() if coord_scale is None else ce_coord.detach() * coord_scale
+            loss = loss + (gate_term - config.lambda_gate * ce_part.sum() / denom)
+        else:
+            loss = loss + gate_term
         terms["gate"] = gate_term.detach()
 
     with torch.no_grad():
@@ -374,9 +398,10 @@ def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: Loss
         l1, gl = ct.l1.to(f64), ct.giou_loss.to(f64)
         gate = ct.gate.to(f64)
         stats = layout.stats
+        text = layout.text_mask.reshape(-1)
         sums = torch.stack([
-            (ce.to(f64) * text).sum(),
-            ce_coord.to(f64).sum(),
+            (ce.detach().to(f64) * text).sum(),
+            ce_coord.detach().to(f64).sum(),
             (config.alpha_l1 * l1 + config.beta_giou * gl).sum(),
             l1.sum(),
             gl.sum(),
@@ -388,4 +413,58 @@ def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: Loss
         ])
         counts = torch.tensor([0, n, m, m, m, n, n, n, n, 1], dtype=f64, device=sums.device)
         counts[0] = stats[STAT_NAMES.index("text_tokens")].to(f64)
-    return LossOutput(loss=loss, terms=terms, metric_sums=sums, metric_counts=counts, layout=layout)
+    return LossOutput(loss=loss, terms=terms, metric_sums=sums, metric_counts=counts, layout=layout, preds=preds)
+
+
+def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: LossConfig,
+                 num_items_in_batch: Union[Tensor, int, None] = None,
+                 loss_scale: Optional[Tensor] = None) -> LossOutput:
+    """The loss of one micro-batch under ms-swift's contract (the standard path, from logits).
+
+    ``logits``: ``[B, T, V]`` (any float dtype; computed in float32), already trimmed by
+    ``logits_to_keep`` if ms-swift did; ``labels``: ``[B, T]`` unshifted, ``-100`` = ignored;
+    ``num_items_in_batch``: labelled targets over the accumulation window and all ranks (None: the
+    local count); ``loss_scale``: ms-swift's per-token scale as it reaches a loss (rolled so that
+    entry ``b * T + t`` belongs to the target of ``logits[b, t]``), or None.
+    """
+    if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(labels.shape):
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}: expected "
+                         "[batch, seq, vocab] and [batch, seq] (labels trimmed like the logits)")
+    V = logits.shape[-1]
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    plan = _plan(labels, logits.device, dtype, V, vocab, config, num_items_in_batch, loss_scale)
+    ce, coord_logits = token_ce_and_coord_logits(logits.reshape(-1, V), plan.targets.reshape(-1),
+                                                 plan.layout.coord_pos, vocab.coord_start, vocab.num_bins)
+    ce_loss = (ce * plan.ce_weight).sum() / plan.denom
+    return _assemble(plan, config, ce, coord_logits, ce_loss, gate_in_ce=False)
+
+
+def compute_loss_from_hidden(hidden: Tensor, head_weight: Tensor, labels: Tensor, vocab: CoordVocab,
+                             config: LossConfig, num_items_in_batch: Union[Tensor, int, None] = None,
+                             loss_scale: Optional[Tensor] = None, *, chunk_rows: Optional[int] = None,
+                             mm_dtype: Optional[torch.dtype] = None, want_preds: bool = False) -> LossOutput:
+    """The same loss as ``compute_loss(hidden @ head_weight.T, ...)`` (the lean path), without the logits.
+
+    ``hidden``: ``[B, T, H]`` final hidden states at the positions the logits would have (trimmed like the
+    labels); ``head_weight``: ``[V, H]``, a bias-free LM head. See ``core.lean`` for how and what it costs.
+    ``want_preds``: also return each labelled position's full-vocabulary argmax (``LossOutput.preds``).
+    """
+    if hidden.ndim != 3 or tuple(hidden.shape[:2]) != tuple(labels.shape):
+        raise ValueError(f"hidden states {tuple(hidden.shape)} do not match labels {tuple(labels.shape)}: expected "
+                         "[batch, seq, hidden] and [batch, seq] (labels trimmed like the hidden states)")
+    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    plan = _plan(labels, hidden.device, dtype, head_weight.shape[0], vocab, config, num_items_in_batch, loss_scale)
+    layout = plan.layout
+    # Every weight of a token's CE known up front, the gate's CE part included: the gradient is built in the
+    # forward pass, chunk by chunk.
+    token_weight = plan.ce_weight
+    if config.trains_gate:
+        gate_w = torch.zeros_like(token_weight).index_fill_(0, layout.coord_pos, config.lambda_gate)
+        token_weight = token_weight + (gate_w if plan.scale is None else gate_w * plan.scale)
+    token_weight = token_weight / plan.denom
+    B, T, H = hidden.shape
+    ce_loss, ce, coord_logits, preds = linear_ce_and_coord_logits(
+        hidden.reshape(B * T, H), head_weight, plan.targets.reshape(-1), token_weight, layout.coord_pos,
+        vocab.coord_start, vocab.num_bins, chunk_rows=chunk_rows, mm_dtype=mm_dtype, want_preds=want_preds)
+    return _assemble(plan, config, ce, coord_logits, ce_loss, gate_in_ce=True,
+                     preds=preds.reshape(B, T) if want_preds else None)

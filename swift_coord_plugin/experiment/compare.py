@@ -85,6 +85,8 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
         if os.path.isfile(p):
             with open(p) as f:
                 setattr(run, attr, json.load(f))
+    if isinstance(run.loss_config.get("flags"), dict):  # coordexp_config.json: {"flags": {...}, ...}
+        run.loss_config = run.loss_config["flags"]
     rep = find_report(path)
     if rep:
         with open(rep) as f:
