@@ -9,6 +9,10 @@ The components (``core.losses.METRICS``) are accumulated on the device without a
 step and handed to ms-swift's ``trainer.custom_metrics``, which averages them over the logging
 interval and writes them to the console, ``logging.jsonl``, tensorboard and ``images/`` (eval ones
 prefixed ``eval_``); one all-reduce and one host sync per logging event for all of them.
+
+``COORDEXP_LEAN=1`` (``LossConfig.lean``) computes the same loss from the final hidden states and the LM
+head instead of the logits (``lean.py``); ms-swift's ``token_acc`` is then computed here, from the argmax
+the lean pass returns, since the trainer has no logits to take it from.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
-from ..core.losses import METRICS, LossConfig, compute_loss, env_key
+from ..core.losses import METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key
 from ..core.vocab import CoordVocab
+from . import lean as lean_path
 
 logger = get_logger()
 
@@ -117,7 +122,10 @@ class CoordExpLoss(BaseLoss):
                              "ms-swift pre-shifts and shards the labels there, so object spans cannot be found; "
                              "use --sequence_parallel_size 1")
         self.config, self.overrides = LossConfig.from_env(self.group)
+        if self.config.lean:
+            self._check_lean(args, trainer)
         self._pools: Dict[str, _MetricPool] = {}
+        self._warned_acc = False
         if trainer is not None and hasattr(trainer, "custom_metrics"):
             self._register_metrics(trainer)
         self._announce()
@@ -160,6 +168,22 @@ class CoordExpLoss(BaseLoss):
             for name in names:
                 trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
 
+    def _check_lean(self, args, trainer) -> None:
+        """Options under which ms-swift itself needs the logits the lean path does not produce."""
+        needs_logits = [flag for flag in ("enable_dft_loss", "enable_channel_loss") if getattr(args, flag, False)]
+        template = getattr(trainer, "template", None)
+        if template is not None:
+            binary = template.is_binary_loss_scale
+            if binary is None:
+                binary = template.loss_scale.is_binary_loss_scale
+            if not binary:
+                needs_logits.append(f"loss_scale={template._loss_scale!r} (not binary)")
+        if needs_logits:
+            raise lean_path.LeanPathError(
+                f"{env_key('lean')}=1 (lean path) cannot run with {', '.join(needs_logits)}: ms-swift computes a "
+                f"per-token loss from the logits for these, and the lean path produces none; "
+                f"{lean_path.HOW_TO_LEAVE}")
+
     def _get_vocab(self, trainer) -> CoordVocab:
         if self.vocab is None:
             if trainer is None or getattr(trainer, "template", None) is None:
@@ -172,16 +196,62 @@ class CoordExpLoss(BaseLoss):
     # ------------------------------------------------------------------ the loss
     def __call__(self, outputs, labels, *, num_items_in_batch=None, loss_scale=None, trainer=None, **kwargs):
         trainer = trainer if trainer is not None else self.trainer
-        logits = getattr(outputs, "logits", None)
-        if logits is None:
-            raise ValueError(f"--loss_type {self.loss_type} needs the model's logits, got none (a fused/Liger "
-                             "loss path does not produce them; drop --use_liger_kernel)")
-        out = compute_loss(logits, labels, self._get_vocab(trainer), self.config,
-                           num_items_in_batch=num_items_in_batch, loss_scale=loss_scale)
+        if self.config.lean:
+            out = self._lean_loss(outputs, labels, num_items_in_batch, loss_scale, trainer)
+        else:
+            logits = getattr(outputs, "logits", None)
+            if logits is None:
+                raise ValueError(f"--loss_type {self.loss_type} needs the model's logits, got none (a fused/Liger "
+                                 "loss path does not produce them; drop --use_liger_kernel)")
+            out = compute_loss(logits, labels, self._get_vocab(trainer), self.config,
+                               num_items_in_batch=num_items_in_batch, loss_scale=loss_scale)
         if self._pools:
             mode = "train" if trainer.model.training else "eval"
             self._pools[mode].add(out.metric_sums, out.metric_counts)
         return out.loss
+
+    def _lean_loss(self, outputs, labels, num_items_in_batch, loss_scale, trainer):
+        lean = getattr(outputs, "coord_lean", None)
+        if lean is None:
+            raise lean_path.LeanPathError(
+                f"{env_key('lean')}=1 but the model's outputs carry no hidden states for the lean path: it needs the "
+                f"plugin's template (--template qwen3_vl_coord), whose forward provides them; "
+                f"{lean_path.HOW_TO_LEAVE}")
+        vocab = self._get_vocab(trainer)
+        want_preds = trainer is not None and hasattr(trainer, "custom_metrics")
+        result = {}
+
+        def head_forward(weight, hidden):
+            lean_path.check_gathered(weight, hidden)
+            out = compute_loss_from_hidden(hidden, weight, labels, vocab, self.config,
+                                           num_items_in_batch=num_items_in_batch, loss_scale=loss_scale,
+                                           mm_dtype=lean.mm_dtype, want_preds=want_preds)
+            result["out"] = out
+            return out.loss
+
+        # The loss leaves the head module as its output: DeepSpeed ZeRO-3 re-gathers the head for its backward.
+        loss = lean_path.run_as_forward(lean.linear, head_forward, lean.hidden)
+        out = result["out"]
+        out.loss = loss
+        if want_preds and out.preds is not None:
+            self._token_acc(trainer, out.preds, labels)
+        return out
+
+    def _token_acc(self, trainer, preds, labels) -> None:
+        """ms-swift's ``token_acc`` (``Trainer._compute_acc``), which needs logits the lean path has not got."""
+        from swift.metrics import compute_acc
+
+        args = trainer.args
+        if trainer.template.padding_free and args.acc_strategy == "seq":
+            if not self._warned_acc:
+                logger.warning("lean path: seq_acc is not computed for padding-free batches")
+                self._warned_acc = True
+            return
+        metrics = compute_acc(preds, labels, acc_strategy=args.acc_strategy,
+                              is_encoder_decoder=trainer.template.is_encoder_decoder)
+        mode = "train" if trainer.model.training else "eval"
+        for k, v in metrics.items():
+            trainer.custom_metrics[mode][k].update(v)
 
 
 class CoordExpCELoss(CoordExpLoss):
