@@ -98,7 +98,7 @@ def _train(group, model, data, out, cwd, **env):
 @pytest.mark.e2e
 def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_path):
     logs = {
-        "a": _train("a", tiny_model_dir, sample_jsonl, tmp_path / "group_a", tmp_path),
+        "a": _train("a", tiny_model_dir, sample_jsonl, tmp_path / "group_a", tmp_path, TUNER="dora"),
         "b": _train("b", tiny_model_dir, sample_jsonl, tmp_path / "group_b", tmp_path, DEEPSPEED="zero3",
                     MASTER_PORT="29701"),
         "c": _train("c", tiny_model_dir, sample_jsonl, tmp_path / "group_c", tmp_path, DEEPSPEED="zero2",
@@ -117,6 +117,9 @@ def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_
             assert key in train[0] and f"eval_{key}" in evals[0], (g, key)
     assert "--deepspeed zero3" in logs["b"] and "torch.distributed.run --nproc_per_node 1" in logs["b"]
     assert "--deepspeed zero2" in logs["c"]
+    assert "--use_dora true --modules_to_save embed_tokens lm_head" in logs["a"]
+    adapter = json.load(open(tmp_path / "group_a" / "checkpoint-2" / "adapter_config.json"))
+    assert adapter["use_dora"] is True and set(adapter["modules_to_save"]) >= {"embed_tokens", "lm_head"}
 
     out = tmp_path / "compare"
     proc = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "coord-compare"),
@@ -127,6 +130,7 @@ def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_
     assert [r["loss_type"] for r in summary["runs"]] == ["coordexp_ce", "coordexp_geom", "coordexp_hybrid"]
     assert not summary["comparable"]  # the DeepSpeed stage differs between the runs
     assert any("`deepspeed` differs" in i for i in summary["comparability_issues"])
+    assert any("`tuner_type` differs" in i for i in summary["comparability_issues"])
     assert not any("learning_rate" in i or "seed" in i for i in summary["comparability_issues"])
     for png in ("train_losses.png", "eval_losses.png"):
         assert (out / png).stat().st_size > 10000

@@ -77,14 +77,18 @@ class _LinearCEAndCoordLogits(torch.autograd.Function):
             if z.dtype != cdt:
                 z = z.to(cdt)
             t = targets.index_select(0, idx).unsqueeze(1)
-            lse = torch.logsumexp(z, dim=1)
-            ce.index_copy_(0, idx, lse - z.gather(1, t).squeeze(1))
+            z_t = z.gather(1, t).squeeze(1)
+            z_max, arg = z.max(dim=1)
             if want_preds:
-                preds.index_copy_(0, idx, z.argmax(dim=1))
+                preds.index_copy_(0, idx, arg)
+            # Log-sum-exp and softmax in place on z: no second [chunk, vocab] buffer.
+            z.sub_(z_max.unsqueeze(1)).exp_()
+            total = z.sum(dim=1)
+            ce.index_copy_(0, idx, z_max + total.log() - z_t)
             if need_h or need_w:
                 wc = tw.index_select(0, idx).unsqueeze(1)
-                # d(sum_t w_t CE_t)/dz = w * (softmax(z) - onehot(t)), built in place on z.
-                z.sub_(lse.unsqueeze(1)).exp_().mul_(wc)
+                # d(sum_t w_t CE_t)/dz = w * (softmax(z) - onehot(t)).
+                z.mul_(wc / total.unsqueeze(1))
                 z.scatter_add_(1, t, -wc)
                 g = z if z.dtype == mm else z.to(mm)
                 del z

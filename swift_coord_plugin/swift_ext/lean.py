@@ -113,10 +113,10 @@ class _HeadInputCapture(nn.Module):
         self.hidden = hidden_states
         dev = hidden_states.device.type
         self.mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        # An empty view of the head weight as the "logits": it keeps the head reachable from the model's
-        # outputs, which DDP's search for unused parameters (find_unused_parameters=True, e.g. under LoRA)
-        # needs, since the head's gradient arrives through the loss.
-        return self.linear.weight.reshape(-1)[:0]
+        # Empty "logits" that depend on the hidden states and the head weight: DDP's search for unused
+        # parameters (find_unused_parameters=True, e.g. under LoRA) starts from the model's outputs, and every
+        # parameter's gradient arrives through the loss computed from these two.
+        return hidden_states.reshape(-1)[:0] + self.linear.weight.reshape(-1)[:0]
 
 
 def lean_forward(model, inputs) -> object:

@@ -126,6 +126,7 @@ class CoordExpLoss(BaseLoss):
             self._check_lean(args, trainer)
         self._pools: Dict[str, _MetricPool] = {}
         self._warned_acc = False
+        self._lean_announced = False
         if trainer is not None and hasattr(trainer, "custom_metrics"):
             self._register_metrics(trainer)
         self._announce()
@@ -223,6 +224,11 @@ class CoordExpLoss(BaseLoss):
 
         def head_forward(weight, hidden):
             lean_path.check_gathered(weight, hidden)
+            if not self._lean_announced:
+                self._lean_announced = True
+                zero3 = ", a DeepSpeed ZeRO-3 parameter gathered for the call" if hasattr(weight, "ds_id") else ""
+                logger.info(f"coordexp lean path: loss from the hidden states and the LM head weight "
+                            f"{tuple(weight.shape)} {weight.dtype}{zero3}; no [tokens, vocab] logits")
             out = compute_loss_from_hidden(hidden, weight, labels, vocab, self.config,
                                            num_items_in_batch=num_items_in_batch, loss_scale=loss_scale,
                                            mm_dtype=lean.mm_dtype, want_preds=want_preds)

@@ -5,13 +5,15 @@
 1. adds the plugin's 1002 tokens (``<|coord_0|>``..``<|coord_999|>``, ``<obj_start>``, ``<obj_end>``) in id
    order, unless ``--new_special_tokens`` already names them; ms-swift resizes the embedding and the LM
    head to a multiple of 128 rows (152,704 for Qwen3-VL), which keeps the head matmul aligned;
-2. re-initialises the rows of every token added in this load, uniformly (see ``init_new_rows``).
+2. re-initialises the rows of every token added in this load, and the padding rows after them, uniformly
+   (see ``init_new_rows``).
 
 Why not ms-swift's default initialisation: Qwen3-VL has 151,936 rows for a 151,669-token tokenizer, so
 the first 267 new tokens would land in existing, untrained padding rows while the other 735 get freshly
 sampled rows (mean + covariance noise from the global RNG). Coordinate bins 0..266 would then start from
 a different distribution than bins 267..999, a systematic bias across bins that the expectation
-(CoordExp) loss sees directly. Instead every new row starts at the mean of the pre-existing vocabulary
+(CoordExp) loss sees directly. Instead every new row (and every padding row after the new tokens: no
+token maps to them, but their logits enter every softmax) starts at the mean of the pre-existing vocabulary
 rows plus small Gaussian noise from a dedicated generator seeded by ``COORD_INIT_SEED`` (default 0), with
 standard deviation ``COORD_INIT_NOISE`` (default 0.01) times the per-dimension std of those rows. The
 result is identical for every bin in distribution, and bit-identical across runs with the same seed.
@@ -92,8 +94,13 @@ def register() -> None:
                 noise = float(os.environ.get("COORD_INIT_NOISE", "0.01"))
                 from swift.model import get_lm_head_model
 
-                init_new_rows(get_lm_head_model(model, self.model_meta), before, len(tokenizer), seed, noise)
                 rows = model.get_input_embeddings().weight.shape[0]
+                if hasattr(model.get_input_embeddings().weight, "ds_shape"):  # ZeRO-3 partitioned
+                    rows = model.get_input_embeddings().weight.ds_shape[0]
+                # The new tokens and the padding rows after them (no token maps there, but their logits
+                # are part of every softmax), so that the whole matrix is deterministic under the seed.
+                init_new_rows(get_lm_head_model(model, self.model_meta), before, max(rows, len(tokenizer)),
+                              seed, noise)
                 print(f"[swift-coord] added {added} tokens (ids {before}..{len(tokenizer) - 1}; "
                       f"<|coord_0|>={vocab.coord_start}, <obj_start>={vocab.obj_start}, <obj_end>={vocab.obj_end}); "
                       f"embedding rows {rows}; new rows initialised to the vocabulary mean + {noise} std noise "

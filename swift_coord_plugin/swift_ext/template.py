@@ -19,7 +19,9 @@ The template
   (``--model_kwargs '{"COORD_PROMPT": "..."}'`` or a YAML ``ENV:`` block) says otherwise;
 * validates the objects (a bad box or an empty description is an error naming the image) and, unless
   they are ``coord_bins``, orders them with the codec (``y1`` then ``x1``, stable);
-* renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token.
+* renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token;
+* with the lean loss path (``COORDEXP_LEAN=1``), runs the training forward without the LM head
+  (``compute_sft_loss``, see ``lean.py``).
 Everything else (image handling, masking of prompt and image tokens in the labels) is the stock
 Qwen3-VL template's.
 """
@@ -104,6 +106,15 @@ def _template_cls():
                 self._order_objects(inputs)
             self._add_prompt(inputs)
             super()._preprocess_inputs(inputs)
+
+        # -- training forward ---------------------------------------------------------------------
+        def compute_sft_loss(self, model, inputs, num_items_in_batch=None, trainer=None):
+            # COORDEXP_LEAN=1: the forward stops before the LM head; the loss works from the hidden states.
+            from .lean import lean_forward, lean_requested
+
+            if lean_requested(trainer):
+                return lean_forward(model, inputs)
+            return super().compute_sft_loss(model, inputs, num_items_in_batch=num_items_in_batch, trainer=trainer)
 
         # -- objects -----------------------------------------------------------------------------
         def normalize_bbox(self, inputs) -> None:
