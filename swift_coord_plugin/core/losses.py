@@ -184,13 +184,17 @@ class _TokenCEAndCoordLogits(torch.autograd.Function):
     """Per-token cross-entropy over the full vocabulary and the coordinate logits of some rows.
 
     Forward and backward use the same kernels as ``F.cross_entropy(reduction='none')`` on
-    ``logits.float()`` (so the values and gradients equal ms-swift's stock loss), and the gradient
-    of the coordinate logits is added in place into that same logits-sized buffer: one buffer for
-    all terms instead of one per gather.
+    ``logits.float()`` (so the values and gradients equal ms-swift's stock loss, bit for bit), and the
+    gradient of the coordinate logits is added in place into that same logits-sized buffer: one buffer
+    for all terms instead of one per gather. With ``reuse_buffer`` that buffer is the saved log-softmax
+    itself (the softmax backward reads and writes each element once, so it can write over its input):
+    the backward then holds two ``[tokens, vocab]`` float32 buffers where the stock loss holds three,
+    and a second backward through the same graph fails loudly (the saved tensor was modified in place).
     """
 
     @staticmethod
-    def forward(ctx, logits2d: Tensor, targets: Tensor, rows: Tensor, coord_start: int, num_bins: int):
+    def forward(ctx, logits2d: Tensor, targets: Tensor, rows: Tensor, coord_start: int, num_bins: int,
+                reuse_buffer: bool):
         ctx.set_materialize_grads(False)
         x = logits2d.double() if logits2d.dtype == torch.float64 else logits2d.float()
         logp = torch.log_softmax(x, dim=-1)
@@ -199,6 +203,7 @@ class _TokenCEAndCoordLogits(torch.autograd.Function):
         ctx.save_for_backward(logp, targets, rows, total_weight)
         ctx.in_dtype = logits2d.dtype
         ctx.coord_slice = (coord_start, coord_start + num_bins)
+        ctx.reuse_buffer = reuse_buffer
         return ce, coord_logits
 
     @staticmethod
@@ -207,24 +212,29 @@ class _TokenCEAndCoordLogits(torch.autograd.Function):
         grad = None
         if grad_ce is not None:
             grad_logp = torch.ops.aten.nll_loss_backward(grad_ce, logp, targets, None, 0, IGNORE_INDEX, total_weight)
-            grad = torch.ops.aten._log_softmax_backward_data(grad_logp, logp, 1, logp.dtype)
+            if ctx.reuse_buffer:
+                grad = torch.ops.aten._log_softmax_backward_data.out(grad_logp, logp, 1, logp.dtype, out=logp)
+            else:
+                grad = torch.ops.aten._log_softmax_backward_data(grad_logp, logp, 1, logp.dtype)
             del grad_logp
         if grad_coord is not None and rows.numel() > 0:
             if grad is None:
-                grad = torch.zeros_like(logp)
+                grad = logp.zero_() if ctx.reuse_buffer else torch.zeros_like(logp)
             lo, hi = ctx.coord_slice
             grad[:, lo:hi].index_add_(0, rows, grad_coord.to(grad.dtype))
         if grad is not None:
             grad = grad.to(ctx.in_dtype)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def token_ce_and_coord_logits(logits2d: Tensor, targets: Tensor, rows: Tensor, coord_start: int,
-                              num_bins: int) -> Tuple[Tensor, Tensor]:
+                              num_bins: int, reuse_buffer: bool = False) -> Tuple[Tensor, Tensor]:
     """Part (a): ``logits2d [N, V]``, ``targets [N]`` (``-100`` ignored), ``rows [n]`` ->
     (per-token CE ``[N]``, coordinate logits ``[n, num_bins]``), both float32 (float64 for float64 input).
+    ``reuse_buffer``: the backward writes the gradient over the saved log-softmax (one full buffer less;
+    the graph can then be back-propagated once only, as in training).
     """
-    return _TokenCEAndCoordLogits.apply(logits2d, targets, rows, coord_start, num_bins)
+    return _TokenCEAndCoordLogits.apply(logits2d, targets, rows, coord_start, num_bins, reuse_buffer)
 
 
 # ---------------------------------------------------------------------------------------------- (b)
@@ -434,7 +444,8 @@ def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: Loss
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     plan = _plan(labels, logits.device, dtype, V, vocab, config, num_items_in_batch, loss_scale)
     ce, coord_logits = token_ce_and_coord_logits(logits.reshape(-1, V), plan.targets.reshape(-1),
-                                                 plan.layout.coord_pos, vocab.coord_start, vocab.num_bins)
+                                                 plan.layout.coord_pos, vocab.coord_start, vocab.num_bins,
+                                                 reuse_buffer=True)
     ce_loss = (ce * plan.ce_weight).sum() / plan.denom
     return _assemble(plan, config, ce, coord_logits, ce_loss, gate_in_ce=False)
 

@@ -1,0 +1,118 @@
+"""``swift sft`` step time of the tiny Qwen3-VL with each loss: ms-swift's stock ``cross_entropy``, groups A, B, C
+(standard path) and the lean path (``COORDEXP_LEAN=1``).
+
+Each variant is a real ``swift sft`` run (full fine-tuning, float32, batch 2, ``--steps`` steps, logging every step)
+on the same samples; the variants are interleaved over ``--rounds`` rounds. Step time = (elapsed at the last step -
+elapsed at the first) / (steps - 1), from ms-swift's per-step ``train_speed(s/it)`` (elapsed / steps) in
+``logging.jsonl``: the first step (warm-up) is left out. The tiny model's vocabulary is the real one (152,704 rows)
+with a hidden size of 64, so the loss stage weighs more here than in a real model.
+
+    python bench/bench_sft_step.py [--steps 8] [--rounds 2] [--data samples.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "swift_coord_plugin" / "entry" / "swift_plugin.py"
+SWIFT = str(Path(sys.executable).parent / "swift")
+VARIANTS = {  # name -> (loss type, lean)
+    "stock": ("cross_entropy", False),
+    "A": ("coordexp_ce", False), "B": ("coordexp_geom", False), "C": ("coordexp_hybrid", False),
+    "lean A": ("coordexp_ce", True), "lean B": ("coordexp_geom", True), "lean C": ("coordexp_hybrid", True),
+}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def absolute_samples(src: Path, dst: Path) -> None:
+    rows = [json.loads(line) for line in open(src) if line.strip()]
+    for r in rows:
+        if not os.path.isabs(r["image"]):
+            r["image"] = str((src.parent / r["image"]).resolve())
+    dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run(variant: str, model_dir: str, data: str, out: Path, a) -> float:
+    loss_type, lean = VARIANTS[variant]
+    args = ["--model", model_dir, "--model_type", "qwen3_vl_coord", "--template", "qwen3_vl_coord",
+            "--external_plugins", str(PLUGIN), "--dataset", f"coord:{data}", "--tuner_type", "full",
+            "--torch_dtype", "float32", "--fp16", "false", "--bf16", "false", "--check_model", "false",
+            "--max_steps", str(a.steps), "--per_device_train_batch_size", str(a.batch_size),
+            "--gradient_accumulation_steps", "1", "--learning_rate", "1e-5", "--output_dir", str(out),
+            "--add_version", "false", "--save_strategy", "no", "--logging_steps", "1", "--dataloader_num_workers", "0",
+            "--report_to", "none", "--seed", "42", "--data_seed", "42", "--max_pixels", str(a.max_pixels),
+            "--dataset_num_proc", "1", "--loss_type", loss_type]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               MAX_PIXELS=str(a.max_pixels))
+    env.pop("COORDEXP_LEAN", None)
+    if lean:
+        env["COORDEXP_LEAN"] = "1"
+    proc = subprocess.run([SWIFT, "sft", *args], env=env, cwd=str(out.parent), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{proc.stdout[-4000:]}")
+    logs = [json.loads(line) for line in open(out / "logging.jsonl") if '"train_speed(s/it)"' in line]
+    logs = [r for r in logs if "loss" in r]
+    elapsed = [r["train_speed(s/it)"] * int(r["global_step/max_steps"].split("/")[0]) for r in logs]
+    return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--max-pixels", type=int, default=65536)
+    p.add_argument("--data", default=str(REPO / "assets" / "coco_sample" / "samples.jsonl"))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    a = p.parse_args()
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    tmp = Path(tempfile.mkdtemp())
+    model_dir = build_tiny_model(str(tmp / "tiny"))
+    data = tmp / "samples.jsonl"
+    absolute_samples(Path(a.data), data)
+    times = {v: [] for v in a.variants}
+    for rnd in range(a.rounds):
+        for v in a.variants:
+            out = tmp / f"{v.replace(' ', '_')}_{rnd}"
+            times[v].append(run(v, model_dir, str(data), out, a))
+            print(f"  round {rnd + 1} {v}: {times[v][-1]:.3f} s/step", flush=True)
+    ref = statistics.median(times["stock"]) if "stock" in times else None
+    print(f"\n# swift sft step time ({time.strftime('%Y-%m-%d')})")
+    print(f"machine: {machine()}")
+    print(f"command: python bench/bench_sft_step.py --steps {a.steps} --rounds {a.rounds} --batch-size {a.batch_size}")
+    print(f"tiny Qwen3-VL (hidden 64, vocabulary 152,704, tied head), full fine-tuning, float32, batch {a.batch_size}, "
+          f"steps 2..{a.steps} of each run, median over {a.rounds} runs\n")
+    print("| loss | s/step | x stock |")
+    print("|---|---|---|")
+    for v in a.variants:
+        t = statistics.median(times[v])
+        name = "stock `cross_entropy`" if v == "stock" else v
+        print(f"| {name} | {t:.3f} | {t / ref:.2f} |" if ref else f"| {name} | {t:.3f} | - |")
+
+
+if __name__ == "__main__":
+    main()
