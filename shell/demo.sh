@@ -30,11 +30,11 @@ if [ -z "${MODEL:-}" ]; then
   coord-prepare-coco --ann "$GT" --images "$ROOT/assets/coco_sample/images" --out "$OUT/data/train.jsonl" \
     --max-objects 6 --no-progress
   TRAIN="$OUT/data/train.jsonl"; VAL="$OUT/data/train.jsonl"   # over-fit and score the same 9 images
-  STEPS="${STEPS:-120}"
+  STEPS="${STEPS:-100}"
   TRAIN_ARGS=(--torch_dtype float32 --fp16 false --bf16 false --max_pixels 65536 --max_steps "$STEPS"
               --per_device_train_batch_size 3 --per_device_eval_batch_size 3 --gradient_accumulation_steps 1
               --learning_rate 1e-2 --warmup_ratio 0 --lr_scheduler_type constant --weight_decay 0
-              --eval_steps 30 --save_steps "$STEPS" --logging_steps 10 --dataloader_num_workers 0
+              --eval_steps 25 --save_steps "$STEPS" --logging_steps 10 --dataloader_num_workers 0
               --dataset_num_proc 1 --gradient_checkpointing false --check_model false --report_to none
               --freeze_vit true --freeze_aligner true)
   INFER_ARGS=(--max_pixels 65536 --max_new_tokens 200 --max_batch_size 9)
