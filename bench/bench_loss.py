@@ -103,7 +103,8 @@ def worker(a) -> dict:
         if a.stage == "logits":
             outputs = SimpleNamespace(logits=inputs[0])
         elif a.variant.startswith("lean"):
-            outputs = SimpleNamespace(logits=None, coord_lean=lean_glue.LeanInputs(hidden=h, linear=head, mm_dtype=None))
+            lean = lean_glue.LeanInputs(hidden=h, linear=head, mm_dtype=None)
+            outputs = SimpleNamespace(logits=None, coord_lean=lean)
         else:
             outputs = SimpleNamespace(logits=h @ head.weight.t())
         loss = fn(outputs, labels, num_items_in_batch=None)

@@ -8,10 +8,9 @@ import os
 
 import pytest
 
-from helpers import run_swift
+from helpers import base_sft_args, run_swift
 from test_loss_swift import (SGD_ONE_STEP, _assert_same_update, _base_weights, _train_logs, _weights,
                              four_samples)  # noqa: F401  (four_samples is a fixture)
-from helpers import base_sft_args
 
 LOSS_TYPES = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
 # A: 4 accumulated micro-batches of 1 (logits_to_keep = a mask of the labelled positions); B, C: one

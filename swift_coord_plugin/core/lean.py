@@ -56,7 +56,7 @@ class _LinearCEAndCoordLogits(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, token_weight: Tensor, rows: Tensor,
                 coord_start: int, num_bins: int, chunk: int, mm_dtype: Optional[torch.dtype], grad_enabled: bool,
                 want_preds: bool):
-        N, V = hidden.shape[0], weight.shape[0]
+        N = hidden.shape[0]
         cdt = _compute_dtype(hidden)
         mm = mm_dtype or hidden.dtype
         h = hidden if hidden.dtype == mm else hidden.to(mm)

@@ -75,8 +75,9 @@ def effective_linear(head: nn.Module) -> nn.Linear:
             linear = head.modules_to_save[active[0]]
     if type(linear) is not nn.Linear:
         raise LeanPathError(f"the LM head is a {type(linear).__module__}.{type(linear).__name__}, not a plain "
-                            "torch.nn.Linear (an adapter on lm_head?): the lean path computes the head itself and would "
-                            f"skip what that module adds; train the head with --modules_to_save lm_head, or {HOW_TO_LEAVE}")
+                            "torch.nn.Linear (an adapter on lm_head?): the lean path computes the head itself and "
+                            "would skip what that module adds; train the head with --modules_to_save lm_head, or "
+                            f"{HOW_TO_LEAVE}")
     if linear.bias is not None:
         raise LeanPathError(f"the LM head has a bias, which the lean path does not add; {HOW_TO_LEAVE}")
     if getattr(linear, "_hf_hook", None) is not None:
