@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from machine import cpu_name  # bench/machine.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 STOCK = "stock"
@@ -147,14 +148,7 @@ def machine(device: str) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}")
 

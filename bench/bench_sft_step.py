@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from machine import cpu_name  # bench/machine.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "swift_coord_plugin" / "entry" / "swift_plugin.py"
@@ -35,14 +36,7 @@ VARIANTS = {  # name -> (loss type, lean)
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
 
 

@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.node()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+    from machine import cpu_name  # bench/machine.py (the script's folder is on sys.path)
+
+    cpu = cpu_name()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:

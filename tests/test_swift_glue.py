@@ -1,4 +1,5 @@
 """The ms-swift glue in process: vocabulary, initialisation, dataset routing and the template round trip."""
+import contextlib
 import json
 import os
 
@@ -14,20 +15,27 @@ register()
 register()  # idempotent
 
 
-def _load(model_dir, load_model=True, **env):
-    from swift.model import get_model_processor
-
+@contextlib.contextmanager
+def _env(**env):
+    """Environment keys set for the block only."""
     old = {k: os.environ.get(k) for k in env}
     os.environ.update({k: str(v) for k, v in env.items()})
     try:
-        return get_model_processor(model_dir, model_type="qwen3_vl_coord", load_model=load_model,
-                                   torch_dtype=torch.float32, download_model=False)
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _load(model_dir, load_model=True, **env):
+    from swift.model import get_model_processor
+
+    with _env(**env):
+        return get_model_processor(model_dir, model_type="qwen3_vl_coord", load_model=load_model,
+                                   torch_dtype=torch.float32, download_model=False)
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +121,8 @@ def test_loading_a_checkpoint_adds_nothing(tmp_path, loaded):
 def _load_rows(path, **env):
     from swift.dataset import load_dataset
 
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with _env(**env):
         train, _ = load_dataset([f"coord:{path}"], load_from_cache_file=False)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return train
 
 
