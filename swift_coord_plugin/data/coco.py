@@ -280,6 +280,14 @@ def _image_record(i: int, im: Any, source: str):
     return iid, name, w, h
 
 
+def _is_key(value: Any, mapping: Mapping[Any, Any]) -> bool:
+    """``value in mapping``, False for an unhashable value (a list where an id belongs)."""
+    try:
+        return value in mapping
+    except TypeError:
+        return False
+
+
 def _annotation_error(i: int, ann: Any, images: Mapping[Any, Any], descs: Mapping[Any, str],
                       source: str) -> CocoFormatError:
     """The precise problem of ``annotations[i]`` (called only once the fast path has failed)."""
@@ -289,17 +297,9 @@ def _annotation_error(i: int, ann: Any, images: Mapping[Any, Any], descs: Mappin
     missing = [k for k in ("image_id", "category_id", "bbox") if k not in ann]
     if missing:
         return CocoFormatError(f"{where} has no {', '.join(missing)}")
-    try:
-        known_image = ann["image_id"] in images
-    except TypeError:
-        known_image = False
-    if not known_image:
+    if not _is_key(ann["image_id"], images):
         return CocoFormatError(f"{where}: image_id {ann['image_id']!r} is not an image of this file")
-    try:
-        known_category = ann["category_id"] in descs
-    except TypeError:
-        known_category = False
-    if not known_category:
+    if not _is_key(ann["category_id"], descs):
         return CocoFormatError(f"{where}: category_id {ann['category_id']!r} is not a category of this file")
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1, None):
