@@ -68,32 +68,43 @@ def test_plugin_file_imports_twice():
 
 
 _EXIT_PROBE = """
-import atexit, os, sys, tempfile
+import atexit, os, sys, tempfile, time
 import torch.distributed as dist
-# registered before the plugin, so it runs after the plugin's handler (last-in first-out)
-atexit.register(lambda: print("group open at exit:", dist.is_initialized(), flush=True))
+# atexit runs last-in first-out: "after" runs after the plugin's handler, "before" before it
+atexit.register(lambda: print(f"plugin handler took {time.perf_counter() - t0[0]:.3f} s", flush=True))
 if sys.argv[1] == "plugin":
     import importlib.util
     spec = importlib.util.spec_from_file_location("plugin_probe", sys.argv[2])
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
-store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
-dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-dist.barrier()
+t0 = [None]
+atexit.register(lambda: t0.__setitem__(0, time.perf_counter()))
+if sys.argv[3] == "distributed":
+    store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    dist.barrier()
 """
 
 
-@pytest.mark.parametrize("with_plugin", [False, True])
-def test_plugin_closes_the_process_group_at_exit(with_plugin):
-    """``swift sft`` leaves the process group open; the plugin destroys it before interpreter finalisation."""
+@pytest.mark.parametrize("with_plugin, distributed", [(False, True), (True, True), (True, False)])
+def test_plugin_gives_up_the_gil_at_exit_of_a_distributed_run(with_plugin, distributed):
+    """The plugin's exit handler sleeps ``EXIT_GRACE_S`` (the GIL released) when a process group is open,
+    and does nothing otherwise; without the plugin nothing waits."""
+    import re
     import subprocess
     import sys
 
     from helpers import PLUGIN
+    from swift_coord_plugin.swift_ext.register import EXIT_GRACE_S
 
-    proc = subprocess.run([sys.executable, "-c", _EXIT_PROBE, "plugin" if with_plugin else "bare", PLUGIN],
+    proc = subprocess.run([sys.executable, "-c", _EXIT_PROBE, "plugin" if with_plugin else "bare", PLUGIN,
+                           "distributed" if distributed else "single"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert f"group open at exit: {not with_plugin}" in proc.stdout, proc.stdout[-3000:]
+    took = float(re.search(r"plugin handler took ([0-9.]+) s", proc.stdout).group(1))
+    if with_plugin and distributed:
+        assert EXIT_GRACE_S <= took < EXIT_GRACE_S + 5, took
+    else:
+        assert took < EXIT_GRACE_S, took
 
 
 # Two ranks; the model wrapper keeps the group alive (as DDP does in ``swift sft``); the last all-reduce
@@ -102,8 +113,8 @@ def test_plugin_closes_the_process_group_at_exit(with_plugin):
 _LAST_ALLREDUCE = """
 import atexit
 import torch, torch.distributed as dist
-from swift_coord_plugin.swift_ext.register import close_process_group
-atexit.register(close_process_group)
+from swift_coord_plugin.swift_ext.register import let_comm_threads_finish
+atexit.register(let_comm_threads_finish)
 dist.init_process_group("gloo")
 held = dist.group.WORLD
 t = torch.ones(8)

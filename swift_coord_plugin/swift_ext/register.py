@@ -7,30 +7,29 @@ import time
 _REGISTERED = False
 
 
-# How long the main thread gives up the GIL at exit (seconds); see ``close_process_group``.
+# How long the main thread gives up the GIL at exit (seconds); see ``let_comm_threads_finish``.
 EXIT_GRACE_S = 0.1
 
 
-def close_process_group() -> None:
-    """Let the collective-communication threads finish, then destroy the process group.
+def let_comm_threads_finish() -> None:
+    """At exit of a multi-process run, give the collective-communication threads the GIL for a moment.
 
     After a synchronous collective returns, the backend's worker thread still drops its reference to
     the work's tensors, and dropping a tensor that Python has seen takes the GIL. When that happens
     while the interpreter is finalising (the last metric all-reduce of a run is milliseconds before
     exit), the thread is cancelled inside a C++ destructor and the process aborts ("terminate called
     without an active exception", SIGABRT) after the checkpoint was written; the launcher then reports
-    the whole run as failed. ``swift sft`` does not destroy the group, and destroying it does not join
-    those threads while the DDP-wrapped model still holds the group. So, at exit: give up the GIL for a
-    moment (the threads only need it for microseconds), then destroy the group.
+    the whole run as failed. ``swift sft`` does not destroy the process group, and destroying it would
+    not join those threads while the DDP-wrapped model still holds the group (and could block a rank
+    that exits on an error while its peers wait in a collective), so the handler only sleeps: the
+    threads need the GIL for microseconds.
     """
     try:
         import torch.distributed as dist
     except ImportError:  # pragma: no cover - torch is always there under ms-swift
         return
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    time.sleep(EXIT_GRACE_S)
-    dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        time.sleep(EXIT_GRACE_S)
 
 
 def register() -> None:
@@ -46,5 +45,5 @@ def register() -> None:
     loss.register()
     # Registered at plugin import, so it runs after the handlers that ms-swift, DeepSpeed and torch
     # register later (atexit runs last-in first-out).
-    atexit.register(close_process_group)
+    atexit.register(let_comm_threads_finish)
     _REGISTERED = True
