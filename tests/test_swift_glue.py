@@ -70,7 +70,7 @@ def test_plugin_file_imports_twice():
 _EXIT_PROBE = """
 import atexit, os, sys, tempfile, time
 import torch.distributed as dist
-# atexit runs last-in first-out: "after" runs after the plugin's handler, "before" before it
+# atexit runs last-in first-out: this print runs after the plugin's handler, the t0 stamp below before it
 atexit.register(lambda: print(f"plugin handler took {time.perf_counter() - t0[0]:.3f} s", flush=True))
 if sys.argv[1] == "plugin":
     import importlib.util

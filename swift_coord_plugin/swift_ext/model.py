@@ -94,9 +94,8 @@ def register() -> None:
                 noise = float(os.environ.get("COORD_INIT_NOISE", "0.01"))
                 from swift.model import get_lm_head_model
 
-                rows = model.get_input_embeddings().weight.shape[0]
-                if hasattr(model.get_input_embeddings().weight, "ds_shape"):  # ZeRO-3 partitioned
-                    rows = model.get_input_embeddings().weight.ds_shape[0]
+                emb = model.get_input_embeddings().weight
+                rows = getattr(emb, "ds_shape", emb.shape)[0]  # ds_shape: the full shape under ZeRO-3
                 # The new tokens and the padding rows after them (no token maps there, but their logits
                 # are part of every softmax), so that the whole matrix is deterministic under the seed.
                 init_new_rows(get_lm_head_model(model, self.model_meta), before, max(rows, len(tokenizer)),

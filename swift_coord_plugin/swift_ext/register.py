@@ -24,10 +24,8 @@ def let_comm_threads_finish() -> None:
     that exits on an error while its peers wait in a collective), so the handler only sleeps: the
     threads need the GIL for microseconds.
     """
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is always there under ms-swift
-        return
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         time.sleep(EXIT_GRACE_S)
 
