@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from machine import cpu_name  # bench/machine.py (the script's folder is on sys.path)
+from machine import torch_machine  # bench/machine.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "swift_coord_plugin" / "entry" / "swift_plugin.py"
@@ -31,13 +30,6 @@ VARIANTS = {  # name -> (loss type, lean)
     "A": ("coordexp_ce", False), "B": ("coordexp_geom", False), "C": ("coordexp_hybrid", False),
     "lean A": ("coordexp_ce", True), "lean B": ("coordexp_geom", True), "lean C": ("coordexp_hybrid", True),
 }
-
-
-def machine() -> str:
-    import torch
-
-    cpu = cpu_name()
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def absolute_samples(src: Path, dst: Path) -> None:
@@ -96,7 +88,7 @@ def main() -> None:
             print(f"  round {rnd + 1} {v}: {times[v][-1]:.3f} s/step", flush=True)
     ref = statistics.median(times["stock"]) if "stock" in times else None
     print(f"\n# swift sft step time ({time.strftime('%Y-%m-%d')})")
-    print(f"machine: {machine()}")
+    print(f"machine: {torch_machine()}")
     print(f"command: python bench/bench_sft_step.py --steps {a.steps} --rounds {a.rounds} --batch-size {a.batch_size}")
     print(f"tiny Qwen3-VL (hidden 64, vocabulary 152,704, tied head), full fine-tuning, float32, batch {a.batch_size}, "
           f"steps 2..{a.steps} of each run, median over {a.rounds} runs\n")

@@ -14,22 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import torch_machine  # bench/machine.py (the script's folder is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    import torch
-
-    from machine import cpu_name  # bench/machine.py (the script's folder is on sys.path)
-
-    cpu = cpu_name()
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -97,7 +89,7 @@ def main() -> None:
     lab_s = sum(sum(1 for l in e["labels"] if l != -100) for e in enc_s)
     n = len(rows)
     print(f"# template encoding benchmark ({time.strftime('%Y-%m-%d')})")
-    print(f"machine: {machine()}")
+    print(f"machine: {torch_machine()}")
     print(f"command: python bench/bench_template.py --ann {os.path.relpath(a.ann, REPO)} --n {a.n} --repeat {a.repeat} "
           f"--max-pixels {a.max_pixels}")
     print(f"samples: {n} (objects capped at 30), best of {a.repeat}")

@@ -1,4 +1,5 @@
 """What the benchmark scripts print about the machine they ran on."""
+import os
 import platform
 
 
@@ -12,3 +13,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def torch_machine() -> str:
+    """CPU, core count, torch and Python versions, on one line."""
+    import torch
+
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
