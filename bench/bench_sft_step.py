@@ -74,6 +74,8 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO / "assets" / "coco_sample" / "samples.jsonl"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     a = p.parse_args()
+    if a.steps < 2:  # the step time is the difference between the first and the last logged step
+        p.error(f"--steps must be at least 2, got {a.steps}")
     from swift_coord_plugin.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp())
