@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from swift_coord_plugin.eval.results import END_OF_TURN_TOKENS
-from swift_coord_plugin.eval.scoring import METRIC_NAMES, evaluate_results
+from swift_coord_plugin.eval.scoring import METRIC_NAMES, EvalSettings, evaluate_results
 from swift_coord_plugin.eval.synthetic import quantised_objects, response_row
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ def test_sft_infer_coord_eval(tiny_model_dir, sample_jsonl, tmp_path):
     assert len(rows) == 2 and all(r["logprobs"]["content"] for r in rows)
 
     proc = coord_eval(["--results", str(result), "--gt", str(GT), "--out", str(tmp_path / "eval"),
-                       "--decode", "coordexp", "--plots"], tmp_path)
+                       "--decode", "coordexp", "--plots", "--val-data", str(data)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| AP | AP50 |" in proc.stdout and "coord-eval" in proc.stderr  # the table and the progress bar
     for name in ("report.json", "report.md", "detections.json", "iou_histogram.png",
@@ -62,6 +62,9 @@ def test_sft_infer_coord_eval(tiny_model_dir, sample_jsonl, tmp_path):
     cut = sum(1 for row in rows if row["logprobs"]["content"][-1]["token"] not in END_OF_TURN_TOKENS)
     assert r["without_end_of_turn"] == cut
     assert c["images"]["evaluated"] == 2 and c["images"]["gt_images_without_row"] == 7
+    assert report["headline"].startswith("Scored 2 of 9 GT images (the images of --val-data")
+    # the rows carry the real image paths: their stored pixel grids were compared with the GT's sizes
+    assert r["size_differs_from_gt"] == 0 and r["image_file_not_checked"] == 0
     o = c["objects"]
     assert o["parsed"] == o["in_unmatched_rows"] + o["in_duplicate_rows"] + o["unmatched_description"] + \
         o["detections"]
@@ -89,7 +92,7 @@ def test_sft_infer_coord_eval(tiny_model_dir, sample_jsonl, tmp_path):
         row["response"], row["logprobs"] = fake["response"], fake["logprobs"]
     perfect = tmp_path / "perfect.jsonl"
     perfect.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    ev = evaluate_results(str(perfect), str(GT), progress=False)
+    ev = evaluate_results(str(perfect), str(GT), EvalSettings(val_data=str(data)), progress=False)
     assert ev.report["metrics"]["AP50"] == pytest.approx(1.0, abs=1e-12)
     assert ev.report["counts"]["rows"]["matched_by_image_id"] == 2
     assert ev.report["counts"]["objects"]["detections"] == sum(len(objs[i]) for i in IMAGE_IDS)

@@ -168,15 +168,15 @@ def test_every_row_and_object_is_accounted_for(c128, tmp_path):
              f"{codec.OBJ_START} people {''.join(codec.coord_token(k) for k in (5, 6, 7, 8))} {codec.OBJ_END}")
     rows[0]["response"] += extra
     rows[0]["logprobs"] = None
-    rows[5]["chat_template_kwargs"]["coord_meta"]["width"] += 1
     results = write_rows(tmp_path / "r.jsonl", rows[:8] + [dup, unknown_id, unknown_name, no_image])
-    ev = evaluate_results(results, str(C128), progress=False)
+    ev = evaluate_results(results, str(C128), EvalSettings(subset_from_results=True), progress=False)
     c = ev.report["counts"]
     assert c["rows"]["total"] == 12
     assert c["rows"]["matched_by_image_id"] == 7 and c["rows"]["matched_by_file_name"] == 1
     assert c["rows"]["unmatched"] == {"unknown_image_id": 1, "unknown_file_name": 1, "no_image_id_or_file_name": 1}
     assert c["rows"]["duplicate_image"] == 1
-    assert c["rows"]["size_differs_from_gt"] == 1 and c["rows"]["size_differs_from_gt_lines"] == [6]
+    # rows name bare file names: no image file to compare with the GT size (tests/test_eval_inputs.py does)
+    assert c["rows"]["size_differs_from_gt"] == 0 and c["rows"]["image_file_not_checked"] == 8
     assert c["images"]["evaluated"] == 8 and c["images"]["gt_images_without_row"] == 120
     o = c["objects"]
     n_in = lambda r: len(codec.parse_objects(r["response"]).objects)  # noqa: E731
@@ -208,7 +208,10 @@ def test_max_dets_counts_what_cocoeval_ignores(c128, tmp_path):
     assert o["images_over_max_dets"] == sum(1 for n in per_image.values() if n > 10)
     ref = pycocotools_stats(C128, quantised_reference(gt, [dict(a, score=1.0) for a in gt["annotations"]]),
                             max_dets=10)
-    assert as_list(ev.report["metrics"]) == pytest.approx(ref, abs=1e-9)
+    # pycocotools' summarize takes AP at a hard-coded 100 detections (-1 here); the other 11 are at 10.
+    # AP itself at N is checked against an independent computation in test_eval_inputs.py.
+    assert ref[0] == -1.0 and ev.report["metrics"]["AP"] > 0
+    assert as_list(ev.report["metrics"])[1:] == pytest.approx(ref[1:], abs=1e-9)
 
 
 def test_empty_answers_score_zero(c128, tmp_path):
@@ -234,7 +237,7 @@ def test_nothing_matched_is_an_error(c128, tmp_path):
     results = write_rows(tmp_path / "r.jsonl", [{"response": "", "images": [{"path": "x.jpg"}]}])
     with pytest.raises(EvalError, match="no row of .* matched an image"):
         evaluate_results(results, str(C128), progress=False)
-    with pytest.raises(EvalError, match="not a COCO instances file"):
+    with pytest.raises(EvalError, match="a COCO instances file needs"):
         bad = tmp_path / "gt.json"
         bad.write_text("{}")
         evaluate_results(results, str(bad), progress=False)

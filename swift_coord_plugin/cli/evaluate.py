@@ -25,9 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", choices=SCORES, default=None,
                    help="detection confidence (default: logprob when the results have logprobs, else constant)")
     p.add_argument("--max-dets", type=int, default=100, help="COCOeval's maximum detections per image (default 100)")
-    p.add_argument("--all-gt-images", action="store_true",
-                   help="score every GT image, those without a result row as empty answers "
-                        "(default: only the GT images that have a row)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--all-gt-images", action="store_true",
+                       help="score every GT image, those without a result row as empty answers (a headline "
+                            "warning counts them). Default: every GT image, and a GT image without a row is an error")
+    which.add_argument("--subset-from-results", action="store_true",
+                       help="score only the GT images that have a result row (a headline warning counts the rest)")
+    which.add_argument("--val-data", metavar="VAL_JSONL",
+                       help="the unified-sample JSONL that was inferred (swift infer --val_dataset coord:VAL_JSONL): "
+                            "score exactly its images; the results must hold each of its rows exactly once")
+    p.add_argument("--desc-map", metavar="FILE_OR_JSON",
+                   help="the description map the training data was converted with (coord-prepare-coco --desc-map), "
+                        "or that conversion's <out>.summary.json: its phrases map back to their categories")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep objects identical to an earlier one of the same response (default: drop, counted)")
     p.add_argument("--plots", action="store_true", help="also write iou_histogram.png and coordinate_distributions.png")
@@ -38,13 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(decode=args.decode, score=args.score, max_dets=args.max_dets,
-                            all_gt_images=args.all_gt_images, dedupe=not args.keep_duplicates)
+                            all_gt_images=args.all_gt_images, dedupe=not args.keep_duplicates,
+                            subset_from_results=args.subset_from_results, val_data=args.val_data,
+                            desc_map=args.desc_map)
     try:
         evaluation = evaluate_results(args.results, args.gt, settings, progress=not args.no_progress)
         paths = write_outputs(args.out, evaluation, plots=args.plots)
     except (EvalError, ResultsError) as e:
         print(f"coord-eval: error: {e}", file=sys.stderr)
         return 2
+    if "WARNING" in evaluation.report["headline"]:
+        print(f"coord-eval: {evaluation.report['headline']}", file=sys.stderr)
     print(format_markdown(evaluation.report))
     print("wrote " + ", ".join(paths))
     return 0

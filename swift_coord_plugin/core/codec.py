@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -140,9 +141,12 @@ def render_objects(objects: Iterable[DetObject]) -> str:
 
 
 def clean_desc(desc: str) -> str:
-    """Descriptions are single-line text without the markup of the codec."""
-    desc = " ".join(str(desc).split())
-    return desc
+    """Descriptions are single-line text without the markup of the codec, in Unicode NFC.
+
+    NFC because the Qwen tokenizer normalises its input to NFC: a decomposed "crème" (e + combining
+    accent) would train as the composed form anyway, and evaluation must compare the same form.
+    """
+    return unicodedata.normalize("NFC", " ".join(str(desc).split()))
 
 
 def desc_problem(desc: object) -> Optional[str]:

@@ -15,7 +15,9 @@ image's ground truth (that would not be COCO AP).
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from ..core import codec
 
 # COCO category name -> other names a model may write for it. Plurals of everything here are added by
 # ``plural``; only irregular plurals are listed.
@@ -61,8 +63,10 @@ _STRIP = " \t\n.,;:!?\"'`()[]{}"
 
 
 def normalize_desc(desc: str) -> str:
-    """Lower case; ``-``/``_``/runs of white space -> one space; surrounding punctuation removed."""
-    return _SEP_RE.sub(" ", str(desc).lower()).strip(_STRIP).strip()
+    """Unicode NFC (``codec.clean_desc``, as training writes descriptions), lower case; ``-``/``_``/runs of
+    white space -> one space; surrounding punctuation removed. GT names and model descriptions both pass
+    here, so "crème brûlée" matches whether either side was stored composed or decomposed."""
+    return _SEP_RE.sub(" ", codec.clean_desc(desc).lower()).strip(_STRIP).strip()
 
 
 def plural(name: str) -> str:
@@ -81,11 +85,20 @@ def plural(name: str) -> str:
 class CategoryMapper:
     """Maps descriptions to category ids of one ground truth's ``categories`` list."""
 
-    def __init__(self, categories: Iterable[Mapping]):
+    def __init__(self, categories: Iterable[Mapping], desc_map: Optional[Mapping[Any, str]] = None):
+        """``desc_map``: the converter's description map (category id or name -> phrase the model was
+        trained on, see ``data.coco.category_descs``); each phrase then maps to its category exactly,
+        before any category name."""
         cats = list(categories)
         self.names: Dict[int, str] = {int(c["id"]): str(c["name"]) for c in cats}
         self.exact: Dict[str, int] = {}
         self.aliases: Dict[str, int] = {}
+        if desc_map:
+            from ..data.coco import category_descs
+
+            for cid, phrase in category_descs(cats, desc_map, "the ground truth").items():
+                if phrase != codec.clean_desc(self.names[int(cid)]):
+                    self.exact.setdefault(normalize_desc(phrase), int(cid))
         for cid, name in self.names.items():
             self.exact.setdefault(normalize_desc(name), cid)
         by_name = dict(self.exact)

@@ -70,6 +70,7 @@ class RowPrediction:
     ended: Optional[bool] = None
     # With logprobs: does the parse of the tokens give the same boxes as the parse of ``response``?
     text_agrees: Optional[bool] = None
+    image_path: Optional[str] = None  # the row's first image path as written (None: no path)
 
 
 def count_lines(path: str) -> int:
@@ -122,8 +123,8 @@ def iter_lines(path: str) -> Iterator[Tuple[int, dict]]:
 _SEP_RE = re.compile(r"[\\/]")
 
 
-def image_file_name(images) -> Optional[str]:
-    """Base name of the row's first image (``images`` as swift writes it, or a plain path/list of paths)."""
+def image_path(images) -> Optional[str]:
+    """The row's first image path (``images`` as swift writes it, or a plain path/list of paths)."""
     if isinstance(images, (list, tuple)):
         if not images:
             return None
@@ -132,7 +133,13 @@ def image_file_name(images) -> Optional[str]:
         images = images.get("path")
     if not isinstance(images, str) or not images.strip():
         return None
-    return _SEP_RE.split(images.strip())[-1] or None
+    return images.strip()
+
+
+def image_file_name(images) -> Optional[str]:
+    """Base name of the row's first image (``images`` as swift writes it, or a plain path/list of paths)."""
+    path = image_path(images)
+    return (_SEP_RE.split(path)[-1] or None) if path else None
 
 
 def _int_field(row: dict, key: str, where: str) -> Optional[int]:
@@ -228,6 +235,7 @@ def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True,
         line=line,
         image_id=_int_field(meta, "image_id", where),
         file_name=image_file_name(row.get("images")),
+        image_path=image_path(row.get("images")),
         width=_int_field(meta, "width", where),
         height=_int_field(meta, "height", where),
         objects=[],

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..core import codec
+from ..core.images import stored_size
 from .categories import CategoryMapper
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
     object_score
@@ -28,6 +29,7 @@ from .results import RowPrediction, count_lines, iter_lines, merge_counts, read_
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_HIST_EDGES = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.50, 0.55, ..., 1.00
+MAX_LISTED = 10  # ids / lines an error message lists before it only counts
 
 
 class EvalError(ValueError):
@@ -36,13 +38,26 @@ class EvalError(ValueError):
 
 @dataclass
 class EvalSettings:
+    """Which images are scored (at most one of the three; none: every GT image, each needing a row):
+    ``all_gt_images`` every GT image, those without a row as empty answers; ``subset_from_results`` only
+    the GT images that have a row; ``val_data`` (a unified-sample JSONL) exactly its images, each needing
+    exactly one row."""
+
     decode: str = "argmax"
     score: Optional[str] = None  # None: "logprob" when every row with objects has logprobs, else "constant"
     max_dets: int = 100
     all_gt_images: bool = False  # score GT images without a result row as empty answers
     dedupe: bool = True  # the parser's duplicate-object rule
+    subset_from_results: bool = False
+    val_data: Optional[str] = None
+    desc_map: Optional[str] = None  # the converter's --desc-map (file or inline JSON) or its summary file
 
     def check(self) -> None:
+        chosen = [flag for flag, on in (("--all-gt-images", self.all_gt_images),
+                                         ("--subset-from-results", self.subset_from_results),
+                                         ("--val-data", self.val_data is not None)) if on]
+        if len(chosen) > 1:
+            raise EvalError(f"{' and '.join(chosen)}: choose one way to say which images are scored")
         if self.decode not in DECODES:
             raise EvalError(f"--decode {self.decode!r}: expected one of {', '.join(DECODES)}")
         if self.score is not None and self.score not in SCORES:
@@ -70,25 +85,16 @@ def quiet():
 
 
 def load_gt(path: str):
-    """Load a COCO instances file into pycocotools' ``COCO``, checking what the evaluator needs."""
-    from pycocotools.coco import COCO
+    """pycocotools' ``COCO`` for a ground-truth file, checked and with its optional fields filled
+    (``eval.gt``; the repairs are in ``coco.coord_repairs``). Raises ``EvalError`` naming the record."""
+    from .gt import GtError
+    from .gt import load_gt as _load
 
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise EvalError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key) if isinstance(data, dict) else None, list):
-            raise EvalError(f"{path}: not a COCO instances file (no '{key}' list)")
-    for i, img in enumerate(data["images"]):
-        for key in ("id", "width", "height"):
-            if not isinstance(img.get(key), (int, float)) or isinstance(img.get(key), bool):
-                raise EvalError(f"{path}: images[{i}] has no numeric '{key}'")
-    coco = COCO()
-    coco.dataset = data
-    with quiet():
-        coco.createIndex()
+        coco, repairs = _load(path)
+    except GtError as e:
+        raise EvalError(str(e)) from None
+    coco.coord_repairs = repairs
     return coco
 
 
@@ -138,11 +144,33 @@ def run_cocoeval(coco_gt, detections: List[dict], img_ids: Sequence[int], max_de
         ev.params.maxDets = [1, 10, int(max_dets)]
         ev.evaluate()
         ev.accumulate()
-        text = io.StringIO()
-        with contextlib.redirect_stdout(text):
-            ev.summarize()
-    ev.summary_text = text.getvalue()
+    ev.stats = coco_stats(ev)
     return ev
+
+
+def coco_stats(ev) -> np.ndarray:
+    """The 12 numbers of ``COCOeval.summarize`` (``METRIC_NAMES`` order), every one at the run's own
+    ``maxDets``: AP, AP50, AP75, APs/m/l and ARs/m/l at ``maxDets[-1]``, AR1/AR10/AR<N> at each.
+
+    pycocotools' ``summarize`` takes AP (IoU .50:.95, area all) at a hard-coded 100 detections, so with
+    ``maxDets[-1] != 100`` its AP is -1; the formula is otherwise theirs: the mean of
+    ``eval['precision'][T, R, K, A, M]`` (101-point interpolated precision) or ``eval['recall'][T, K, A, M]``
+    over the entries > -1, -1 when there are none.
+    """
+    p, e = ev.params, ev.eval
+
+    def mean(ap: bool, iou: Optional[float] = None, area: str = "all", m: int = -1) -> float:
+        a = p.areaRngLbl.index(area)
+        s = e["precision"][:, :, :, a, m] if ap else e["recall"][:, :, a, m]
+        if iou is not None:
+            s = s[np.where(iou == p.iouThrs)[0]]
+        v = s[s > -1]
+        return float(np.mean(v)) if v.size else -1.0
+
+    return np.array([mean(True), mean(True, .5), mean(True, .75), mean(True, area="small"),
+                     mean(True, area="medium"), mean(True, area="large"), mean(False, m=0), mean(False, m=1),
+                     mean(False), mean(False, area="small"), mean(False, area="medium"),
+                     mean(False, area="large")])
 
 
 def _mean_valid(a: np.ndarray) -> Optional[float]:
@@ -224,6 +252,8 @@ class _Tally:
         self.decode_stats = DecodeStats()
         self.seen: Dict[int, int] = {}  # GT image id -> line of the row that gave it
         self.size_mismatch_lines: List[int] = []
+        self.unmatched_lines: List[tuple] = []  # (line, reason, image id or file name)
+        self.duplicate_lines: List[tuple] = []  # (line, GT image id, line of its first row)
         self.kept: List[_Kept] = []
         self.per_image, self.per_image_cat = Counter(), Counter()
 
@@ -251,16 +281,25 @@ class _Tally:
         if gid is None:
             self.unmatched[how] += 1
             objects["in_unmatched_rows"] += len(pred.objects)
+            if len(self.unmatched_lines) < MAX_LISTED:
+                self.unmatched_lines.append((pred.line, how, pred.image_id if pred.image_id is not None
+                                             else pred.file_name))
             return
         if gid in self.seen:
             rows["duplicate_image"] += 1
             objects["in_duplicate_rows"] += len(pred.objects)
+            if len(self.duplicate_lines) < MAX_LISTED:
+                self.duplicate_lines.append((pred.line, gid, self.seen[gid]))
             return
         self.seen[gid] = pred.line
         rows["matched_" + how] += 1
         img = self.gt_images.by_id[gid]
-        if (pred.width is not None and pred.width != img["width"]) or \
-                (pred.height is not None and pred.height != img["height"]):
+        # The pixel grid the boxes are scaled to is the GT's width x height; the image file the model saw
+        # must store that grid (a re-encoded, resized or EXIF-rotated copy does not).
+        stored = stored_size(pred.image_path) if pred.image_path else None
+        if stored is None:
+            rows["image_file_not_checked"] += 1
+        elif stored != (img["width"], img["height"]):
             rows["size_differs_from_gt"] += 1
             self.size_mismatch_lines.append(pred.line)
         for obj in pred.objects:
@@ -332,7 +371,13 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
         raise EvalError(f"ground-truth file not found: {gt_path}")
     coco_gt = load_gt(gt_path)
     gt_images = GtImages(coco_gt)
-    tally = _Tally(results_path, gt_images, CategoryMapper(coco_gt.dataset["categories"]), settings)
+    desc_map, desc_map_source = load_eval_desc_map(settings.desc_map)
+    try:
+        mapper = CategoryMapper(coco_gt.dataset["categories"], desc_map)
+    except ValueError as e:
+        raise EvalError(f"--desc-map {desc_map_source}: {e}") from None
+    requested = read_val_data(settings.val_data, gt_images, gt_path) if settings.val_data else None
+    tally = _Tally(results_path, gt_images, mapper, settings)
 
     t0, c0 = time.perf_counter(), time.process_time()
     _read_all(results_path, tally, progress)
@@ -344,9 +389,9 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
             f"{dict(tally.unmatched)}); are results and ground truth the same split? Rows match by image_id "
             "(chat_template_kwargs.coord_meta or a top-level column), else by the base name of images[0].path "
             "against the GT file_name.")
+    img_ids, coverage = _coverage(tally, requested, settings, results_path, gt_path)
     score, score_note = tally.choose_score()
     detections = tally.detections(score)
-    img_ids = sorted(gt_images.by_id) if settings.all_gt_images else sorted(tally.seen)
     t1, c1 = time.perf_counter(), time.process_time()
     ev = run_cocoeval(coco_gt, detections, img_ids, settings.max_dets)
     t2, c2 = time.perf_counter(), time.process_time()
@@ -355,6 +400,7 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     img_set = set(img_ids)
     eval_anns = [a for a in coco_gt.dataset["annotations"] if a["image_id"] in img_set]
     report = {
+        "headline": coverage["headline"],
         "metrics": {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)},
         "per_category": per_category(ev, coco_gt, detections),
         "settings": _settings_report(settings, score, score_note, tally, results_path, gt_path),
@@ -363,7 +409,11 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
         "timing_s": {"read_parse_convert": round(t1 - t0, 3), "cocoeval": round(t2 - t1, 3),
                      "read_parse_convert_cpu": round(c1 - c0, 3), "cocoeval_cpu": round(c2 - c1, 3)},
         "versions": _versions(),
+        "coverage": coverage,
     }
+    report["settings"]["gt_repairs"] = coco_gt.coord_repairs.as_dict()
+    report["settings"]["category_mapping"]["desc_map"] = (
+        {"source": desc_map_source, "map": {str(k): v for k, v in desc_map.items()}} if desc_map else None)
     gt_norm = []
     for a in eval_anns:
         if not a.get("iscrowd", 0):
@@ -371,6 +421,119 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
             x, y, bw, bh = a["bbox"]
             gt_norm.append(codec.normalize_box((x, y, x + bw, y + bh), img["width"], img["height"]))
     return Evaluation(report, detections, coco_gt, ev, gt_norm, ious)
+
+
+def _describe_ids(ids, gt_images: GtImages) -> str:
+    ids = sorted(ids)
+    shown = ", ".join(f"{i} ({gt_images.by_id[i].get('file_name', '?')})" for i in ids[:MAX_LISTED])
+    return shown + (f", ... ({len(ids) - MAX_LISTED} more)" if len(ids) > MAX_LISTED else "")
+
+
+def _coverage(tally: _Tally, requested: Optional[Dict[int, int]], settings: EvalSettings, results_path: str,
+              gt_path: str):
+    """``(image ids to score, coverage report)``; raises when rows are missing and no subset was asked for."""
+    gt_images = tally.gt_images
+    n_gt = len(gt_images.by_id)
+    seen = set(tally.seen)
+    missing = set(gt_images.by_id) - seen
+    warning = None
+    if requested is not None:
+        want = set(requested)
+        problems = []
+        lost = want - seen
+        if lost:
+            problems.append(f"{len(lost)} image(s) of --val-data have no result row: {_describe_ids(lost, gt_images)}")
+        dups = [d for d in tally.duplicate_lines]
+        if tally.rows["duplicate_image"]:
+            listed = ", ".join(f"line {ln} repeats image {g} (first at line {first})" for ln, g, first in dups)
+            problems.append(f"{tally.rows['duplicate_image']} duplicate row(s): {listed}")
+        extra = seen - want
+        if extra:
+            problems.append(f"{len(extra)} row(s) for images not in --val-data: {_describe_ids(extra, gt_images)}")
+        if tally.unmatched:
+            listed = ", ".join(f"line {ln}: {how} {what!r}" for ln, how, what in tally.unmatched_lines)
+            problems.append(f"{sum(tally.unmatched.values())} row(s) match no GT image: {listed}")
+        if problems:
+            raise EvalError(f"{results_path} does not hold every row of --val-data {settings.val_data} exactly "
+                            "once (a crashed or ungathered shard, or results of another file?):\n  "
+                            + "\n  ".join(problems))
+        img_ids = sorted(want)
+        mode = f"the images of --val-data {settings.val_data}, each with exactly one result row"
+    elif settings.all_gt_images:
+        img_ids = sorted(gt_images.by_id)
+        mode = "every GT image (--all-gt-images)"
+        if missing:
+            warning = (f"{len(missing)} GT images have no result row and were scored as empty answers: "
+                       f"{_describe_ids(missing, gt_images)}")
+    elif settings.subset_from_results:
+        img_ids = sorted(seen)
+        mode = "the GT images with a result row (--subset-from-results)"
+        if missing:
+            warning = (f"subset: {len(missing)} GT images without a result row are not scored: "
+                       f"{_describe_ids(missing, gt_images)}")
+    else:
+        if missing:
+            raise EvalError(
+                f"{len(missing)} of {n_gt} GT images of {gt_path} have no row in {results_path}: "
+                f"{_describe_ids(missing, gt_images)}. A number on a silent subset is misleading: complete the "
+                "results (a crashed shard? a wrong VAL_DATA?), or say which images to score: --val-data "
+                "VAL_JSONL (the unified samples that were inferred), --subset-from-results (only the images "
+                "with a row) or --all-gt-images (missing rows count as empty answers).")
+        img_ids = sorted(gt_images.by_id)
+        mode = "every GT image"
+    headline = f"Scored {len(img_ids)} of {n_gt} GT images ({mode})."
+    if warning:
+        headline += f" WARNING: {warning}"
+    size = tally.rows["size_differs_from_gt"]
+    if size:
+        headline += (f" WARNING: {size} image files store another pixel size than the GT's width x height (lines "
+                     f"{', '.join(str(x) for x in tally.size_mismatch_lines[:MAX_LISTED])}): their boxes are "
+                     "scaled to the GT size.")
+    return img_ids, {"scored_images": len(img_ids), "gt_images": n_gt, "images_scored": mode,
+                     "gt_images_without_row": len(missing), "headline": headline}
+
+
+def load_eval_desc_map(spec: Optional[str]):
+    """``(desc_map or None, where it came from)``. ``spec``: what ``coord-prepare-coco --desc-map`` took
+    (a JSON file or inline JSON), or the converter's ``<out>.summary.json``, which records the map it used."""
+    if not spec:
+        return None, None
+    from ..data.coco import CocoFormatError, load_desc_map
+
+    try:
+        value = load_desc_map(spec)
+    except CocoFormatError as e:
+        raise EvalError(str(e)) from None
+    options = value.get("options")
+    if isinstance(options, dict) and "desc_map" in options and "images_written" in value:
+        if not options["desc_map"]:
+            raise EvalError(f"--desc-map {spec}: this conversion summary used no description map")
+        return dict(options["desc_map"]), f"{spec} (conversion summary)"
+    return value, spec
+
+
+def read_val_data(path: str, gt_images: GtImages, gt_path: str) -> Dict[int, int]:
+    """GT image id -> line of each sample of a unified-sample JSONL (``--val-data``), matched like result
+    rows (``image_id``, else the base name of ``image``). Every line must name a distinct GT image."""
+    if not os.path.isfile(path):
+        raise EvalError(f"--val-data file not found: {path}")
+    out: Dict[int, int] = {}
+    for line, row in iter_lines(path):
+        image_id = row.get("image_id")
+        if isinstance(image_id, bool) or (image_id is not None and not isinstance(image_id, int)):
+            raise EvalError(f"{path}:{line}: image_id must be an integer, got {image_id!r}")
+        image = row.get("image")
+        name = re.split(r"[\\/]", image)[-1] if isinstance(image, str) else None
+        gid, how = gt_images.match(image_id, name)
+        if gid is None:
+            raise EvalError(f"{path}:{line}: {how.replace('_', ' ')} (image_id {image_id!r}, image {image!r}) in "
+                            f"{gt_path}: is --val-data the split of --gt?")
+        if gid in out:
+            raise EvalError(f"{path}:{line}: image {gid} already at line {out[gid]}")
+        out[gid] = line
+    if not out:
+        raise EvalError(f"{path}: no samples")
+    return out
 
 
 def _settings_report(settings: EvalSettings, score: str, score_note: str, tally: _Tally, results_path: str,
@@ -382,8 +545,10 @@ def _settings_report(settings: EvalSettings, score: str, score_note: str, tally:
         "score_formula": SCORE_FORMULAS[score],
         "score_choice": score_note,
         "max_dets": int(settings.max_dets),
-        "images": "all GT images (missing rows scored as empty answers)" if settings.all_gt_images
-        else "GT images with a result row",
+        "images": ("all GT images (missing rows scored as empty answers)" if settings.all_gt_images
+                   else "GT images with a result row" if settings.subset_from_results
+                   else f"the images of {settings.val_data}" if settings.val_data
+                   else "all GT images (each must have a row)"),
         "dedupe_identical_objects": settings.dedupe,
         "category_mapping": {
             "rule": "case-insensitive exact name, then regular plural, then the synonym table",
@@ -409,6 +574,7 @@ def _counts_report(tally: _Tally, n_evaluated: int, eval_anns: List[dict], n_det
             "without_objects": rows["without_objects"],
             "size_differs_from_gt": rows["size_differs_from_gt"],
             "size_differs_from_gt_lines": tally.size_mismatch_lines[:20],
+            "image_file_not_checked": rows["image_file_not_checked"],
         },
         "images": {
             "gt_images": len(tally.gt_images.by_id),
@@ -455,6 +621,18 @@ def _versions() -> dict:
 
 
 # ----------------------------------------------------------------------------- outputs
+def describe_repairs(repairs: dict) -> List[str]:
+    out = []
+    if repairs.get("area_filled_with_box_area"):
+        out.append(f"{repairs['area_filled_with_box_area']} annotations without area: box area w*h used")
+    if repairs.get("iscrowd_filled_with_0"):
+        out.append(f"{repairs['iscrowd_filled_with_0']} annotations without iscrowd: 0 used")
+    if repairs.get("annotation_ids_assigned"):
+        out.append(f"annotation ids assigned 1..{repairs['annotation_ids_assigned']} in file order "
+                   f"({repairs['annotation_ids_reason']})")
+    return out
+
+
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -475,13 +653,16 @@ def metrics_table(report: dict) -> str:
 
 def format_markdown(report: dict) -> str:
     s, c = report["settings"], report["counts"]
-    lines = ["# COCO bbox evaluation", "", metrics_table(report), ""]
+    lines = [f"**{report['headline']}**", "", "# COCO bbox evaluation", "", metrics_table(report), ""]
     lines += ["(-: no GT in that area range.)", "", "## Settings", "",
               f"- decode: `{s['decode']}` ({s['decode_formula']})",
               f"- score: `{s['score']}` ({s['score_formula']}; {s['score_choice']})",
               f"- max detections per image: {s['max_dets']}",
               f"- images scored: {s['images']}",
-              f"- category mapping: {s['category_mapping']['rule']}",
+              f"- category mapping: {s['category_mapping']['rule']}"
+              + (f"; description map from {s['category_mapping']['desc_map']['source']}"
+                 if s["category_mapping"].get("desc_map") else "; no description map"),
+              f"- ground-truth repairs: {'; '.join(describe_repairs(s['gt_repairs'])) or 'none'}",
               f"- results: `{s['results']}`", f"- ground truth: `{s['gt']}`", ""]
     lines += ["## Counts", ""]
     for group in ("rows", "images", "objects", "parser"):

@@ -1,0 +1,151 @@
+"""Ground-truth COCO instances files as tools write them -> a ``COCO`` object pycocotools can score.
+
+The file is read like the converter reads it (``data.coco.read_instances``: UTF-8 with or without a
+byte-order mark, errors with their line and column). Everything the scorer relies on is then checked
+before any result row is read, and the fields that are optional in practice get the value the COCO
+format implies, each repair counted in ``GtRepairs`` (the report lists them under ``settings.gt``):
+
+* ``annotations[i].area`` missing: the box area ``w * h`` (pycocotools picks the small/medium/large
+  range from ``area``; COCO's own ``area`` is the segment's, which a box-only file does not have).
+* ``annotations[i].iscrowd`` missing (or null): 0.
+* annotation ``id`` missing, duplicated, not an integer or not positive: every annotation gets
+  ``1..N`` in file order. pycocotools indexes annotations by id (a duplicate silently replaces the
+  earlier box) and marks "not matched" with id 0 (a box with id 0 matched by a detection counts that
+  detection as a false positive), so only unique positive integers score correctly.
+
+Refused (``GtError``, naming the file, the record and the field): image or category ids that are not
+integers (detections carry integer ids) or are duplicated, image ``width``/``height`` that are not positive
+numbers, annotations whose ``image_id``/``category_id`` is not in the file, whose ``bbox`` is not four
+finite numbers with ``w, h >= 0``, whose ``iscrowd`` is not 0/1 or whose ``area`` is not a number >= 0.
+Category names are NFC-normalised for matching (``categories.normalize_desc``), never rewritten here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict
+
+from ..data.coco import CocoFormatError, read_instances
+
+
+class GtError(ValueError):
+    """A ground-truth file the scorer cannot score; the message names the file, the record and the field."""
+
+
+@dataclass
+class GtRepairs:
+    """What ``load_gt`` filled in, by field."""
+
+    area_filled: int = 0
+    iscrowd_filled: int = 0
+    annotation_ids_assigned: int = 0
+    annotation_ids_reason: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"area_filled_with_box_area": self.area_filled, "iscrowd_filled_with_0": self.iscrowd_filled,
+                "annotation_ids_assigned": self.annotation_ids_assigned,
+                "annotation_ids_reason": self.annotation_ids_reason or None}
+
+    def any(self) -> bool:
+        return bool(self.area_filled or self.iscrowd_filled or self.annotation_ids_assigned)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_and_repair(data: dict, path: str) -> GtRepairs:
+    """Check ``data`` (a loaded instances file) in place and fill the optional fields; see the module doc."""
+    images: Dict[int, dict] = {}
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict):
+            raise GtError(f"{path}: images[{i}] must be an object")
+        iid = im.get("id")
+        if not _is_int(iid):
+            raise GtError(f"{path}: images[{i}]: id must be an integer (detections and pycocotools use integer "
+                          f"image ids), got {iid!r}")
+        if iid in images:
+            raise GtError(f"{path}: images[{i}]: duplicate image id {iid}")
+        for key in ("width", "height"):
+            v = im.get(key)
+            if not _is_num(v) or v <= 0:
+                raise GtError(f"{path}: images[{i}] (id={iid}): {key} must be a positive number, got {v!r}")
+        images[iid] = im
+    cats = set()
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+            raise GtError(f"{path}: categories[{i}] needs an integer 'id' and a string 'name', got {c!r}")
+        if c["id"] in cats:
+            raise GtError(f"{path}: categories[{i}]: duplicate category id {c['id']}")
+        cats.add(c["id"])
+
+    repairs = GtRepairs()
+    ids_seen, bad_ids = set(), {"missing": 0, "duplicate": 0, "not a positive integer": 0}
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            raise GtError(f"{path}: annotations[{i}] must be an object")
+        where = f"{path}: annotation id={a.get('id')!r} (annotations[{i}])"
+        if not _is_int(a.get("image_id")) or a["image_id"] not in images:
+            raise GtError(f"{where}: image_id {a.get('image_id')!r} is not an image id of the file")
+        if not _is_int(a.get("category_id")) or a["category_id"] not in cats:
+            raise GtError(f"{where}: category_id {a.get('category_id')!r} is not a category id of the file")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
+            raise GtError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise GtError(f"{where}: bbox width and height must be >= 0, got {bbox!r}")
+        crowd = a.get("iscrowd")
+        if crowd is None:
+            a["iscrowd"] = 0
+            repairs.iscrowd_filled += 1
+        elif crowd not in (0, 1) or isinstance(crowd, float) and not crowd.is_integer():
+            raise GtError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
+        else:
+            a["iscrowd"] = int(crowd)
+        area = a.get("area")
+        if area is None:
+            a["area"] = float(bbox[2]) * float(bbox[3])
+            repairs.area_filled += 1
+        elif not _is_num(area) or area < 0:
+            raise GtError(f"{where}: area must be a number >= 0, got {area!r}")
+        aid = a.get("id")
+        if aid is None:
+            bad_ids["missing"] += 1
+        elif not _is_int(aid) or aid <= 0:
+            bad_ids["not a positive integer"] += 1
+        elif aid in ids_seen:
+            bad_ids["duplicate"] += 1
+        else:
+            ids_seen.add(aid)
+    if any(bad_ids.values()):
+        for n, a in enumerate(data["annotations"], start=1):
+            a["id"] = n
+        repairs.annotation_ids_assigned = len(data["annotations"])
+        repairs.annotation_ids_reason = ", ".join(f"{v} {k}" for k, v in bad_ids.items() if v)
+    return repairs
+
+
+def load_gt(path: str):
+    """``(COCO, GtRepairs)`` for a COCO instances file, checked and repaired as the module doc says.
+
+    Raises ``GtError`` for a file the scorer cannot score (before any result row is read).
+    """
+    from pycocotools.coco import COCO
+
+    from .scoring import quiet
+
+    try:
+        data = read_instances(path, skip_polygons=True)
+    except CocoFormatError as e:
+        raise GtError(str(e)) from None
+    repairs = check_and_repair(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with quiet():
+        coco.createIndex()
+    return coco, repairs
+
