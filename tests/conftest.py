@@ -11,6 +11,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_check_cache(tmp_path_factory) -> str:
+    """The full-decode cache of the image checks in a temporary folder (also for the swift subprocesses)."""
+    from swift_coord_plugin.core.images import CACHE_ENV
+
+    folder = str(tmp_path_factory.mktemp("image_checks"))
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = folder
+    yield folder
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random Qwen3-VL (tied head) with the real tokenizer, as ``coord-make-tiny-model`` builds it."""

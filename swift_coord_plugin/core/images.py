@@ -174,3 +174,138 @@ def cheap_check(path: str, declared_w=None, declared_h=None) -> Optional[str]:
     except Exception as e:
         return f"cannot be read ({e.__class__.__name__}: {e})"
     return size_problem((w, h), orientation, declared_w, declared_h) or processor_problem(w, h)
+
+
+def decode_problem(path: str) -> Optional[str]:
+    """The slow part of ``full_check``: decode every byte and convert (``load_rgb``); the problem or None."""
+    try:
+        load_rgb(path)
+    except ImageProblem as e:
+        return str(e)
+    except OSError as e:  # the file went away between checks
+        return f"cannot be read ({e.__class__.__name__}: {e})"
+    return None
+
+
+# ----------------------------------------------------------------------------- the decode cache
+# A full decode of COCO train (118k images) costs minutes; it is paid once: results are kept in an
+# append-only JSON-lines file, one ``[path, mtime_ns, size, problem]`` per checked file, valid while the
+# file's modification time and size are unchanged. The converter fills it; the dataset check reads it
+# and decodes only what it does not hold.
+CACHE_ENV = "COORD_IMAGE_CHECK_CACHE"
+CACHE_FILE = "image_checks.jsonl"
+
+
+def cache_path() -> str:
+    """``$COORD_IMAGE_CHECK_CACHE`` (a folder), else ``~/.cache/swift_coord_plugin``, + ``image_checks.jsonl``."""
+    import os
+
+    folder = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "swift_coord_plugin")
+    return os.path.join(folder, CACHE_FILE)
+
+
+def _file_key(path: str):
+    import os
+
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size
+
+
+def _decode_keyed(path: str):
+    """``(path, mtime_ns, size, problem)``; the key is taken before decoding (a later change invalidates)."""
+    try:
+        mtime, size = _file_key(path)
+    except OSError as e:
+        return path, None, None, f"cannot be read ({e.__class__.__name__}: {e})"
+    return path, mtime, size, decode_problem(path)
+
+
+class DecodeCache:
+    """Full-decode results by image path, valid for the file's (mtime_ns, size); see ``cache_path``."""
+
+    def __init__(self, path: Optional[str] = None):
+        import json
+        import os
+
+        self.path = path or cache_path()
+        self.entries = {}
+        if os.path.isfile(self.path):
+            with open(self.path, "r", encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        p, mtime, size, problem = json.loads(line)
+                    except (ValueError, TypeError):
+                        continue  # a line cut by a crash: that image is decoded again
+                    self.entries[p] = (mtime, size, problem)
+
+    def lookup(self, path: str):
+        """``(True, problem)`` when the cache holds the file as it is now, else ``(False, None)``."""
+        hit = self.entries.get(path)
+        if hit is None:
+            return False, None
+        try:
+            if (hit[0], hit[1]) != _file_key(path):
+                return False, None
+        except OSError:
+            return False, None
+        return True, hit[2]
+
+    def add(self, results) -> None:
+        """Append ``(path, mtime_ns, size, problem)`` results (unkeyed ones are not cached)."""
+        import json
+        import os
+
+        lines = []
+        for p, mtime, size, problem in results:
+            if mtime is None:
+                continue
+            self.entries[p] = (mtime, size, problem)
+            lines.append(json.dumps([p, mtime, size, problem]) + "\n")
+        if not lines:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:  # one write: concurrent writers interleave lines
+                f.write("".join(lines))
+        except OSError:
+            pass  # a read-only cache folder costs time, not correctness
+
+
+def decode_problems(paths, cache: Optional[DecodeCache] = None, workers: Optional[int] = None,
+                    progress=None) -> dict:
+    """``{path: problem or None}`` for every path, decoding (in ``workers`` processes, default all CPUs)
+    only those the cache does not hold, and adding them to it. ``progress(n)`` is called as files are done."""
+    import os
+
+    cache = cache if cache is not None else DecodeCache()
+    out, todo = {}, []
+    for p in dict.fromkeys(paths):
+        hit, problem = cache.lookup(p)
+        if hit:
+            out[p] = problem
+        else:
+            todo.append(p)
+    if progress is not None and len(out):
+        progress(len(out))
+    if not todo:
+        return out
+    workers = workers or os.cpu_count() or 1
+    results = []
+    if workers <= 1 or len(todo) < 64:
+        for p in todo:
+            results.append(_decode_keyed(p))
+            if progress is not None:
+                progress(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may be a training process with threads (forking those can deadlock)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for r in pool.map(_decode_keyed, todo, chunksize=64):
+                results.append(r)
+                if progress is not None:
+                    progress(1)
+    cache.add(results)
+    out.update({p: problem for p, _, _, problem in results})
+    return out

@@ -17,11 +17,14 @@ from . import codec
 
 # Reasons a sample is rejected (the keys of drop counts).
 MISSING_IMAGE = "missing_image"
-UNREADABLE_IMAGE = "unreadable_image"
+UNREADABLE_IMAGE = "unreadable_image"  # header or full decode fails, or a mode without a defined display
+IMAGE_SIZE_MISMATCH = "image_size_mismatch"  # stored pixel grid != declared width/height (EXIF included)
+UNSUPPORTED_IMAGE = "unsupported_image"  # a size Qwen-VL's image processor refuses
 BAD_BBOX = "bad_bbox"
 BAD_DESC = "bad_desc"
 BAD_FORMAT = "bad_format"
-SAMPLE_REASONS = (BAD_FORMAT, MISSING_IMAGE, UNREADABLE_IMAGE, BAD_BBOX, BAD_DESC)
+SAMPLE_REASONS = (BAD_FORMAT, MISSING_IMAGE, UNREADABLE_IMAGE, IMAGE_SIZE_MISMATCH, UNSUPPORTED_IMAGE, BAD_BBOX,
+                  BAD_DESC)
 
 # Where the dataset preprocessor keeps a sample's image_id / width / height in an ms-swift row:
 # row["chat_template_kwargs"][EVAL_META_KEY] (a standard column that survives into `swift infer` results).
@@ -46,22 +49,31 @@ def row_meta(row) -> dict:
     return dict(meta)
 
 
-def image_problem(path: str, check_readable: bool = True) -> Optional[Tuple[str, str]]:
+def image_problem(path: str, check_readable: bool = True, width=None, height=None) -> Optional[Tuple[str, str]]:
+    """The cheap image checks (file present; with ``check_readable`` the header: readable, stored size equal
+    to the declared ``width``/``height`` when given, EXIF orientation, processor limits; see ``core.images``).
+    The full decode is ``core.images.decode_problems`` (cached)."""
     if not os.path.isfile(path):
         return MISSING_IMAGE, f"image file not found: {path}"
     if check_readable:
-        from PIL import Image, UnidentifiedImageError
+        from . import images
 
         try:
-            with Image.open(path) as im:  # reads the header only
-                im.size
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+            w, h, _, orientation = images.header(path)
+        except Exception as e:
             return UNREADABLE_IMAGE, f"image cannot be read: {path} ({e.__class__.__name__}: {e})"
+        p = images.size_problem((w, h), orientation, width, height)
+        if p:
+            return IMAGE_SIZE_MISMATCH, f"{path}: {p} (fields width, height)"
+        p = images.processor_problem(w, h)
+        if p:
+            return UNSUPPORTED_IMAGE, f"{path}: {p}"
     return None
 
 
 def sample_problem(sample, check_files: bool = True, check_readable: bool = True) -> Optional[Tuple[str, str]]:
-    """``(reason, message)`` for the first problem of ``sample``, or None if it is valid."""
+    """``(reason, message)`` for the first problem of ``sample``, or None if it is valid (the cheap checks;
+    ``width``/``height``, when the sample has them, must be the stored pixel size of its image)."""
     if not isinstance(sample, dict):
         return BAD_FORMAT, f"a sample must be a JSON object, got {type(sample).__name__}"
     image = sample.get("image")
@@ -81,6 +93,10 @@ def sample_problem(sample, check_files: bool = True, check_readable: bool = True
         p = codec.bbox_problem(obj.get("bbox"))
         if p:
             return BAD_BBOX, f"objects[{i}]: {p}"
+    for key in ("width", "height"):
+        v = sample.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            return BAD_FORMAT, f"'{key}' must be a positive number, got {v!r}"
     if check_files:
-        return image_problem(image, check_readable)
+        return image_problem(image, check_readable, sample.get("width"), sample.get("height"))
     return None

@@ -40,6 +40,7 @@ import os
 from typing import Any, Dict, Optional
 
 from ..core import codec
+from ..core import images as image_rules
 from ..core import samples as sample_rules
 from .template import BINS_TYPE
 
@@ -64,7 +65,7 @@ def _code_version() -> str:
     import hashlib
 
     h = hashlib.sha1()
-    for path in (__file__, codec.__file__, sample_rules.__file__):
+    for path in (__file__, codec.__file__, sample_rules.__file__, image_rules.__file__):
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:10]
@@ -91,26 +92,50 @@ def _build_classes():
             return image
 
         def validate(self, dataset):
-            """Indices of the valid rows; raises or counts according to ``COORD_BAD_SAMPLES``."""
+            """Indices of the valid rows; raises or counts according to ``COORD_BAD_SAMPLES``.
+
+            Cheap checks on every row (``sample_problem``: shape, boxes, descriptions, the image header
+            against the declared size and the processor's limits), then a full decode of every image still
+            kept, read from the decode cache where it holds the file (``core.images.decode_problems``)."""
             policy = _policy()
-            col_image = "image" if "image" in dataset.features else "images"
-            images = dataset[col_image]
-            objects = dataset["objects"] if "objects" in dataset.features else [None] * len(images)
+            features = set(dataset.features)
+            if not features & {"image", "images"} and features & {"annotations", "categories"}:
+                raise BadSamplesError(
+                    f"{self.source} is a COCO instances JSON, not unified samples (one JSON object per line "
+                    "with 'image' and 'objects'). Convert it first: coord-prepare-coco --ann "
+                    f"{self.source} --images IMAGE_DIR --out train.jsonl, then --dataset coord:train.jsonl")
+            col_image = "image" if "image" in features else "images"
+            n = len(dataset)
+            images = dataset[col_image] if col_image in features else [None] * n
+            objects = dataset["objects"] if "objects" in features else [None] * n
+            widths = dataset["width"] if "width" in features else [None] * n
+            heights = dataset["height"] if "height" in features else [None] * n
             keep, problems, counts = [], [], collections.Counter()
-            for i, (image, objs) in enumerate(zip(images, objects)):
+            for i, (image, objs, w, h) in enumerate(zip(images, objects, widths, heights)):
                 if isinstance(image, list) and len(image) == 1:
                     image = image[0]
                 if isinstance(image, dict):
                     image = image.get("path")
                 if isinstance(image, str):
                     image = self._image_path(image)
-                problem = sample_rules.sample_problem({"image": image, "objects": objs})
+                problem = sample_rules.sample_problem({"image": image, "objects": objs, "width": w, "height": h})
                 if problem is None:
-                    keep.append(i)
+                    keep.append((i, image))
                     continue
                 counts[problem[0]] += 1
                 problems.append(f"{self.source}:{i + 1}: {problem[1]}")
-            report = {"source": self.source, "rows": len(images), "kept": len(keep), "dropped": dict(counts)}
+            decoded = image_rules.decode_problems([image for _, image in keep]) if keep else {}
+            kept = []
+            for i, image in keep:
+                problem = decoded.get(image)
+                if problem is None:
+                    kept.append(i)
+                    continue
+                counts[sample_rules.UNREADABLE_IMAGE] += 1
+                problems.append(f"{self.source}:{i + 1}: image {image}: {problem}")
+            keep = kept
+            problems.sort(key=lambda m: int(m[len(self.source) + 1:].split(":", 1)[0]))
+            report = {"source": self.source, "rows": n, "kept": len(keep), "dropped": dict(counts)}
             self.last_report = report
             if problems and policy == "error":
                 listed = "\n  ".join(problems[:MAX_LISTED])
@@ -118,6 +143,15 @@ def _build_classes():
                 raise BadSamplesError(
                     f"{len(problems)} bad sample(s) in {self.source} (by reason: {dict(counts)}):\n  {listed}{more}\n"
                     "Fix them, or set COORD_BAD_SAMPLES=drop to drop and count them.")
+            if n and not keep:
+                listed = "\n  ".join(problems[:3])
+                raise BadSamplesError(
+                    f"no sample of {self.source} was kept ({n} rows, dropped by reason: {dict(counts)}):\n  {listed}\n"
+                    "Is it a file of unified samples (one JSON object per line with 'image' and 'objects')? "
+                    "A COCO instances JSON must be converted first (coord-prepare-coco --ann FILE --images DIR "
+                    "--out train.jsonl, then --dataset coord:train.jsonl).")
+            if not n:
+                raise BadSamplesError(f"{self.source} holds no sample")
             return keep, report
 
         def __call__(self, dataset, **kwargs):
@@ -171,17 +205,26 @@ def _build_classes():
         """Loads ``coord:<path>``: the path after the colon, through the plugin's preprocessor."""
 
         def load(self, dataset_syntax=None, dataset_meta=None, *, use_hf=None):
-            path = "/".join(dataset_syntax.subsets)  # ms-swift splits subsets on '/'
+            raw = "/".join(dataset_syntax.subsets)  # ms-swift splits subsets on '/'
+            path = unescape_path(raw)
             if not path:
                 raise ValueError("--dataset coord needs a file: --dataset coord:/path/to/samples.jsonl")
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"--dataset coord:{path}: no such file")
+                raise FileNotFoundError(f"--dataset coord:{raw}: no such file ({path})")
             path = os.path.abspath(path)
             pre = dataset_meta.preprocess_func
             pre.source, pre.base_dir = path, os.path.dirname(path)
             return self._load_dataset_path(path, dataset_meta=dataset_meta)
 
     return CoordSamplePreprocessor, CoordSampleLoader
+
+
+def unescape_path(path: str) -> str:
+    """``%23`` -> ``#`` in a ``coord:`` path: ms-swift reads ``#N`` as a sample count, so a real ``#`` is
+    written ``%23`` (``%25`` for a real ``%``)."""
+    import re
+
+    return re.sub(r"%(23|25)", lambda m: "#" if m.group(1) == "23" else "%", path)
 
 
 def register() -> None:

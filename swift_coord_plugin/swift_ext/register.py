@@ -31,8 +31,12 @@ def let_comm_threads_finish() -> None:
 
 
 def register() -> None:
-    """Register the model type, template, dataset preprocessor and losses (safe to call twice)."""
+    """Register the model type, template, dataset preprocessor and losses (safe to call twice), and check
+    the dataset arguments of the ms-swift command importing the plugin (``dataset_args``)."""
     global _REGISTERED
+    from .dataset_args import check_current_arguments
+
+    check_current_arguments()
     if _REGISTERED:
         return
     from . import dataset, loss, model, template

@@ -22,10 +22,23 @@ The template
 * renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token;
 * with the lean loss path (``COORDEXP_LEAN=1``), runs the training forward without the LM head
   (``compute_sft_loss``, see ``lean.py``).
-Everything else (image handling, masking of prompt and image tokens in the labels) is the stock
-Qwen3-VL template's.
+* loads each image itself (``core.images.load_rgb``): fully decoded, in the stored pixel frame (no EXIF
+  transpose: boxes are in that frame), greyscale/palette/CMYK/16-bit converted as a person sees them and
+  transparency composited on white. ms-swift's loader would only ``convert("RGB")``, which drops alpha
+  and clips 16-bit images to white;
+* never lets an encode failure pass silently while training. ms-swift 4.6 (``LazyLLMDataset.__getitem__``,
+  ``swift/dataset/utils.py``) catches every ``Exception`` of ``template.encode``, logs it (the first ten)
+  and trains on another random row instead, and ``swift sft`` still exits 0. So a failure while training
+  is raised as ``EncodeFailure``, a ``BaseException`` that this catch does not take, and stops the run
+  naming the image (``COORD_BAD_SAMPLES=error``, default); with ``COORD_BAD_SAMPLES=drop`` it is
+  re-raised as it is (ms-swift substitutes a row) after a warning that names the image and counts the
+  replaced rows of the process. Rows ms-swift replaces for ``--max_length`` (``MaxLengthError`` with
+  ``--truncation_strategy delete``) are reported and counted the same way.
+Everything else (masking of prompt and image tokens in the labels) is the stock Qwen3-VL template's.
 """
 from __future__ import annotations
+
+import os
 
 from ..core import codec
 from .model import TEMPLATE_TYPE
@@ -34,6 +47,37 @@ from .model import TEMPLATE_TYPE
 BINS_TYPE = "coord_bins"
 
 _TEMPLATE_CLS = None
+
+
+class EncodeFailure(BaseException):
+    """A training row that could not be encoded. A ``BaseException`` on purpose: ms-swift's lazy dataset
+    catches ``Exception`` and silently trains on a random other row instead (see the module doc)."""
+
+
+# Rows ms-swift replaced in this process, by reason (with COORD_BAD_SAMPLES=drop or for --max_length).
+REPLACED_ROWS = {}
+
+
+def load_image_as_seen(image):
+    """A row's image (path, ``{"bytes", "path"}`` or PIL image) as ``core.images.load_rgb`` gives it."""
+    import io
+
+    from ..core import images
+
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, bytes):
+        return images.load_rgb(io.BytesIO(image))
+    if isinstance(image, str):
+        if image.startswith(("http://", "https://", "data:")) or not os.path.isfile(image):
+            return image  # ms-swift's own loader: URLs, base64, ROOT_IMAGE_DIR-relative paths
+        try:
+            return images.load_rgb(image)
+        except images.ImageProblem as e:
+            raise images.ImageProblem(f"image {image}: {e}") from None
+    if hasattr(image, "mode"):
+        return images.to_rgb(image)
+    return image
 
 
 def _template_cls():
@@ -102,10 +146,42 @@ def _template_cls():
 
         def _preprocess_inputs(self, inputs) -> None:
             inputs.coord_where = self._where(inputs)
+            if inputs.images:
+                inputs.images = [load_image_as_seen(img) for img in inputs.images]
             if inputs.objects:
                 self._order_objects(inputs)
             self._add_prompt(inputs)
             super()._preprocess_inputs(inputs)
+
+        # -- encode failures ------------------------------------------------------------------------
+        def encode(self, inputs, return_template_inputs: bool = False, return_length: bool = False):
+            try:
+                return super().encode(inputs, return_template_inputs=return_template_inputs,
+                                      return_length=return_length)
+            except Exception as e:
+                if not self.is_training:
+                    raise
+                from swift.template.base import MaxLengthError
+
+                from .dataset import _policy
+
+                where = _row_where(inputs)
+                reason = "max_length" if isinstance(e, MaxLengthError) else "encode_error"
+                if reason == "encode_error" and _policy() == "error":
+                    raise EncodeFailure(
+                        f"[swift-coord] cannot encode the training row of {where}: {e.__class__.__name__}: {e}. "
+                        "ms-swift would train on a random other row instead; the run stops. Fix or remove the "
+                        "row, or set COORD_BAD_SAMPLES=drop to let ms-swift replace it (each one is "
+                        "reported).") from e
+                REPLACED_ROWS[reason] = REPLACED_ROWS.get(reason, 0) + 1
+                from swift.utils import get_logger
+
+                msg = (f"[swift-coord] row of {where} not encoded ({reason}: {e.__class__.__name__}: {e}); "
+                       f"ms-swift replaces it with a random other row. Replaced in this process so far: "
+                       f"{REPLACED_ROWS}")
+                get_logger().warning(msg)
+                print(msg, flush=True)
+                raise
 
         # -- training forward ---------------------------------------------------------------------
         def compute_sft_loss(self, model, inputs, num_items_in_batch=None, trainer=None):
@@ -144,6 +220,18 @@ def _template_cls():
 
     _TEMPLATE_CLS = CoordQwen3VLTemplate
     return _TEMPLATE_CLS
+
+
+def _row_where(inputs) -> str:
+    """The image path and image id of a row, for messages."""
+    row = inputs if isinstance(inputs, dict) else getattr(inputs, "__dict__", {})
+    images = row.get("images") or []
+    image = images[0] if images else None
+    if isinstance(image, dict):
+        image = image.get("path")
+    meta = (row.get("chat_template_kwargs") or {}).get("coord_meta") or {}
+    ident = f" (image_id {meta['image_id']})" if "image_id" in meta else ""
+    return f"{image if isinstance(image, str) else 'an in-memory image'}{ident}"
 
 
 def register() -> None:

@@ -1,0 +1,105 @@
+"""Checks of ``--dataset`` / ``--val_dataset`` values made when the plugin is imported.
+
+Two ways of naming a file end, without them, deep inside ms-swift: a file of unified samples (or a COCO
+instances JSON) given as a bare path goes to ms-swift's generic preprocessor, which drops every row with
+a traceback each and then divides by zero when it samples the empty set; and a ``#`` inside a ``coord:``
+path is read as the ``#N`` sample count (``int()`` of the rest of the path). ms-swift imports the plugin
+while it builds its arguments, before any dataset is read, so the values are checked then and a bad one
+stops the run with what to write instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Iterable, List, Optional
+
+from .dataset import DATASET_NAME, unescape_path
+
+_COCO_KEYS = re.compile(rb'"(images|annotations|categories)"\s*:\s*\[')
+SNIFF_BYTES = 1 << 20
+
+
+def file_kind(path: str) -> Optional[str]:
+    """``"unified"`` (first line a JSON object with ``image``), ``"coco"`` (an ``images``/``annotations``/
+    ``categories`` list near the start), or None; reads at most the first MiB."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    first = text.split(b"\n", 1)[0]
+    try:
+        row = json.loads(first)
+    except ValueError:
+        row = None
+    if isinstance(row, dict) and "image" in row and ("objects" in row or "images" not in row):
+        return "unified"
+    if text.startswith(b"{") and _COCO_KEYS.search(text):
+        return "coco"
+    return None
+
+
+def dataset_spec_problem(spec: str) -> Optional[str]:
+    """What is wrong with one ``--dataset`` value, or None (names that are not files are ms-swift's)."""
+    if not isinstance(spec, str):
+        return None
+    prefix = DATASET_NAME + ":"
+    if spec.startswith(prefix):
+        path = spec[len(prefix):]
+        if "#" in path:
+            head, tail = path.rsplit("#", 1)
+            if not tail.strip().isdigit():
+                return (f"{spec}: ms-swift reads what follows the last '#' as a sample count (coord:PATH#N). "
+                        f"A '#' that belongs to the path is written %23: {prefix}{path.replace('#', '%23')}")
+            path = head
+        path = unescape_path(path)
+        if os.path.isfile(path) and file_kind(path) == "coco":
+            return (f"{spec}: {path} is a COCO instances JSON, not unified samples. Convert it first: "
+                    f"coord-prepare-coco --ann {path} --images IMAGE_DIR --out train.jsonl, "
+                    f"then --dataset {prefix}train.jsonl")
+        return None
+    path = spec.split("#", 1)[0] if not os.path.isfile(spec) else spec
+    if not os.path.isfile(path):
+        return None
+    kind = file_kind(path)
+    if kind == "unified":
+        return (f"{spec}: a file of unified samples given as a bare path goes to ms-swift's generic preprocessor, "
+                f"which drops every row. Name it through the plugin's dataset: --dataset {prefix}{spec}")
+    if kind == "coco":
+        return (f"{spec} is a COCO instances JSON. Convert it first: coord-prepare-coco --ann {path} "
+                f"--images IMAGE_DIR --out train.jsonl, then --dataset {prefix}train.jsonl")
+    return None
+
+
+def check_dataset_specs(specs: Iterable[str]) -> None:
+    problems: List[str] = [p for p in (dataset_spec_problem(s) for s in specs) if p]
+    if problems:
+        raise ValueError("[swift-coord] dataset argument(s):\n  " + "\n  ".join(problems))
+
+
+def _arguments_being_built():
+    """The ms-swift arguments object whose ``__post_init__`` is importing the plugin, or None."""
+    frame = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            return None
+        obj = frame.f_locals.get("self")
+        if obj is not None and hasattr(obj, "_import_external_plugins") and hasattr(obj, "dataset"):
+            return obj
+        frame = frame.f_back
+    return None
+
+
+def check_current_arguments() -> None:
+    """Check ``--dataset``/``--val_dataset`` of the ms-swift command that imports the plugin (if any)."""
+    args = _arguments_being_built()
+    if args is None:
+        return
+    specs = []
+    for name in ("dataset", "val_dataset"):
+        value = getattr(args, name, None) or []
+        specs += [value] if isinstance(value, str) else list(value)
+    check_dataset_specs(specs)
