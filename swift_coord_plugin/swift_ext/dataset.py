@@ -99,11 +99,8 @@ def _build_classes():
             kept, read from the decode cache where it holds the file (``core.images.decode_problems``)."""
             policy = _policy()
             features = set(dataset.features)
-            if not features & {"image", "images"} and features & {"annotations", "categories"}:
-                raise BadSamplesError(
-                    f"{self.source} is a COCO instances JSON, not unified samples (one JSON object per line "
-                    "with 'image' and 'objects'). Convert it first: coord-prepare-coco --ann "
-                    f"{self.source} --images IMAGE_DIR --out train.jsonl, then --dataset coord:train.jsonl")
+            if "image" not in features and "objects" not in features and features & {"annotations", "categories"}:
+                raise BadSamplesError(coco_json_message(self.source))
             col_image = "image" if "image" in features else "images"
             n = len(dataset)
             images = dataset[col_image] if col_image in features else [None] * n
@@ -212,11 +209,21 @@ def _build_classes():
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"--dataset coord:{raw}: no such file ({path})")
             path = os.path.abspath(path)
+            from .dataset_args import file_kind
+
+            if file_kind(path) == "coco":
+                raise BadSamplesError(coco_json_message(path))
             pre = dataset_meta.preprocess_func
             pre.source, pre.base_dir = path, os.path.dirname(path)
             return self._load_dataset_path(path, dataset_meta=dataset_meta)
 
     return CoordSamplePreprocessor, CoordSampleLoader
+
+
+def coco_json_message(path: str) -> str:
+    return (f"{path} is a COCO instances JSON, not unified samples (one JSON object per line with 'image' and "
+            f"'objects'). Convert it first: coord-prepare-coco --ann {path} --images IMAGE_DIR --out train.jsonl, "
+            "then --dataset coord:train.jsonl")
 
 
 def unescape_path(path: str) -> str:

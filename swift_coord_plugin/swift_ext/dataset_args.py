@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Iterable, List, Optional
 
-from .dataset import DATASET_NAME, unescape_path
+from .dataset import DATASET_NAME, coco_json_message, unescape_path
 
 _COCO_KEYS = re.compile(rb'"(images|annotations|categories)"\s*:\s*\[')
 SNIFF_BYTES = 1 << 20
@@ -57,9 +57,7 @@ def dataset_spec_problem(spec: str) -> Optional[str]:
             path = head
         path = unescape_path(path)
         if os.path.isfile(path) and file_kind(path) == "coco":
-            return (f"{spec}: {path} is a COCO instances JSON, not unified samples. Convert it first: "
-                    f"coord-prepare-coco --ann {path} --images IMAGE_DIR --out train.jsonl, "
-                    f"then --dataset {prefix}train.jsonl")
+            return f"{spec}: {coco_json_message(path)}"
         return None
     path = spec.split("#", 1)[0] if not os.path.isfile(spec) else spec
     if not os.path.isfile(path):
@@ -69,8 +67,7 @@ def dataset_spec_problem(spec: str) -> Optional[str]:
         return (f"{spec}: a file of unified samples given as a bare path goes to ms-swift's generic preprocessor, "
                 f"which drops every row. Name it through the plugin's dataset: --dataset {prefix}{spec}")
     if kind == "coco":
-        return (f"{spec} is a COCO instances JSON. Convert it first: coord-prepare-coco --ann {path} "
-                f"--images IMAGE_DIR --out train.jsonl, then --dataset {prefix}train.jsonl")
+        return f"{spec}: {coco_json_message(path)}"
     return None
 
 
