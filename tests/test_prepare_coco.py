@@ -121,8 +121,8 @@ def test_summary_counts_add_up(default_run, raw):
     assert s["dropped_objects"]["crowd"] == crowd == 10
     assert s["annotations"] == s["objects_kept"] + sum(s["dropped_objects"].values())
     assert s["images"] == s["images_written"] + sum(s["dropped_images"].values())
-    assert set(s["dropped_objects"]) == {"crowd", "degenerate", "over_cap", "missing_file"}
-    assert set(s["dropped_images"]) == {"missing_file", "empty"}
+    assert set(s["dropped_objects"]) == {"crowd", "degenerate", "over_cap", "missing_file", "bad_image"}
+    assert set(s["dropped_images"]) == {"missing_file", "bad_image", "empty"}
 
 
 # ----------------------------------------------------------------------------- bbox, desc, crowd
@@ -421,6 +421,7 @@ def test_command_line(tmp_path, ann_path, coco128, default_run):
     assert "human" in descs and "person" not in descs
     options = json.loads((tmp_path / "m.summary.json").read_text())["options"]
     assert options == {"max_objects": 2, "cap_policy": "scan", "drop_empty": True, "skip_missing": False,
+                       "check_images": True, "skip_bad_images": False, "workers": None,
                        "desc_map": {"person": "human"}}
 
 

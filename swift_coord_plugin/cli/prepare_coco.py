@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop images left with no object (default: keep them with an empty target)")
     p.add_argument("--skip-missing", action="store_true",
                    help="drop and count images whose file is missing (default: stop with an error naming them)")
+    p.add_argument("--no-image-check", action="store_true",
+                   help="skip the image check (stored size vs width/height and EXIF orientation, processor "
+                        "limits, full decode; parallel and cached by file+mtime+size, so paid once)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="drop and count images that fail the image check (default: stop with an error naming them)")
+    p.add_argument("--workers", type=int, default=None, help="processes of the image decode (default: all CPUs)")
     p.add_argument("--full-json", action="store_true",
                    help="parse polygon segmentations too (syntax-checks them; about 3x slower to load)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,7 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         desc_map = coco.load_desc_map(args.desc_map) if args.desc_map else None
         options = coco.ConvertOptions(max_objects=args.max_objects, cap_policy=args.cap_policy,
                                       drop_empty=args.drop_empty, skip_missing=args.skip_missing,
-                                      desc_map=desc_map)
+                                      check_images=not args.no_image_check, skip_bad_images=args.skip_bad_images,
+                                      workers=args.workers, desc_map=desc_map)
     except (coco.CocoFormatError, ValueError) as e:
         print(f"coord-prepare-coco: error: {e}", file=sys.stderr)
         return 2

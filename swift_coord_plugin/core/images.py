@@ -271,6 +271,24 @@ class DecodeCache:
             pass  # a read-only cache folder costs time, not correctness
 
 
+def check_files(items, cache: Optional[DecodeCache] = None, workers: Optional[int] = None, progress=None) -> dict:
+    """``{path: problem or None}`` for ``(path, declared_width, declared_height)`` items: the header checks
+    (``cheap_check``, every time) and the full decode (``decode_problems``, cached). A path listed twice
+    with different declared sizes is checked against each; the first problem is kept."""
+    items = list(items)
+    out = {}
+    for path, w, h in items:
+        if out.get(path) is None:
+            p = cheap_check(path, w, h)
+            if p is not None or path not in out:
+                out[path] = p
+    decodable = [p for p, problem in out.items() if problem is None]
+    for path, problem in decode_problems(decodable, cache, workers, progress).items():
+        if problem is not None:
+            out[path] = problem
+    return out
+
+
 def decode_problems(paths, cache: Optional[DecodeCache] = None, workers: Optional[int] = None,
                     progress=None) -> dict:
     """``{path: problem or None}`` for every path, decoding (in ``workers`` processes, default all CPUs)

@@ -18,8 +18,12 @@ The rules (documented with their reasons in ``docs/data.md``):
   orders them; ``scan`` orders all and keeps the first ``max_objects``. ``max_objects=0``: no cap.
 * images left without objects are kept with ``"objects": []`` unless ``drop_empty``.
 * images whose file is missing are an error, or with ``skip_missing`` dropped and counted.
-
-Nothing here opens an image: file existence is all that is checked.
+* images (``check_images``, default on) are checked as the model will need them (``core.images``): the
+  stored pixel grid must be the record's ``width`` x ``height`` (an EXIF rotation that would explain the
+  difference is named), the size within Qwen-VL's processor limits, and every byte decodable in a mode
+  that can be shown. This full decode runs in parallel and is cached by file, modification time and size,
+  so the dataset check at training time does not pay it again. A bad image is an error naming the record
+  and the file, or with ``skip_bad_images`` dropped and counted (``bad_image``).
 """
 from __future__ import annotations
 
@@ -53,6 +57,9 @@ class ConvertOptions:
     cap_policy: str = "area"
     drop_empty: bool = False
     skip_missing: bool = False
+    check_images: bool = True
+    skip_bad_images: bool = False
+    workers: Optional[int] = None  # processes of the image decode (None: all CPUs)
     # category id -> description, replacing the category name (see ``resolve_desc_map``).
     desc_map: Optional[Mapping[Any, str]] = None
 
@@ -81,8 +88,10 @@ class Summary:
     empty_images_written: int = 0
     objects_kept: int = 0
     dropped_objects: Dict[str, int] = field(
-        default_factory=lambda: {"crowd": 0, "degenerate": 0, "over_cap": 0, "missing_file": 0})
-    dropped_images: Dict[str, int] = field(default_factory=lambda: {"missing_file": 0, "empty": 0})
+        default_factory=lambda: {"crowd": 0, "degenerate": 0, "over_cap": 0, "missing_file": 0, "bad_image": 0})
+    dropped_images: Dict[str, int] = field(default_factory=lambda: {"missing_file": 0, "bad_image": 0, "empty": 0})
+    # files checked by the image check: decoded now / taken from the decode cache
+    image_check: Dict[str, Any] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -378,6 +387,9 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
                                                      if len(missing) > MAX_LISTED else "")
         raise CocoFormatError(f"{len(missing)} image file(s) of {source} not found under {images_dir_abs}: "
                               f"{listed} (skip_missing / --skip-missing drops and counts them)")
+    bad_images = 0
+    if options.check_images:
+        bad_images = _check_images(records, images, options, source, summary)
 
     # Annotations: group by image; crowd ones are counted and left out. The fast path assumes a
     # well-formed record; any exception is turned into a precise error by _annotation_error.
@@ -405,7 +417,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
             raise _annotation_error(i, ann, records, descs, source) from None
 
     # Per image: normalise, drop degenerate boxes, cap, order, serialise.
-    degenerate = over_cap = lost_to_missing = written_empty = kept = dropped_empty = 0
+    degenerate = over_cap = lost_to_missing = lost_to_bad = written_empty = kept = dropped_empty = 0
     max_objects, policy, drop_empty = options.max_objects, options.cap_policy, options.drop_empty
     lines: List[str] = []
     dumps = json.dumps
@@ -417,6 +429,9 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
             pending = 0
         if path is None:
             lost_to_missing += len(anns)
+            continue
+        if path is False:  # a bad image, dropped with skip_bad_images
+            lost_to_bad += len(anns)
             continue
         objects = []
         for cid, x1, y1, x2, y2 in anns:
@@ -446,10 +461,43 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     summary.empty_images_written = written_empty
     summary.objects_kept = kept
     summary.dropped_objects.update(crowd=crowd, degenerate=degenerate, over_cap=over_cap,
-                                   missing_file=lost_to_missing)
-    summary.dropped_images.update(missing_file=len(missing), empty=dropped_empty)
+                                   missing_file=lost_to_missing, bad_image=lost_to_bad)
+    summary.dropped_images.update(missing_file=len(missing), bad_image=bad_images, empty=dropped_empty)
     summary.seconds["convert"] = round(time.perf_counter() - t0, 3)
     return Conversion(lines, summary)
+
+
+def _check_images(records: Dict[Any, list], images: List[Any], options: ConvertOptions, source: str,
+                  summary: Summary) -> int:
+    """Check every present image file (``core.images.check_files``); a bad one is an error naming
+    ``images[i] (id=...)``, or with ``skip_bad_images`` its record's path becomes ``False`` (dropped).
+    Returns the number of bad images."""
+    from ..core import images as image_rules
+
+    t0 = time.perf_counter()
+    cache = image_rules.DecodeCache()
+    items = [(rec[0], rec[1], rec[2]) for rec in records.values() if rec[0] is not None]
+    unique = set(p for p, _, _ in items)
+    cached = sum(1 for p in unique if cache.lookup(p)[0])
+    problems = image_rules.check_files(items, cache, options.workers)
+    bad = []
+    for i, im in enumerate(images):
+        rec = records[im["id"]]
+        if rec[0] is None:
+            continue
+        p = problems.get(rec[0])
+        if p is not None:
+            bad.append(f"images[{i}] (id={im['id']!r}) {rec[0]}: {p}")
+            rec[0] = False
+    summary.image_check = {"files": len(unique), "decoded": len(unique) - cached, "from_cache": cached,
+                           "cache": cache.path, "seconds": round(time.perf_counter() - t0, 3)}
+    if bad and not options.skip_bad_images:
+        listed = "\n  ".join(bad[:MAX_LISTED]) + (f"\n  ... ({len(bad) - MAX_LISTED} more)"
+                                                   if len(bad) > MAX_LISTED else "")
+        raise CocoFormatError(f"{len(bad)} image(s) of {source} the model cannot be given as annotated:\n  {listed}\n"
+                              "(fields width/height are the stored pixel size; --skip-bad-images drops and "
+                              "counts them)")
+    return len(bad)
 
 
 # ----------------------------------------------------------------------------- writing
