@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import base_sft_args, read_jsonl, run_swift, shared_data_or_skip
+from helpers import REPO, base_sft_args, read_jsonl, run_swift, shared_data_or_skip
 from swift_coord_plugin.core import samples as sample_rules
 from swift_coord_plugin.core.codec import bbox_problem, desc_problem, parse_objects, quantize_box
 from swift_coord_plugin.data import coco
@@ -453,3 +453,45 @@ def test_converted_coco128_trains_through_the_plugin_preprocessor(tmp_path, ann_
     logged = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in logged if "loss" in r]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+
+
+# ----------------------------------------------------------------------------- image check
+def test_images_the_model_cannot_take_as_annotated_are_named_or_dropped(tmp_path):
+    """A truncated JPEG and an image annotated in its EXIF-rotated frame (made here from shipped images)."""
+    import shutil
+
+    from PIL import Image
+
+    from swift_coord_plugin.core import images as image_rules
+
+    src = REPO / "assets" / "coco_sample"
+    inst = json.loads((src / "instances.json").read_text())
+    folder = tmp_path / "images"
+    shutil.copytree(src / "images", folder)
+    cut, rot = inst["images"][1], inst["images"][2]
+    data = (folder / cut["file_name"]).read_bytes()
+    (folder / cut["file_name"]).write_bytes(data[: len(data) // 2])
+    with Image.open(folder / rot["file_name"]) as im:
+        im.load()
+        exif = Image.Exif()
+        exif[image_rules.EXIF_ORIENTATION] = 6
+        im.save(folder / rot["file_name"], exif=exif)
+    rot["width"], rot["height"] = rot["height"], rot["width"]  # annotated as a viewer shows it
+    ann = tmp_path / "inst.json"
+    ann.write_text(json.dumps(inst))
+    with pytest.raises(coco.CocoFormatError) as e:
+        coco.prepare_coco(str(ann), str(folder), str(tmp_path / "o.jsonl"))
+    msg = str(e.value)
+    assert "2 image(s)" in msg
+    assert f"images[1] (id={cut['id']})" in msg and "truncated" in msg
+    assert f"images[2] (id={rot['id']})" in msg and "EXIF-rotated view (orientation 6)" in msg
+    s = coco.prepare_coco(str(ann), str(folder), str(tmp_path / "o.jsonl"),
+                          coco.ConvertOptions(skip_bad_images=True))
+    lost = sum(1 for a in inst["annotations"] if a["image_id"] in (cut["id"], rot["id"]) and not a.get("iscrowd"))
+    assert s.dropped_images["bad_image"] == 2 and s.dropped_objects["bad_image"] == lost
+    assert s.images_written == len(inst["images"]) - 2
+    assert s.annotations == s.objects_kept + sum(s.dropped_objects.values())
+    # the decode is paid once: the second conversion took every decodable file from the cache (the
+    # rotated one is refused by its header, before any decoding)
+    assert s.image_check["files"] == len(inst["images"])
+    assert s.image_check["from_cache"] == len(inst["images"]) - 1 and s.image_check["decoded"] == 0

@@ -229,6 +229,7 @@ class DecodeCache:
 
         self.path = path or cache_path()
         self.entries = {}
+        self.hits = self.added = 0  # lookups answered / results added by this object
         if os.path.isfile(self.path):
             with open(self.path, "r", encoding="utf-8") as f:
                 for line in f:
@@ -248,6 +249,7 @@ class DecodeCache:
                 return False, None
         except OSError:
             return False, None
+        self.hits += 1
         return True, hit[2]
 
     def add(self, results) -> None:
@@ -260,6 +262,7 @@ class DecodeCache:
             if mtime is None:
                 continue
             self.entries[p] = (mtime, size, problem)
+            self.added += 1
             lines.append(json.dumps([p, mtime, size, problem]) + "\n")
         if not lines:
             return

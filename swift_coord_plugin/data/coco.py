@@ -478,7 +478,6 @@ def _check_images(records: Dict[Any, list], images: List[Any], options: ConvertO
     cache = image_rules.DecodeCache()
     items = [(rec[0], rec[1], rec[2]) for rec in records.values() if rec[0] is not None]
     unique = set(p for p, _, _ in items)
-    cached = sum(1 for p in unique if cache.lookup(p)[0])
     problems = image_rules.check_files(items, cache, options.workers)
     bad = []
     for i, im in enumerate(images):
@@ -489,7 +488,7 @@ def _check_images(records: Dict[Any, list], images: List[Any], options: ConvertO
         if p is not None:
             bad.append(f"images[{i}] (id={im['id']!r}) {rec[0]}: {p}")
             rec[0] = False
-    summary.image_check = {"files": len(unique), "decoded": len(unique) - cached, "from_cache": cached,
+    summary.image_check = {"files": len(unique), "decoded": cache.added, "from_cache": cache.hits,
                            "cache": cache.path, "seconds": round(time.perf_counter() - t0, 3)}
     if bad and not options.skip_bad_images:
         listed = "\n  ".join(bad[:MAX_LISTED]) + (f"\n  ... ({len(bad) - MAX_LISTED} more)"
@@ -562,5 +561,8 @@ def format_summary(summary: Summary) -> str:
         f"({d.empty_images_written} with no object); dropped: {drops_i}",
         f"objects: {d.annotations} annotations, {d.objects_kept} kept; dropped: {drops_o}",
         f"output:  {d.output}  (summary: {summary_path_for(d.output) if d.output else '-'})",
+        (f"checks:  {d.image_check['files']} image files, {d.image_check['decoded']} decoded, "
+         f"{d.image_check['from_cache']} from the decode cache ({d.image_check['seconds']:.1f}s)"
+         if d.image_check else "checks:  images not checked (--no-image-check)"),
         f"time:    {secs}",
     ])
