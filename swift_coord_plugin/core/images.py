@@ -278,13 +278,12 @@ def check_files(items, cache: Optional[DecodeCache] = None, workers: Optional[in
     """``{path: problem or None}`` for ``(path, declared_width, declared_height)`` items: the header checks
     (``cheap_check``, every time) and the full decode (``decode_problems``, cached). A path listed twice
     with different declared sizes is checked against each; the first problem is kept."""
-    items = list(items)
-    out = {}
+    out, done = {}, set()
     for path, w, h in items:
-        if out.get(path) is None:
-            p = cheap_check(path, w, h)
-            if p is not None or path not in out:
-                out[path] = p
+        if (path, w, h) in done or out.get(path) is not None:
+            continue
+        done.add((path, w, h))
+        out[path] = cheap_check(path, w, h)
     decodable = [p for p, problem in out.items() if problem is None]
     for path, problem in decode_problems(decodable, cache, workers, progress).items():
         if problem is not None:
