@@ -97,6 +97,9 @@ def test_hash_in_a_coord_path(tmp_path, sample_jsonl):
     problem = dataset_args.dataset_spec_problem(f"coord:{path}")
     assert "reads what follows the last '#' as a sample count" in problem and "run%233" in problem
     assert dataset_args.dataset_spec_problem(f"coord:{path}#2") is None  # a real sample count
+    numbered = tmp_path / "train.jsonl#5"  # a file whose name ends like a sample count
+    numbered.write_text(open(sample_jsonl).read())
+    assert "%23" in dataset_args.dataset_spec_problem(f"coord:{numbered}")
     escaped = str(path).replace("#", "%23")
     assert dataset_args.dataset_spec_problem(f"coord:{escaped}") is None
     assert len(_load_rows(f"coord:{escaped}")) == len(read_jsonl(sample_jsonl))

@@ -51,7 +51,7 @@ def dataset_spec_problem(spec: str) -> Optional[str]:
         path = spec[len(prefix):]
         if "#" in path:
             head, tail = path.rsplit("#", 1)
-            if not tail.strip().isdigit():
+            if not tail.strip().isdigit() or (os.path.isfile(path) and not os.path.isfile(unescape_path(head))):
                 return (f"{spec}: ms-swift reads what follows the last '#' as a sample count (coord:PATH#N). "
                         f"A '#' that belongs to the path is written %23: {prefix}{path.replace('#', '%23')}")
             path = head
