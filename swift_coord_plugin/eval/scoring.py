@@ -443,9 +443,9 @@ def _coverage(tally: _Tally, requested: Optional[Dict[int, int]], settings: Eval
         lost = want - seen
         if lost:
             problems.append(f"{len(lost)} image(s) of --val-data have no result row: {_describe_ids(lost, gt_images)}")
-        dups = [d for d in tally.duplicate_lines]
         if tally.rows["duplicate_image"]:
-            listed = ", ".join(f"line {ln} repeats image {g} (first at line {first})" for ln, g, first in dups)
+            listed = ", ".join(f"line {ln} repeats image {g} (first at line {first})"
+                               for ln, g, first in tally.duplicate_lines)
             problems.append(f"{tally.rows['duplicate_image']} duplicate row(s): {listed}")
         extra = seen - want
         if extra:
