@@ -140,9 +140,11 @@ def test_a_model_trained_with_a_description_map_is_scored_through_it(tmp_path):
     plain = evaluate_results(results, gt_path, progress=False)
     assert plain.report["metrics"]["AP"] == 0.0  # phrases no category name matches
     assert plain.report["settings"]["category_mapping"]["desc_map"] is None
+    assert "WARNING: 6 of 6 objects have a description that maps to no category" in plain.report["headline"]
+    assert "--desc-map" in plain.report["headline"]
     inline = '{"1": "a person", "dog": "a small dog"}'
     ev = evaluate_results(results, gt_path, EvalSettings(desc_map=inline), progress=False)
-    assert ev.report["metrics"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert ev.report["metrics"]["AP"] == pytest.approx(1.0, abs=1e-12) and "WARNING" not in ev.report["headline"]
     assert ev.report["settings"]["category_mapping"]["desc_map"]["map"] == {"1": "a person", "dog": "a small dog"}
     # the converter's summary records the map it used: coord-eval takes it from there as well
     sample = json.loads((SAMPLE / "instances.json").read_text())

@@ -390,6 +390,15 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
             "(chat_template_kwargs.coord_meta or a top-level column), else by the base name of images[0].path "
             "against the GT file_name.")
     img_ids, coverage = _coverage(tally, requested, settings, results_path, gt_path)
+    o = tally.objects
+    in_scored_rows = o["parsed"] - o["in_unmatched_rows"] - o["in_duplicate_rows"]
+    if o["unmatched_description"] and 2 * o["unmatched_description"] >= in_scored_rows:
+        common = ", ".join(repr(d) for d, _ in tally.unmatched_desc.most_common(3))
+        coverage["headline"] += (
+            f" WARNING: {o['unmatched_description']} of {in_scored_rows} objects have a description that maps to "
+            f"no category (most frequent: {common})"
+            + ("." if desc_map else "; a model trained on data converted with coord-prepare-coco --desc-map is "
+               "scored with the same --desc-map (or that conversion's summary file)."))
     score, score_note = tally.choose_score()
     detections = tally.detections(score)
     t1, c1 = time.perf_counter(), time.process_time()
