@@ -207,3 +207,11 @@ def test_swift_sft_stops_with_what_to_do(tiny_model_dir, sample_jsonl, tmp_path)
     assert proc.returncode != 0 and "ZeroDivisionError" not in proc.stdout
     assert "no sample of" in proc.stdout and "lost.jsonl was kept (2 rows" in proc.stdout
     assert "'missing_image': 2" in proc.stdout
+
+
+def test_ms_swift_rows_given_as_a_bare_path_are_left_to_ms_swift(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "<image>hi"}], "images": ["/x.jpg"]},
+            {"image": "/x.jpg", "messages": []}]
+    for i, row in enumerate(rows):
+        path = _write(tmp_path / f"swift{i}.jsonl", [row])
+        assert dataset_args.dataset_spec_problem(path) is None

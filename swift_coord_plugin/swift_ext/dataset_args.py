@@ -22,8 +22,8 @@ SNIFF_BYTES = 1 << 20
 
 
 def file_kind(path: str) -> Optional[str]:
-    """``"unified"`` (first line a JSON object with ``image``), ``"coco"`` (an ``images``/``annotations``/
-    ``categories`` list near the start), or None; reads at most the first MiB."""
+    """``"unified"`` (first line a JSON object with ``image`` and an ``objects`` list), ``"coco"`` (an
+    ``images``/``annotations``/``categories`` list near the start), or None; reads at most the first MiB."""
     try:
         with open(path, "rb") as f:
             head = f.read(SNIFF_BYTES)
@@ -35,8 +35,14 @@ def file_kind(path: str) -> Optional[str]:
         row = json.loads(first)
     except ValueError:
         row = None
-    if isinstance(row, dict) and "image" in row and ("objects" in row or "images" not in row):
+    # a unified sample: 'image' and a list of objects (ms-swift's own rows hold messages, and objects as a dict)
+    if isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("objects"), list) \
+            and not {"messages", "conversations", "query", "response"} & set(row):
         return "unified"
+    if isinstance(row, dict):  # a complete first line: a COCO file on one line, or some JSONL row
+        lists = [k for k in ("images", "annotations", "categories") if isinstance(row.get(k), list)]
+        return "coco" if len(lists) >= 2 else None
+    # a first line that is not a JSON value by itself: a pretty-printed or very long JSON document
     if text.startswith(b"{") and _COCO_KEYS.search(text):
         return "coco"
     return None
