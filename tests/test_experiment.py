@@ -45,6 +45,8 @@ def test_group_configs_differ_only_in_loss():
                 "seed", "logging_steps", "eval_steps", "save_steps", "external_plugins"):
         assert key in ref[0], key
     assert ref[0]["model_type"] == "qwen3_vl_coord" and ref[0]["template"] == "qwen3_vl_coord"
+    # resumable (optimizer state saved) and offline without extra flags
+    assert ref[0]["save_only_model"] is False and ref[0]["check_model"] is False
     assert (REPO / ref[0]["external_plugins"]).is_file()
 
 
@@ -86,7 +88,7 @@ CPU_ARGS = ["--torch_dtype", "float32", "--fp16", "false", "--bf16", "false", "-
 
 def _train(group, model, data, out, cwd, **env):
     path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    full_env = swift_env({"GROUP": group, "MODEL": model, "DATA": data, "OUT": str(out), "PATH": path,
+    full_env = swift_env({"GROUP": group, "MODEL": model, "DATA": data, "OUT": str(out), "PATH": path, "CPU": "1",
                           "COORDEXP_LAMBDA_COORD": "7", **env})  # a stray shell value must be ignored
     proc = subprocess.run(["bash", str(REPO / "shell" / "train.sh"), *CPU_ARGS, f"coord:{data}"], env=full_env,
                           cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
