@@ -125,5 +125,5 @@ def test_cpu_recipe_paths_resume_and_sharded_eval(tiny_model_dir, sample_jsonl, 
     assert "9 result rows = the 9 rows" in proc.stdout and "--plots" in proc.stdout
     assert (out / "eval" / "iou_histogram.png").is_file()
     report = json.load(open(out / "eval" / "report.json"))
-    assert report["counts"]["rows"] == 9 if "rows" in report["counts"] else True
+    assert report["counts"]["rows"]["total"] == 9 and report["counts"]["images"]["evaluated"] == 9
     assert len(report["metrics"]) == 12
