@@ -15,7 +15,8 @@
 #     a full-fine-tuning rate); a --learning_rate/--lora_rank given after the script wins.
 #   RESUME      auto | 0 | <checkpoint dir>: auto resumes from OUT/last-checkpoint when it exists (a re-submitted
 #               pre-empted job continues with its optimizer state); 0 starts afresh         (auto)
-#   CPU=1       a CPU dry run (fp32, no bf16; one data worker; gloo when NPROC_PER_NODE>1)
+#   CPU=1       a CPU dry run (fp32, no bf16; one data worker; gloo when NPROC_PER_NODE>1). Without a GPU,
+#               train.sh stops unless CPU=1 or your own flags say --bf16 false
 #   COORD_DATA_ROOT  folder that relative coord: paths are resolved against   (the repository root)
 #   DEEPSPEED   "" | zero2 | zero3 | zero2_offload | zero3_offload   ("")
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT: passed to torchrun by ms-swift.
@@ -81,7 +82,8 @@ fi
 if [ "${CPU:-0}" = "1" ]; then
   ARGS+=(--torch_dtype float32 --bf16 false --fp16 false --dataloader_num_workers 0 --dataset_num_proc 1)
   [ "${NPROC_PER_NODE:-1}" -gt 1 ] && ARGS+=(--use_cpu true)   # gloo; without it ranks are not really distributed
-elif ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+elif [[ " $* " != *" --bf16 false "* ]] \
+     && ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "[train] no GPU visible: the configurations train in bf16 on GPUs. For a CPU dry run set CPU=1" >&2
   echo "[train] (fp32; e.g. GROUP=a MODEL=<small Qwen3-VL> CPU=1 bash shell/train.sh --max_steps 2)" >&2
   exit 2

@@ -88,7 +88,7 @@ CPU_ARGS = ["--torch_dtype", "float32", "--fp16", "false", "--bf16", "false", "-
 
 def _train(group, model, data, out, cwd, **env):
     path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    full_env = swift_env({"GROUP": group, "MODEL": model, "DATA": data, "OUT": str(out), "PATH": path, "CPU": "1",
+    full_env = swift_env({"GROUP": group, "MODEL": model, "DATA": data, "OUT": str(out), "PATH": path,
                           "COORDEXP_LAMBDA_COORD": "7", **env})  # a stray shell value must be ignored
     proc = subprocess.run(["bash", str(REPO / "shell" / "train.sh"), *CPU_ARGS, f"coord:{data}"], env=full_env,
                           cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
