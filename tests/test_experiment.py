@@ -119,7 +119,7 @@ def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_
             assert key in train[0] and f"eval_{key}" in evals[0], (g, key)
     assert "--deepspeed zero3" in logs["b"] and "torch.distributed.run --nproc_per_node 1" in logs["b"]
     assert "--deepspeed zero2" in logs["c"]
-    assert "--use_dora true --modules_to_save embed_tokens lm_head" in logs["a"]
+    assert "--use_dora true --modules_to_save embed_tokens lm_head --lora_rank 64 --lora_alpha 128 --learning_rate 1e-4" in logs["a"]
     adapter = json.load(open(tmp_path / "group_a" / "checkpoint-2" / "adapter_config.json"))
     assert adapter["use_dora"] is True and set(adapter["modules_to_save"]) >= {"embed_tokens", "lm_head"}
 
