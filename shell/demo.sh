@@ -23,6 +23,7 @@ T0=$(date +%s)
 if [ -z "${MODEL:-}" ]; then
   echo "[demo] NOTE: a tiny randomly initialised model shows the pipeline working, not detection quality."
   MODEL="$OUT/tiny-qwen3-vl"
+  export CPU="${CPU:-1}"   # shell/train.sh's CPU recipe (fp32); the flags below make the run small
   [ -f "$MODEL/config.json" ] || coord-make-tiny-model "$MODEL"
   GT="$ROOT/assets/coco_sample/instances.json"
   # At most 6 objects per image (the largest) so that the tiny model can over-fit its 9 images within
@@ -52,7 +53,8 @@ fi
 
 for g in a b c; do
   echo "[demo] ===== train group $g ====="
-  GROUP=$g MODEL="$MODEL" DATA="$TRAIN" VAL_DATA="$VAL" OUT="$OUT/group_$g" bash shell/train.sh "${TRAIN_ARGS[@]}"
+  GROUP=$g MODEL="$MODEL" DATA="$TRAIN" VAL_DATA="$VAL" OUT="$OUT/group_$g" RESUME="${RESUME:-0}" \
+    bash shell/train.sh ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 done
 for g in a b c; do
   echo "[demo] ===== evaluate group $g ====="

@@ -7,14 +7,22 @@
 #   GROUP      a | b | c                                  (a)
 #   OUT        the group's training output directory     (output/ablation/group_$GROUP)
 #   CKPT       checkpoint to evaluate                     (the last checkpoint-* in OUT)
-#   VAL_DATA   samples to run on, unified JSONL           (templates/infer_eval.yaml's)
+#   VAL_DATA   samples to run on, unified JSONL           ($COORD_DATA_ROOT/data/coco/val2017.jsonl, the file
+#              templates/infer_eval.yaml names); the result file is checked to hold each of its rows exactly once
 #   GT         COCO instances JSON with the ground truth  (required)
 #   DECODE     argmax | coordexp                          (argmax)
 #   SCORE      logprob | constant                         (logprob)
 #   MAX_DETS   detections per image                       (100, COCO's default)
 #   INFER_CONFIG                                          (templates/infer_eval.yaml)
-#   NPROC_PER_NODE=N shards inference over N processes (ms-swift gathers one result file).
+#   EVAL_ARGS  more coord-eval options, e.g. "--plots --keep-duplicates" or "--all-gt-images"   ("")
+#   NPROC_PER_NODE=N  N `swift infer` processes, each on a contiguous shard of VAL_DATA with its own result
+#              file (OUT/eval/shards/), merged in order into one file and checked; GPUS_PER_SHARD (1) GPUs
+#              each, taken in order from CUDA_VISIBLE_DEVICES (or 0..). Not ms-swift's own NPROC_PER_NODE
+#              launch: its gather keeps only rank 0's rows on a machine without CUDA (eval/shards.py).
+#   COORD_DATA_ROOT  folder that relative coord: paths are resolved against   (the repository root)
 # Writes OUT/eval/infer_result.jsonl and OUT/eval/report.{json,md}, detections.json.
+# Paper table: all of val2017 (no #N), greedy (infer_eval.yaml), DECODE=argmax SCORE=logprob MAX_DETS=100;
+# DECODE=coordexp re-scores the same result file (run coord-eval on it) as a second row.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GROUP="${GROUP:-a}"
@@ -32,15 +40,60 @@ fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
 EVAL_DIR="$OUT/eval"
 mkdir -p "$EVAL_DIR"
-ARGS=("$INFER_CONFIG" --result_path "$EVAL_DIR/infer_result.jsonl")
+ARGS=("$INFER_CONFIG")
 if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARGS+=(--model "$CKPT"); fi
-if [ -n "${VAL_DATA:-}" ]; then
-  [ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
-  ARGS+=(--val_dataset "coord:$(realpath "$VAL_DATA")")
+# --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
+export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
+VAL_DATA="${VAL_DATA:-$COORD_DATA_ROOT/data/coco/val2017.jsonl}"
+[ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
+VAL_DATA="$(realpath "$VAL_DATA")"
+NSHARDS="${NPROC_PER_NODE:-1}"
+GPUS_PER_SHARD="${GPUS_PER_SHARD:-1}"
+[[ "$NSHARDS" =~ ^[1-9][0-9]*$ ]] || { echo "[eval] NPROC_PER_NODE must be a positive integer (got '$NSHARDS')" >&2; exit 2; }
+unset NPROC_PER_NODE   # each shard is one plain process; the shards are launched here
+SHARDS=(python -m swift_coord_plugin.cli.shards)
+RESULT="$EVAL_DIR/infer_result.jsonl"
+rm -f "$RESULT"
+if [ "$NSHARDS" = "1" ]; then
+  echo "[eval] swift infer ${ARGS[*]} --val_dataset coord:$VAL_DATA --result_path $RESULT $*"
+  swift infer "${ARGS[@]}" --val_dataset "coord:$VAL_DATA" --result_path "$RESULT" "$@"
+  "${SHARDS[@]}" check --val "$VAL_DATA" "$RESULT"
+else
+  rm -rf "$EVAL_DIR/shards"
+  mapfile -t SHARD_FILES < <("${SHARDS[@]}" split --val "$VAL_DATA" --n "$NSHARDS" --out-dir "$EVAL_DIR/shards")
+  NGPU="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+  IFS=',' read -r -a DEVICES <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((NGPU > 0 ? NGPU - 1 : 0)))}"
+  if [ "$NGPU" -gt 0 ] && [ $(( ${#SHARD_FILES[@]} * GPUS_PER_SHARD )) -gt "$NGPU" ]; then
+    echo "[eval] ${#SHARD_FILES[@]} shards x GPUS_PER_SHARD=$GPUS_PER_SHARD need more than the $NGPU visible GPUs" >&2; exit 2
+  fi
+  PIDS=(); PARTS=()
+  for i in "${!SHARD_FILES[@]}"; do
+    part="$EVAL_DIR/shards/result_$i.jsonl"; PARTS+=("$part")
+    dev=()
+    if [ "$NGPU" -gt 0 ]; then
+      dev=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${DEVICES[*]:$((i * GPUS_PER_SHARD)):$GPUS_PER_SHARD}")")
+    fi
+    echo "[eval] shard $i: ${dev[*]:-} swift infer ... --val_dataset coord:${SHARD_FILES[$i]} --result_path $part (log: $EVAL_DIR/shards/infer_$i.log)"
+    env ${dev[@]+"${dev[@]}"} swift infer "${ARGS[@]}" --val_dataset "coord:${SHARD_FILES[$i]}" --result_path "$part" "$@" \
+      > "$EVAL_DIR/shards/infer_$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  FAILED=()
+  for i in "${!PIDS[@]}"; do wait "${PIDS[$i]}" || FAILED+=("$i"); done
+  for i in ${FAILED[@]+"${FAILED[@]}"}; do
+    echo "[eval] shard $i failed; the end of $EVAL_DIR/shards/infer_$i.log:" >&2
+    tail -20 "$EVAL_DIR/shards/infer_$i.log" >&2
+  done
+  [ ${#FAILED[@]} -eq 0 ] || exit 1
+  "${SHARDS[@]}" merge --val "$VAL_DATA" --out "$RESULT" "${PARTS[@]}"
 fi
-rm -f "$EVAL_DIR/infer_result.jsonl"
-echo "[eval] swift infer ${ARGS[*]} $*"
-swift infer "${ARGS[@]}" "$@"
-echo "[eval] coord-eval --results $EVAL_DIR/infer_result.jsonl --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS"
-coord-eval --results "$EVAL_DIR/infer_result.jsonl" --gt "$GT" --out "$EVAL_DIR" \
-  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS"
+read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
+EVAL_HELP="$(coord-eval --help 2>/dev/null || true)"
+if ! [[ " ${EVAL_ARGS:-} " =~ \ --(all-gt-images|subset-from-results|val-data)[\ =] ]] \
+   && [[ "$EVAL_HELP" == *--val-data* ]]; then
+  EXTRA_EVAL+=(--val-data "$VAL_DATA")   # score exactly the images of VAL_DATA
+fi
+# -----------------------------------------------------------------------------------------------------
+echo "[eval] coord-eval --results $RESULT --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS ${EXTRA_EVAL[*]:-}"
+coord-eval --results "$RESULT" --gt "$GT" --out "$EVAL_DIR" \
+  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" ${EXTRA_EVAL[@]+"${EXTRA_EVAL[@]}"}

@@ -1,30 +1,85 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtual environment at .venv in the repo root with everything the
-# plugin, its tests and the demo need on a CPU machine. A GPU user installs their own torch
-# first and may skip the torch pins with COORD_SKIP_TORCH=1.
+# plugin, its tests and the demo need on a CPU machine.
+#
+# Where it installs (see README "Set-up on a GPU node"):
+#   (default)            .venv/, isolated, with the tested torch/torchvision builds (they run on CPU too)
+#   COORD_SKIP_TORCH=1   .venv/ created with --system-site-packages from $PYTHON: the torch that python
+#                        already has (a node's CUDA build) is used and never replaced (pinned to its version)
+#   VENV=<existing env>  installs into that environment instead (e.g. VENV=$CONDA_PREFIX); with
+#                        COORD_SKIP_TORCH=1 its torch is kept the same way
+# Versions: shell/constraints.txt holds the versions the test suite passed with (pip -c); COORD_CONSTRAINTS=<file>
+#   uses another file, COORD_CONSTRAINTS=none installs the newest releases the requirements allow.
+# COORD_SETUP_DRY_RUN=1: resolve only (pip --dry-run), print what would be installed, change nothing else.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
+SKIP_TORCH="${COORD_SKIP_TORCH:-0}"
+DRY_RUN="${COORD_SETUP_DRY_RUN:-0}"
+CONSTRAINTS="${COORD_CONSTRAINTS:-$ROOT/shell/constraints.txt}"
 
+# --- environment and constraints (keep torch as found) ----------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup] creating $VENV"
-  "$PY" -m venv "$VENV"
+  if [ "$SKIP_TORCH" = "1" ]; then
+    echo "[setup] creating $VENV with --system-site-packages (COORD_SKIP_TORCH=1: it uses the torch of $PY)"
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    echo "[setup] creating $VENV"
+    "$PY" -m venv "$VENV"
+  fi
 fi
 PIP=("$VENV/bin/python" -m pip)
+PIP_C=()
+if [ "$CONSTRAINTS" != "none" ]; then
+  [ -f "$CONSTRAINTS" ] || { echo "[setup] constraints file not found: $CONSTRAINTS" >&2; exit 2; }
+  PIP_C+=(-c "$CONSTRAINTS")
+fi
+if [ "$SKIP_TORCH" = "1" ]; then
+  # The torch this environment sees must stay: pin the found versions so that no requirement can pull
+  # another build into the environment (pip would then stop with a conflict instead of replacing it).
+  FOUND="$("$VENV/bin/python" - <<'PYEOF' 2>/dev/null || true
+import importlib.metadata as md
+for name in ("torch", "torchvision"):
+    try:
+        print(f"{name}=={md.version(name)}")
+    except md.PackageNotFoundError:
+        pass
+PYEOF
+)"
+  if ! grep -q '^torch==' <<<"$FOUND"; then
+    cfg="$(grep -s include-system-site-packages "$VENV/pyvenv.cfg" || echo "no pyvenv.cfg")"
+    echo "[setup] COORD_SKIP_TORCH=1 but no torch is visible from $VENV/bin/python ($cfg)." >&2
+    echo "[setup] Install torch into the python the environment is made from (PYTHON=$PY), or point VENV at the" >&2
+    echo "[setup] environment that has it; an existing isolated .venv must be removed first (rm -r $VENV)." >&2
+    exit 2
+  fi
+  PINS="$VENV/.coord-kept-torch.txt"
+  echo "$FOUND" > "$PINS"
+  PIP_C+=(-c "$PINS")
+  echo "[setup] keeping $(tr '\n' ' ' < "$PINS")(COORD_SKIP_TORCH=1)"
+fi
 STAMP="$VENV/.coord-setup-stamp"
-WANT="$(cat "$ROOT/shell/setup.sh" "$ROOT/setup.py" | sha1sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+WANT="$( (cat "$ROOT/shell/setup.sh" "$ROOT/setup.py"; [ "$CONSTRAINTS" = "none" ] || cat "$CONSTRAINTS"; echo "skip=$SKIP_TORCH") | sha1sum | cut -d' ' -f1)"
+if [ "$DRY_RUN" != "1" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "[setup] $VENV is up to date"
   exit 0
 fi
-
-"${PIP[@]}" install -q --upgrade pip setuptools wheel
-if [ "${COORD_SKIP_TORCH:-0}" != "1" ]; then
-  # The builds that work on a CPU-only x86_64 machine (CUDA wheels; torchvision ops import fine).
-  "${PIP[@]}" install -q "torch==2.14.1" "torchvision==0.29.1"
+if [ "$DRY_RUN" = "1" ]; then
+  PIP_INSTALL=("${PIP[@]}" install -q --dry-run --report "$VENV/.coord-setup-dry-run.json" "${PIP_C[@]}")
+else
+  PIP_INSTALL=("${PIP[@]}" install -q "${PIP_C[@]}")
+  "${PIP[@]}" install -q --upgrade pip setuptools wheel
 fi
-"${PIP[@]}" install -q \
+TORCH=()
+if [ "$SKIP_TORCH" != "1" ]; then
+  # The builds that work on a CPU-only x86_64 machine (CUDA wheels; torchvision ops import fine).
+  TORCH=("torch==2.14.1" "torchvision==0.29.1")
+fi
+# ---------------------------------------------------------------------------------------------------
+
+"${PIP_INSTALL[@]}" \
+  ${TORCH[@]+"${TORCH[@]}"} \
   "ms-swift==4.6.0" \
   "transformers>=5.0" \
   peft \
@@ -38,6 +93,15 @@ fi
   tqdm \
   tensorboard \
   orjson
+if [ "$DRY_RUN" = "1" ]; then
+  "$VENV/bin/python" - "$VENV/.coord-setup-dry-run.json" <<'PYEOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+names = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in report.get("install", []))
+print(f"[setup] dry run: would install {len(names)} packages: {' '.join(names)}")
+PYEOF
+  exit 0
+fi
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, swift, transformers; print("torch", torch.__version__, "ms-swift", swift.__version__, "transformers", transformers.__version__)')"

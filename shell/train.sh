@@ -7,10 +7,17 @@
 #   GROUP       a | b | c                                   (a)
 #   CONFIG      run configuration                           (templates/group_$GROUP.yaml)
 #   MODEL       Qwen3-VL checkpoint (dir or hub id)         (the configuration's)
-#   DATA        training samples, unified JSONL             (the configuration's)
-#   VAL_DATA    validation samples, unified JSONL           (the configuration's)
+#   DATA        training samples, unified JSONL [#N]        (the configuration's)
+#   VAL_DATA    validation samples, unified JSONL [#N]      (the configuration's; '#N': N rows, all if fewer)
 #   OUT         output directory                            (output/ablation/group_$GROUP)
 #   TUNER       full | lora | dora                          (full)
+#     lora/dora also set LORA_RANK (64), LORA_ALPHA (128), LORA_LR (1e-4: the configuration's 1e-5 is
+#     a full-fine-tuning rate); a --learning_rate/--lora_rank given after the script wins.
+#   RESUME      auto | 0 | <checkpoint dir>: auto resumes from OUT/last-checkpoint when it exists (a re-submitted
+#               pre-empted job continues with its optimizer state); 0 starts afresh         (auto)
+#   CPU=1       a CPU dry run (fp32, no bf16; one data worker; gloo when NPROC_PER_NODE>1). Without a GPU,
+#               train.sh stops unless CPU=1 or your own flags say --bf16 false
+#   COORD_DATA_ROOT  folder that relative coord: paths are resolved against   (the repository root)
 #   DEEPSPEED   "" | zero2 | zero3 | zero2_offload | zero3_offload   ("")
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT: passed to torchrun by ms-swift.
 #     DeepSpeed needs a launcher even for one process: with DEEPSPEED set, NPROC_PER_NODE defaults to 1.
@@ -27,21 +34,32 @@ DEEPSPEED="${DEEPSPEED:-}"
 [ -f "$CONFIG" ] || { echo "[train] configuration not found: $CONFIG" >&2; exit 2; }
 command -v swift >/dev/null || { echo "[train] swift not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 PLUGIN="$(coord-plugin-path)"
+# --- paths, CPU, LoRA rate (cluster set-up) ---------------------------------------------------------
+export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
+coord_data() {  # coord:<absolute path>[#N] for a file given as PATH[#N]; fails naming the variable
+  local name="$1" value="$2" file="${2%%#*}" sample=""
+  [ "$file" != "$value" ] && sample="#${value#*#}"
+  [ -f "$file" ] || { echo "[train] $name not found: $file" >&2; exit 2; }
+  [ -z "$sample" ] || [[ "$sample" =~ ^#[1-9][0-9]*$ ]] || { echo "[train] $name: '$sample' must be #N with N > 0" >&2; exit 2; }
+  echo "coord:$(realpath "$file")$sample"
+}
+LORA_ARGS=(--lora_rank "${LORA_RANK:-64}" --lora_alpha "${LORA_ALPHA:-128}" --learning_rate "${LORA_LR:-1e-4}")
+# -----------------------------------------------------------------------------------------------------
 
 ARGS=("$CONFIG" --external_plugins "$PLUGIN" --output_dir "$OUT")
 [ -n "${MODEL:-}" ] && ARGS+=(--model "$MODEL")
 if [ -n "${DATA:-}" ]; then
-  [ -f "$DATA" ] || { echo "[train] DATA not found: $DATA" >&2; exit 2; }
-  ARGS+=(--dataset "coord:$(realpath "$DATA")")
+  SPEC="$(coord_data DATA "$DATA")" || exit 2
+  ARGS+=(--dataset "$SPEC")
 fi
 if [ -n "${VAL_DATA:-}" ]; then
-  [ -f "$VAL_DATA" ] || { echo "[train] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
-  ARGS+=(--val_dataset "coord:$(realpath "$VAL_DATA")")
+  SPEC="$(coord_data VAL_DATA "$VAL_DATA")" || exit 2
+  ARGS+=(--val_dataset "$SPEC")
 fi
 case "$TUNER" in
   full) ARGS+=(--tuner_type full) ;;
-  lora) ARGS+=(--tuner_type lora --modules_to_save embed_tokens lm_head) ;;
-  dora) ARGS+=(--tuner_type lora --use_dora true --modules_to_save embed_tokens lm_head) ;;
+  lora) ARGS+=(--tuner_type lora --modules_to_save embed_tokens lm_head "${LORA_ARGS[@]}") ;;
+  dora) ARGS+=(--tuner_type lora --use_dora true --modules_to_save embed_tokens lm_head "${LORA_ARGS[@]}") ;;
   *) echo "[train] TUNER must be full, lora or dora (got '$TUNER')" >&2; exit 2 ;;
 esac
 if [ -n "$DEEPSPEED" ]; then
@@ -53,7 +71,25 @@ if [ "${COORD_KEEP_LOSS_ENV:-0}" != "1" ]; then
     echo "[train] ignoring $v from the shell (the configuration sets the loss flags)"; unset "$v"
   done
 fi
+# --- resume, CPU dry run (cluster set-up) -------------------------------------------------------------
+RESUME="${RESUME:-auto}"
+if [ "$RESUME" = "auto" ]; then
+  [ -e "$OUT/last-checkpoint" ] && ARGS+=(--resume_from_checkpoint "$(realpath "$OUT/last-checkpoint")")
+elif [ "$RESUME" != "0" ]; then
+  [ -d "$RESUME" ] || { echo "[train] RESUME checkpoint not found: $RESUME" >&2; exit 2; }
+  ARGS+=(--resume_from_checkpoint "$(realpath "$RESUME")")
+fi
+if [ "${CPU:-0}" = "1" ]; then
+  ARGS+=(--torch_dtype float32 --bf16 false --fp16 false --dataloader_num_workers 0 --dataset_num_proc 1)
+  [ "${NPROC_PER_NODE:-1}" -gt 1 ] && ARGS+=(--use_cpu true)   # gloo; without it ranks are not really distributed
+elif [[ " $* " != *" --bf16 false "* ]] \
+     && ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "[train] no GPU visible: the configurations train in bf16 on GPUs. For a CPU dry run set CPU=1" >&2
+  echo "[train] (fp32; e.g. GROUP=a MODEL=<small Qwen3-VL> CPU=1 bash shell/train.sh --max_steps 2)" >&2
+  exit 2
+fi
+# -----------------------------------------------------------------------------------------------------
 mkdir -p "$OUT"
-echo "[train] group $GROUP | tuner $TUNER | deepspeed ${DEEPSPEED:-none} | NPROC_PER_NODE=${NPROC_PER_NODE:-unset} NNODES=${NNODES:-unset}"
+echo "[train] group $GROUP | tuner $TUNER | deepspeed ${DEEPSPEED:-none} | NPROC_PER_NODE=${NPROC_PER_NODE:-unset} NNODES=${NNODES:-unset} | cpu ${CPU:-0} | resume $RESUME | COORD_DATA_ROOT=$COORD_DATA_ROOT"
 echo "[train] swift sft ${ARGS[*]} $*"
 exec swift sft "${ARGS[@]}" "$@"

@@ -45,6 +45,8 @@ def test_group_configs_differ_only_in_loss():
                 "seed", "logging_steps", "eval_steps", "save_steps", "external_plugins"):
         assert key in ref[0], key
     assert ref[0]["model_type"] == "qwen3_vl_coord" and ref[0]["template"] == "qwen3_vl_coord"
+    # resumable (optimizer state saved) and offline without extra flags
+    assert ref[0]["save_only_model"] is False and ref[0]["check_model"] is False
     assert (REPO / ref[0]["external_plugins"]).is_file()
 
 
@@ -117,7 +119,7 @@ def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_
             assert key in train[0] and f"eval_{key}" in evals[0], (g, key)
     assert "--deepspeed zero3" in logs["b"] and "torch.distributed.run --nproc_per_node 1" in logs["b"]
     assert "--deepspeed zero2" in logs["c"]
-    assert "--use_dora true --modules_to_save embed_tokens lm_head" in logs["a"]
+    assert "--use_dora true --modules_to_save embed_tokens lm_head --lora_rank 64 --lora_alpha 128 --learning_rate 1e-4" in logs["a"]
     adapter = json.load(open(tmp_path / "group_a" / "checkpoint-2" / "adapter_config.json"))
     assert adapter["use_dora"] is True and set(adapter["modules_to_save"]) >= {"embed_tokens", "lm_head"}
 
@@ -131,7 +133,8 @@ def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_
     assert not summary["comparable"]  # the DeepSpeed stage differs between the runs
     assert any("`deepspeed` differs" in i for i in summary["comparability_issues"])
     assert any("`tuner_type` differs" in i for i in summary["comparability_issues"])
-    assert not any("learning_rate" in i or "seed" in i for i in summary["comparability_issues"])
+    assert any("`learning_rate` differs" in i for i in summary["comparability_issues"])  # DoRA: its LoRA rate
+    assert not any("seed" in i for i in summary["comparability_issues"])
     for png in ("train_losses.png", "eval_losses.png"):
         assert (out / png).stat().st_size > 10000
     md = (out / "summary.md").read_text()

@@ -10,10 +10,17 @@ So a bare path is never routed here. Name the file with the registered dataset `
 
     --dataset coord:/abs/or/relative/train.jsonl        (also --val_dataset; '#N' samples N rows)
 
-``coord`` has its own loader that reads the path after the colon (relative paths are taken from the
-current directory; image paths inside the file that are relative are taken from the file's folder) and
-runs this preprocessor. The preprocessor logs ``[swift-coord] dataset ...`` with its counts, so a run
+``coord`` has its own loader that reads the path after the colon and runs this preprocessor. A relative
+path is taken from ``$COORD_DATA_ROOT`` when that is set (``shell/train.sh`` and ``shell/eval.sh`` set it to
+the repository root, so the run configurations' ``coord:data/coco/...`` work from any working directory),
+else from the current directory (``resolve_data_path``). Image paths inside the file that are relative are
+taken from the file's folder. The preprocessor logs ``[swift-coord] dataset ...`` with its counts, so a run
 shows that it ran.
+
+``#N`` on a validation set (``--val_dataset coord:val.jsonl#500``) asks for N rows drawn without repetition;
+ms-swift stops with an assertion when the file has fewer. The loader takes all rows of such a file instead
+and prints ``[swift-coord] dataset ...: '#N' asks N validation rows, the file has M: using all M``. On a
+training set ``#N`` keeps ms-swift's meaning (N rows, repeating the file when N is larger).
 
 Bad samples
 -----------
@@ -45,6 +52,7 @@ from ..core import samples as sample_rules
 from .template import BINS_TYPE
 
 DATASET_NAME = "coord"
+DATA_ROOT_ENV = "COORD_DATA_ROOT"
 META_COLUMNS = ("image_id", "width", "height")
 MAX_LISTED = 20
 
@@ -58,6 +66,25 @@ def _policy() -> str:
     if policy not in ("error", "drop"):
         raise ValueError(f"COORD_BAD_SAMPLES must be 'error' or 'drop', got {policy!r}")
     return policy
+
+
+def resolve_data_path(path: str) -> str:
+    """Absolute path of the file named by ``coord:<path>``.
+
+    Absolute paths are kept; a relative one is joined to ``$COORD_DATA_ROOT`` when set, else to the current
+    directory. Raises ``FileNotFoundError`` naming the path as given and the folder it was resolved against.
+    """
+    root = os.environ.get(DATA_ROOT_ENV, "").strip()
+    if os.path.isabs(path):
+        full, base = path, None
+    elif root:
+        full, base = os.path.join(os.path.expanduser(root), path), f"${DATA_ROOT_ENV}={root}"
+    else:
+        full, base = os.path.abspath(path), f"the current directory {os.getcwd()} (${DATA_ROOT_ENV} is not set)"
+    if not os.path.isfile(full):
+        where = f" (relative to {base})" if base else ""
+        raise FileNotFoundError(f"coord:{path}: no such file: {full}{where}")
+    return os.path.abspath(full)
 
 
 def _code_version() -> str:
@@ -206,16 +233,28 @@ def _build_classes():
             path = unescape_path(raw)
             if not path:
                 raise ValueError("--dataset coord needs a file: --dataset coord:/path/to/samples.jsonl")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"--dataset coord:{raw}: no such file ({path})")
-            path = os.path.abspath(path)
+            path = resolve_data_path(path)
             from .dataset_args import file_kind
 
             if file_kind(path) == "coco":
                 raise BadSamplesError(coco_json_message(path))
             pre = dataset_meta.preprocess_func
             pre.source, pre.base_dir = path, os.path.dirname(path)
+            self._coord_source = path
             return self._load_dataset_path(path, dataset_meta=dataset_meta)
+
+        def post_process(self, train_dataset, *, dataset_sample=None, split_dataset_ratio=0., **kwargs):
+            # split_dataset_ratio == 1 is how ms-swift loads --val_dataset: '#N' beyond the file's length
+            # would stop on an assertion there; take every row instead, and say so.
+            if (split_dataset_ratio == 1 and dataset_sample is not None and hasattr(train_dataset, "__len__")
+                    and dataset_sample > len(train_dataset)):
+                msg = (f"[swift-coord] dataset {getattr(self, '_coord_source', '?')}: '#{dataset_sample}' asks "
+                       f"{dataset_sample} validation rows, the file has {len(train_dataset)}: "
+                       f"using all {len(train_dataset)}")
+                print(msg, flush=True)
+                dataset_sample = len(train_dataset)
+            return DatasetLoader.post_process(train_dataset, dataset_sample=dataset_sample,
+                                              split_dataset_ratio=split_dataset_ratio, **kwargs)
 
     return CoordSamplePreprocessor, CoordSampleLoader
 

@@ -1,0 +1,129 @@
+"""The cluster path: set-up keeping an outside torch, train.sh's CPU recipe, paths, '#N', resuming, and
+eval.sh's sharded inference checked against VAL_DATA."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, read_jsonl, swift_env
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(script, env, *args, cwd=None, timeout=120):
+    full = swift_env({"PATH": BIN + os.pathsep + os.environ.get("PATH", ""), **env})
+    return subprocess.run(["bash", str(REPO / "shell" / script), *args], env=full, cwd=str(cwd or REPO),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("val,msg", [("{f}#abc", "VAL_DATA: '#abc' must be #N with N > 0"),
+                                     ("{f}#0", "VAL_DATA: '#0' must be #N"),
+                                     ("/nonexistent.jsonl#500", "VAL_DATA not found: /nonexistent.jsonl")])
+def test_train_script_val_data_sample_suffix(tmp_path, val, msg):
+    f = tmp_path / "val.jsonl"
+    f.write_text("{}\n")
+    proc = _run("train.sh", {"GROUP": "a", "VAL_DATA": val.format(f=f)})
+    assert proc.returncode == 2 and msg in proc.stdout, proc.stdout
+
+
+def test_train_script_without_gpu_asks_for_cpu_recipe():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = _run("train.sh", {"GROUP": "a"})
+    assert proc.returncode == 2 and "no GPU visible" in proc.stdout and "CPU=1" in proc.stdout, proc.stdout
+
+
+def _fake_outside_torch(userbase: Path, version: str) -> None:
+    """A distribution named torch in the user site-packages of the base python: outside any venv, seen by a
+    venv made with --system-site-packages (as a node's system or conda torch is)."""
+    site = userbase / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    info = site / f"torch-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("torch\n")
+    (info / "RECORD").write_text("")
+
+
+@pytest.mark.e2e
+def test_setup_keeps_a_torch_installed_outside_the_venv(tmp_path):
+    """COORD_SKIP_TORCH=1: the venv sees the outside torch and pip's resolution of the whole requirement list
+    (dry run, with the shipped constraints) installs no torch and keeps the pinned versions."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    version = "2.14.1+node"
+    _fake_outside_torch(tmp_path / "userbase", version)
+    env = {"PYTHONUSERBASE": str(tmp_path / "userbase"), "VENV": str(tmp_path / "venv"), "PYTHON": base,
+           "COORD_SKIP_TORCH": "1", "COORD_SETUP_DRY_RUN": "1"}
+    proc = _run("setup.sh", env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"keeping torch=={version}" in proc.stdout
+    venv_torch = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
+                                env={**os.environ, "PYTHONUSERBASE": str(tmp_path / "userbase")},
+                                stdout=subprocess.PIPE, text=True)
+    assert venv_torch.stdout.strip() == version
+    report = json.load(open(tmp_path / "venv" / ".coord-setup-dry-run.json"))
+    installs = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in report["install"]}
+    assert "torch" not in installs and "ms-swift" in installs, sorted(installs)
+    pins = {}
+    for line in (REPO / "shell" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, ver = line.split("==")
+            pins[name.lower().replace("_", "-")] = ver
+    for name in ("ms-swift", "transformers", "peft", "deepspeed", "accelerate"):
+        assert installs[name] == pins[name], (name, installs[name], pins[name])
+    # without an outside torch the same request is refused with a clear message, before any install
+    env2 = dict(env, PYTHONUSERBASE=str(tmp_path / "empty"), VENV=str(tmp_path / "venv2"))
+    proc = _run("setup.sh", env2, timeout=300)
+    assert proc.returncode == 2 and "COORD_SKIP_TORCH=1 but no torch is visible" in proc.stdout, proc.stdout
+
+
+@pytest.mark.e2e
+def test_cpu_recipe_paths_resume_and_sharded_eval(tiny_model_dir, sample_jsonl, tmp_path):
+    """train.sh with the configuration's own relative data paths from another working directory (resolved
+    against COORD_DATA_ROOT), '#500' on a 9-row validation file, CPU=1; a second call resumes from the saved
+    optimizer state; eval.sh with NPROC_PER_NODE=2 writes every row once and scores it."""
+    root = tmp_path / "root"
+    (root / "data" / "coco").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        shutil.copy(sample_jsonl, root / "data" / "coco" / f"{split}.jsonl")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "group_a"
+    env = {"GROUP": "a", "MODEL": tiny_model_dir, "OUT": str(out), "CPU": "1", "COORD_DATA_ROOT": str(root)}
+    small = ["--max_pixels", "65536", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+             "--logging_steps", "1", "--report_to", "none", "--gradient_checkpointing", "false"]
+    proc = _run("train.sh", env, "--max_steps", "2", *small, cwd=elsewhere, timeout=900)
+    (tmp_path / "train1.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "'#500' asks 500 validation rows, the file has 9: using all 9" in proc.stdout
+    assert f"dataset {root / 'data' / 'coco' / 'train2017.jsonl'}: 9 samples" in proc.stdout
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "optimizer.pt").is_file() and (ckpt / "scheduler.pt").is_file()  # resumable
+
+    proc = _run("train.sh", env, "--max_steps", "3", *small, cwd=elsewhere, timeout=900)
+    (tmp_path / "train2.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert f"--resume_from_checkpoint {ckpt}" in proc.stdout
+    steps = [r["global_step/max_steps"] for r in read_jsonl(out / "logging.jsonl") if "loss" in r]
+    assert steps[-1] == "3/3" and "1/3" not in steps[steps.index("2/2") + 1:], steps  # continued, not restarted
+
+    proc = _run("eval.sh", {"GROUP": "a", "OUT": str(out), "NPROC_PER_NODE": "2", "COORD_DATA_ROOT": str(root),
+                            "GT": str(REPO / "assets" / "coco_sample" / "instances.json"), "EVAL_ARGS": "--plots"},
+                "--max_new_tokens", "16", "--max_pixels", "65536", cwd=elsewhere, timeout=900)
+    (tmp_path / "eval.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    rows = read_jsonl(out / "eval" / "infer_result.jsonl")
+    want = [r["image_id"] for r in read_jsonl(sample_jsonl)]
+    assert [r["chat_template_kwargs"]["coord_meta"]["image_id"] for r in rows] == want
+    assert "9 result rows = the 9 rows" in proc.stdout and "--plots" in proc.stdout
+    assert (out / "eval" / "iou_histogram.png").is_file()
+    report = json.load(open(out / "eval" / "report.json"))
+    assert report["counts"]["rows"]["total"] == 9 and report["counts"]["images"]["evaluated"] == 9
+    assert len(report["metrics"]) == 12
