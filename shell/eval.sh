@@ -88,9 +88,7 @@ else
   "${SHARDS[@]}" merge --val "$VAL_DATA" --out "$RESULT" "${PARTS[@]}"
 fi
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
-EVAL_HELP="$(coord-eval --help 2>/dev/null || true)"
-if ! [[ " ${EVAL_ARGS:-} " =~ \ --(all-gt-images|subset-from-results|val-data)[\ =] ]] \
-   && [[ "$EVAL_HELP" == *--val-data* ]]; then
+if ! [[ " ${EVAL_ARGS:-} " =~ \ --(all-gt-images|subset-from-results|val-data)[\ =] ]]; then
   EXTRA_EVAL+=(--val-data "$VAL_DATA")   # score exactly the images of VAL_DATA
 fi
 # -----------------------------------------------------------------------------------------------------
