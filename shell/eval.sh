@@ -9,7 +9,9 @@
 #   CKPT       checkpoint to evaluate                     (the last checkpoint-* in OUT)
 #   VAL_DATA   samples to run on, unified JSONL           (templates/infer_eval.yaml's)
 #   GT         COCO instances JSON with the ground truth  (required)
-#   DECODE     argmax | coordexp                          (argmax)
+#   DECODING   free | constrained | coordexp              (constrained; how swift infer generates, COORD_DECODING)
+#   INFER_BACKEND transformers | vllm                     (transformers)
+#   DECODE     argmax | coordexp                          (argmax; how coord-eval reads the coordinate tokens)
 #   SCORE      logprob | constant                         (logprob)
 #   MAX_DETS   detections per image                       (100, COCO's default)
 #   INFER_CONFIG                                          (templates/infer_eval.yaml)
@@ -21,6 +23,10 @@ GROUP="${GROUP:-a}"
 OUT="${OUT:-$ROOT/output/ablation/group_$GROUP}"
 INFER_CONFIG="${INFER_CONFIG:-$ROOT/templates/infer_eval.yaml}"
 DECODE="${DECODE:-argmax}"
+DECODING="${DECODING:-constrained}"
+INFER_BACKEND="${INFER_BACKEND:-transformers}"
+case "$DECODING" in free|constrained|coordexp) ;; *) echo "[eval] DECODING=$DECODING: expected free|constrained|coordexp" >&2; exit 2;; esac
+case "$INFER_BACKEND" in transformers|vllm) ;; *) echo "[eval] INFER_BACKEND=$INFER_BACKEND: expected transformers|vllm" >&2; exit 2;; esac
 SCORE="${SCORE:-logprob}"
 MAX_DETS="${MAX_DETS:-100}"
 [ -n "${GT:-}" ] || { echo "[eval] set GT to the COCO instances JSON of the evaluated images" >&2; exit 2; }
@@ -32,15 +38,17 @@ fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
 EVAL_DIR="$OUT/eval"
 mkdir -p "$EVAL_DIR"
-ARGS=("$INFER_CONFIG" --result_path "$EVAL_DIR/infer_result.jsonl")
+ARGS=("$INFER_CONFIG" --result_path "$EVAL_DIR/infer_result.jsonl" --infer_backend "$INFER_BACKEND")
+# The environment wins over the config's ENV block; the plugin records the mode next to the results.
+export COORD_DECODING="$DECODING" COORD_DECODING_RECORD="$EVAL_DIR/infer_result.jsonl.decoding.json"
 if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARGS+=(--model "$CKPT"); fi
 if [ -n "${VAL_DATA:-}" ]; then
   [ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
   ARGS+=(--val_dataset "coord:$(realpath "$VAL_DATA")")
 fi
-rm -f "$EVAL_DIR/infer_result.jsonl"
-echo "[eval] swift infer ${ARGS[*]} $*"
+rm -f "$EVAL_DIR/infer_result.jsonl" "$COORD_DECODING_RECORD"
+echo "[eval] COORD_DECODING=$DECODING swift infer ${ARGS[*]} $*"
 swift infer "${ARGS[@]}" "$@"
-echo "[eval] coord-eval --results $EVAL_DIR/infer_result.jsonl --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS"
+echo "[eval] coord-eval --results $EVAL_DIR/infer_result.jsonl --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS --decoding $DECODING --infer-backend $INFER_BACKEND"
 coord-eval --results "$EVAL_DIR/infer_result.jsonl" --gt "$GT" --out "$EVAL_DIR" \
-  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS"
+  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" --decoding "$DECODING" --infer-backend "$INFER_BACKEND"
