@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
@@ -143,6 +144,7 @@ def _processor_cls():
             self.off_grammar = 0  # rows that received a token the grammar forbids (from outside the grammar)
 
         def __call__(self, input_ids, scores):
+            t0 = time.perf_counter()
             if self.states is None:
                 self.states = [self.grammar.initial_state() for _ in range(input_ids.shape[0])]
                 self.prompt_len = input_ids.shape[1]
@@ -160,9 +162,19 @@ def _processor_cls():
                                    remaining=remaining)
             if self.record:
                 self.recorded.append(step.logprobs)
+            STATS["steps"] += 1
+            STATS["seconds"] += time.perf_counter() - t0
             return step.logits
 
     return GrammarLogitsProcessor
+
+
+# Time spent in the grammar processor since the last ``reset_stats()`` (for bench/bench_decode.py).
+STATS = {"steps": 0, "seconds": 0.0}
+
+
+def reset_stats() -> None:
+    STATS.update(steps=0, seconds=0.0)
 
 
 _CACHE = {}
