@@ -4,7 +4,8 @@
 #   train groups A, B and C with identical seeds, data and steps -> swift infer with logprobs ->
 #   coord-eval for each -> coord-compare.
 #
-#   bash shell/demo.sh
+#   bash shell/demo.sh                         # every group decoded under the answer grammar (DECODING=constrained)
+#   DECODING=free bash shell/demo.sh           # stock decoding (group B then writes no box); also coordexp
 #   MODEL=/path/to/Qwen3-VL-2B-Instruct COCO=/data/coco bash shell/demo.sh    # the real thing, on a GPU
 #
 # With MODEL set, the group configurations in templates/ are used as they are (bf16, their batch, steps

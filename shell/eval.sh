@@ -10,7 +10,9 @@
 #   VAL_DATA   samples to run on, unified JSONL           ($COORD_DATA_ROOT/data/coco/val2017.jsonl, the file
 #              templates/infer_eval.yaml names); the result file is checked to hold each of its rows exactly once
 #   GT         COCO instances JSON with the ground truth  (required)
-#   DECODE     argmax | coordexp                          (argmax)
+#   DECODING   free | constrained | coordexp              (constrained; how swift infer generates, COORD_DECODING)
+#   INFER_BACKEND transformers | vllm                     (transformers)
+#   DECODE     argmax | coordexp                          (argmax; how coord-eval reads the coordinate tokens)
 #   SCORE      logprob | constant                         (logprob)
 #   MAX_DETS   detections per image                       (100, COCO's default)
 #   INFER_CONFIG                                          (templates/infer_eval.yaml)
@@ -29,6 +31,10 @@ GROUP="${GROUP:-a}"
 OUT="${OUT:-$ROOT/output/ablation/group_$GROUP}"
 INFER_CONFIG="${INFER_CONFIG:-$ROOT/templates/infer_eval.yaml}"
 DECODE="${DECODE:-argmax}"
+DECODING="${DECODING:-constrained}"
+INFER_BACKEND="${INFER_BACKEND:-transformers}"
+case "$DECODING" in free|constrained|coordexp) ;; *) echo "[eval] DECODING=$DECODING: expected free|constrained|coordexp" >&2; exit 2;; esac
+case "$INFER_BACKEND" in transformers|vllm) ;; *) echo "[eval] INFER_BACKEND=$INFER_BACKEND: expected transformers|vllm" >&2; exit 2;; esac
 SCORE="${SCORE:-logprob}"
 MAX_DETS="${MAX_DETS:-100}"
 [ -n "${GT:-}" ] || { echo "[eval] set GT to the COCO instances JSON of the evaluated images" >&2; exit 2; }
@@ -40,7 +46,10 @@ fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
 EVAL_DIR="$OUT/eval"
 mkdir -p "$EVAL_DIR"
-ARGS=("$INFER_CONFIG")
+ARGS=("$INFER_CONFIG" --infer_backend "$INFER_BACKEND")
+# The environment wins over the config's ENV block; the plugin records the mode next to the results.
+export COORD_DECODING="$DECODING" COORD_DECODING_RECORD="$EVAL_DIR/infer_result.jsonl.decoding.json"
+rm -f "$COORD_DECODING_RECORD"
 if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARGS+=(--model "$CKPT"); fi
 # --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
 export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
@@ -92,6 +101,6 @@ if ! [[ " ${EVAL_ARGS:-} " =~ \ --(all-gt-images|subset-from-results|val-data)[\
   EXTRA_EVAL+=(--val-data "$VAL_DATA")   # score exactly the images of VAL_DATA
 fi
 # -----------------------------------------------------------------------------------------------------
-echo "[eval] coord-eval --results $RESULT --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS ${EXTRA_EVAL[*]:-}"
+echo "[eval] coord-eval --results $RESULT --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS --decoding $DECODING --infer-backend $INFER_BACKEND ${EXTRA_EVAL[*]:-}"
 coord-eval --results "$RESULT" --gt "$GT" --out "$EVAL_DIR" \
-  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" ${EXTRA_EVAL[@]+"${EXTRA_EVAL[@]}"}
+  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" --decoding "$DECODING" --infer-backend "$INFER_BACKEND" ${EXTRA_EVAL[@]+"${EXTRA_EVAL[@]}"}
