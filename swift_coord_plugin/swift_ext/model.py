@@ -28,7 +28,8 @@ so two separate partitioned matrices would look like one).
 Dense and mixture-of-experts checkpoints: the loader dispatches on the checkpoint's config
 (``is_moe_checkpoint``), so a Qwen3-VL-MoE checkpoint (30B-A3B, 235B-A22B) is built as
 ``Qwen3VLMoeForConditionalGeneration`` with ms-swift's MoE loader steps (expert dtype patch, MoE outputs of the
-mixed-data forward), and ``--router_aux_loss_coef`` adds the load-balancing loss; a dense one as
+mixed-data forward, which ``keep_router_logits`` completes under DeepSpeed), and ``--router_aux_loss_coef`` adds
+the load-balancing loss; a dense one as
 ``Qwen3VLForConditionalGeneration``. Tokens, template and losses are the same for both.
 """
 from __future__ import annotations
@@ -132,6 +133,40 @@ def init_new_rows(model, first_new_id: int, last_new_id: int, seed: int = 0, noi
         return rows_digest(targets, first_new_id, last_new_id)
 
 
+def keep_router_logits(inner) -> None:
+    """Give the MoE router logits back to ``inner`` (a ``Qwen3VLMoeModel``) under DeepSpeed.
+
+    ms-swift's DeepSpeed forward of Qwen3-VL (``_compat_qwen3_vl_mixed_data``, installed as ``inner.forward``
+    with the original kept as ``inner.origin_forward``) runs the language model and then rebuilds the output
+    from ``last_hidden_state``, ``past_key_values`` and ``rope_deltas`` only. ``router_logits`` is lost, so
+    with ``--router_aux_loss_coef`` the top model's load-balancing loss becomes the integer 0 and the step
+    crashes (``'int' object has no attribute 'to'``) or the loss is silently absent. This wraps the language
+    model's forward to keep its ``router_logits`` and puts them on the rebuilt output when it has none.
+    Idempotent; a no-op for a model without ms-swift's wrapper or without a language model."""
+    lm = getattr(inner, "language_model", None)
+    if lm is None or not hasattr(inner, "origin_forward") or getattr(inner, "_coord_router_logits", False):
+        return
+    captured = {}
+    lm_forward = lm.forward
+    swift_forward = inner.forward
+
+    def language_model_forward(*args, **kwargs):
+        out = lm_forward(*args, **kwargs)
+        captured["router_logits"] = getattr(out, "router_logits", None)
+        return out
+
+    def forward(*args, **kwargs):
+        captured.clear()
+        out = swift_forward(*args, **kwargs)
+        if getattr(out, "router_logits", None) is None and captured.get("router_logits") is not None:
+            out["router_logits"] = captured["router_logits"]
+        return out
+
+    lm.forward = language_model_forward
+    inner.forward = forward
+    inner._coord_router_logits = True
+
+
 def register() -> None:
     from swift.model import MODEL_MAPPING, ModelArch, ModelMeta, register_model
     from swift.model.models.qwen import Qwen3VLLoader, Qwen3VLMoeLoader
@@ -154,7 +189,9 @@ def register() -> None:
                 print(f"[swift-coord] {model_dir}: config model_type {config.model_type} with architectures "
                       f"{architectures}: loading {MOE_ARCHITECTURE} (saved checkpoints will name it)", flush=True)
             if self.is_moe:
-                return Qwen3VLMoeLoader.get_model(self, model_dir, config, processor, model_kwargs)
+                model = Qwen3VLMoeLoader.get_model(self, model_dir, config, processor, model_kwargs)
+                keep_router_logits(model.model)
+                return model
             return Qwen3VLLoader.get_model(self, model_dir, config, processor, model_kwargs)
 
         def _add_new_special_tokens(self, model, processor, config):
