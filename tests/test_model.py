@@ -140,3 +140,33 @@ def test_model_type_builds_the_checkpoints_own_class(request, which, cls):
         assert not coord_model.head_is_tied(model)
         head = model.get_output_embeddings().weight.detach()
         assert (head[151669:] - head[:151669].mean(0)).abs().max() < 0.1 * head[:151669].std(0).max()
+
+
+def test_keep_router_logits_restores_what_the_rebuilt_output_drops():
+    """ms-swift's DeepSpeed forward rebuilds the MoE output without ``router_logits`` (shape of that wrapper:
+    ``origin_forward`` kept, a new ``forward`` that calls ``language_model`` and builds a fresh output)."""
+    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeModelOutputWithPast
+
+    class LM(nn.Module):
+        def forward(self, x):
+            return Qwen3VLMoeModelOutputWithPast(last_hidden_state=x, router_logits=(x.sum(-1),))
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.language_model = LM()
+
+        def forward(self, x):
+            out = self.language_model(x)
+            return Qwen3VLMoeModelOutputWithPast(last_hidden_state=out.last_hidden_state)  # router_logits lost
+
+    inner = Inner()
+    x = torch.ones(1, 3, 4)
+    assert inner(x).router_logits is None
+    coord_model.keep_router_logits(inner)  # not ms-swift's wrapper (no origin_forward): left alone
+    assert inner(x).router_logits is None
+    inner.origin_forward = inner.forward
+    coord_model.keep_router_logits(inner)
+    coord_model.keep_router_logits(inner)  # idempotent
+    out = inner(x)
+    assert torch.equal(out.router_logits[0], x.sum(-1)) and torch.equal(out["router_logits"][0], x.sum(-1))
