@@ -15,6 +15,9 @@
 #   INFER_CONFIG                                          (templates/infer_eval.yaml)
 #   NPROC_PER_NODE=N shards inference over N processes (ms-swift gathers one result file).
 # Writes OUT/eval/infer_result.jsonl and OUT/eval/report.{json,md}, detections.json.
+# The plugin is passed from where it is now (`coord-plugin-path`): the path stored in the checkpoint's
+# args.json is where it was at training time, and ms-swift stops if that path no longer exists (a moved
+# repository, another machine).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GROUP="${GROUP:-a}"
@@ -30,9 +33,10 @@ if [ -z "${CKPT:-}" ]; then
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
+command -v coord-plugin-path >/dev/null || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 EVAL_DIR="$OUT/eval"
 mkdir -p "$EVAL_DIR"
-ARGS=("$INFER_CONFIG" --result_path "$EVAL_DIR/infer_result.jsonl")
+ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --result_path "$EVAL_DIR/infer_result.jsonl")
 if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARGS+=(--model "$CKPT"); fi
 if [ -n "${VAL_DATA:-}" ]; then
   [ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
