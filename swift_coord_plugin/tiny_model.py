@@ -139,7 +139,8 @@ def build_tokenizer():
     return fast
 
 
-# The tiny mixture-of-experts text model: experts per layer, experts per token, expert width (per hidden unit).
+# The tiny mixture-of-experts text model: experts per layer and experts routed per token (each expert as wide as
+# the hidden size).
 MOE_EXPERTS = 4
 MOE_EXPERTS_PER_TOKEN = 2
 
@@ -173,8 +174,8 @@ def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_wo
     )
     config_cls = Qwen3VLMoeConfig if moe else Qwen3VLConfig
     return config_cls(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings,
-                         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                         vision_end_token_id=151653)
+                      image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                      vision_end_token_id=151653)
 
 
 def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_depth: int = 2,
