@@ -33,7 +33,8 @@ if [ -z "${CKPT:-}" ]; then
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
-command -v coord-plugin-path >/dev/null || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
+command -v coord-plugin-path >/dev/null \
+  || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 EVAL_DIR="$OUT/eval"
 mkdir -p "$EVAL_DIR"
 ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --result_path "$EVAL_DIR/infer_result.jsonl")

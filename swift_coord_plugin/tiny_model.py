@@ -203,6 +203,6 @@ def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_dep
                                  video_processor=video_processor, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(f"Tiny randomly initialised {model_cls.__name__} (real Qwen3-VL tokenizer), built by coord-make-tiny-model. "
-                "For pipeline tests only: it has learned nothing.\n")
+        f.write(f"Tiny randomly initialised {model_cls.__name__} (real Qwen3-VL tokenizer), built by "
+                "coord-make-tiny-model. For pipeline tests only: it has learned nothing.\n")
     return out_dir
