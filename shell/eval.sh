@@ -25,6 +25,9 @@
 # Writes OUT/eval/infer_result.jsonl and OUT/eval/report.{json,md}, detections.json.
 # Paper table: all of val2017 (no #N), greedy (infer_eval.yaml), DECODE=argmax SCORE=logprob MAX_DETS=100;
 # DECODE=coordexp re-scores the same result file (run coord-eval on it) as a second row.
+# The plugin is passed from where it is now (`coord-plugin-path`): the path stored in the checkpoint's
+# args.json is where it was at training time, and ms-swift stops if that path no longer exists (a moved
+# repository, another machine).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GROUP="${GROUP:-a}"
@@ -44,9 +47,11 @@ if [ -z "${CKPT:-}" ]; then
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
+command -v coord-plugin-path >/dev/null \
+  || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 EVAL_DIR="$OUT/eval"
 mkdir -p "$EVAL_DIR"
-ARGS=("$INFER_CONFIG" --infer_backend "$INFER_BACKEND")
+ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --infer_backend "$INFER_BACKEND")
 # The environment wins over the config's ENV block; the plugin records the mode next to the results.
 export COORD_DECODING="$DECODING" COORD_DECODING_RECORD="$EVAL_DIR/infer_result.jsonl.decoding.json"
 rm -f "$COORD_DECODING_RECORD"

@@ -139,8 +139,17 @@ def build_tokenizer():
     return fast
 
 
-def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_word_embeddings: bool = True):
-    from transformers import Qwen3VLConfig
+# The tiny mixture-of-experts text model: experts per layer and experts routed per token (each expert as wide as
+# the hidden size).
+MOE_EXPERTS = 4
+MOE_EXPERTS_PER_TOKEN = 2
+
+
+def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_word_embeddings: bool = True,
+                moe: bool = False):
+    """A ``Qwen3VLConfig``, or with ``moe`` a ``Qwen3VLMoeConfig`` (every text layer a sparse block of
+    ``MOE_EXPERTS`` experts, ``MOE_EXPERTS_PER_TOKEN`` routed per token, as Qwen3-VL-30B-A3B has 128 and 8)."""
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
     heads = 4
     head_dim = hidden // heads
@@ -155,28 +164,34 @@ def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_wo
                          "mrope_interleaved": True},
         tie_word_embeddings=tie_word_embeddings,
     )
+    if moe:
+        text.update(moe_intermediate_size=hidden, num_experts=MOE_EXPERTS, num_experts_per_tok=MOE_EXPERTS_PER_TOKEN,
+                    decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=0.001)
     vision = dict(
         depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3, patch_size=16,
         spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden, num_position_embeddings=256,
         deepstack_visual_indexes=[0],
     )
-    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings,
-                         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                         vision_end_token_id=151653)
+    config_cls = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+    return config_cls(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings,
+                      image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                      vision_end_token_id=151653)
 
 
 def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_depth: int = 2,
-                     tie_word_embeddings: bool = True, seed: int = 0) -> str:
-    """Write a tiny random ``Qwen3VLForConditionalGeneration`` + processor + tokenizer to ``out_dir``."""
+                     tie_word_embeddings: bool = True, seed: int = 0, moe: bool = False) -> str:
+    """Write a tiny random ``Qwen3VLForConditionalGeneration`` (with ``moe``: ``Qwen3VLMoeForConditionalGeneration``)
+    + processor + tokenizer to ``out_dir``."""
     import torch
     from transformers import (GenerationConfig, Qwen2VLImageProcessor, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor)
+                              Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor)
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings)
-    model = Qwen3VLForConditionalGeneration(config).eval()
+    config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings, moe=moe)
+    model_cls = Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration
+    model = model_cls(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643],
                                                pad_token_id=151643, do_sample=False)
     model.save_pretrained(out_dir)
@@ -188,6 +203,6 @@ def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_dep
                                  video_processor=video_processor, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write("Tiny randomly initialised Qwen3-VL (real tokenizer), built by coord-make-tiny-model. "
-                "For pipeline tests only: it has learned nothing.\n")
+        f.write(f"Tiny randomly initialised {model_cls.__name__} (real Qwen3-VL tokenizer), built by "
+                "coord-make-tiny-model. For pipeline tests only: it has learned nothing.\n")
     return out_dir

@@ -42,6 +42,14 @@ def tiny_model_untied_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_moe_dir(tmp_path_factory) -> str:
+    """A tiny random mixture-of-experts Qwen3-VL (``coord-make-tiny-model --moe --untied``: untied, like 30B-A3B)."""
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl_moe")), tie_word_embeddings=False, moe=True)
+
+
+@pytest.fixture(scope="session")
 def sample_jsonl(tmp_path_factory) -> str:
     """The shipped COCO samples with absolute image paths."""
     return absolute_samples(SAMPLE_JSONL, tmp_path_factory.mktemp("samples") / "samples.jsonl")

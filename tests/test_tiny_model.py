@@ -74,3 +74,21 @@ def test_merges_rebuild_is_consistent():
     assert vocab == {"a": 0, "b": 1, "ab": 2, "c": 3, "abc": 4, "bc": 5}
     # "abc" is reachable as ab+c only (bc has a higher rank than abc); merges ordered by result rank.
     assert merges == [("a", "b"), ("ab", "c"), ("b", "c")]
+
+
+def test_moe_directory_builds_the_moe_class(tiny_model_moe_dir):
+    """``--moe``: a Qwen3VLMoeForConditionalGeneration with the same tokenizer, sparse blocks in every layer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3VLMoeForConditionalGeneration
+
+    cfg = json.load(open(os.path.join(tiny_model_moe_dir, "config.json")))
+    assert cfg["architectures"] == ["Qwen3VLMoeForConditionalGeneration"] and cfg["model_type"] == "qwen3_vl_moe"
+    assert cfg["text_config"]["num_experts_per_tok"] == tiny_model.MOE_EXPERTS_PER_TOKEN
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(tiny_model_moe_dir)
+    experts = [m for m in model.modules() if type(m).__name__ == "Qwen3VLMoeTextExperts"]
+    assert len(experts) == cfg["text_config"]["num_hidden_layers"]
+    assert experts[0].gate_up_proj.shape[0] == tiny_model.MOE_EXPERTS  # fused 3-D expert weights
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight  # untied, like 30B-A3B
+    assert len(AutoTokenizer.from_pretrained(tiny_model_moe_dir)) == 151669
+    out = model(input_ids=torch.tensor([[151644, 9707, 151645]]), output_router_logits=True)
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss)

@@ -1,4 +1,4 @@
-"""coord-make-tiny-model OUT: build the tiny random Qwen3-VL with the real tokenizer."""
+"""coord-make-tiny-model OUT: build the tiny random Qwen3-VL (dense, or MoE with --moe) with the real tokenizer."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +12,15 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vision-depth", type=int, default=2)
     p.add_argument("--untied", action="store_true", help="separate LM head (default: tied to the embedding)")
+    p.add_argument("--moe", action="store_true",
+                   help="mixture-of-experts text model (Qwen3VLMoeForConditionalGeneration, like Qwen3-VL-30B-A3B)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from swift_coord_plugin.tiny_model import build_tiny_model
 
     t0 = time.time()
     build_tiny_model(a.out, hidden=a.hidden, layers=a.layers, vision_depth=a.vision_depth,
-                     tie_word_embeddings=not a.untied, seed=a.seed)
+                     tie_word_embeddings=not a.untied, seed=a.seed, moe=a.moe)
     print(f"[coord-make-tiny-model] wrote {a.out} in {time.time() - t0:.1f}s")
 
 
