@@ -27,7 +27,8 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
-from ..core.losses import METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key
+from ..core.losses import (METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
+                           logged_metric_names)
 from ..core.vocab import CoordVocab
 from . import lean as lean_path
 
@@ -155,9 +156,10 @@ class CoordExpLoss(BaseLoss):
         logger.info(f"coordexp loss configuration: {json.dumps(info)}")
 
     def _logged_metrics(self) -> List[int]:
-        # The gate component only when the gate term is on; everything else for every group, so that the
-        # groups can be compared on the same curves.
-        return [i for i, (name, _) in enumerate(METRICS) if name != "gate_loss" or self.config.trains_gate]
+        # The components of the switches (gate, box-loss variant, soft CE, W1, order) only when they are on;
+        # everything else for every group, so that the groups can be compared on the same curves.
+        names = set(logged_metric_names(self.config))
+        return [i for i, (name, _) in enumerate(METRICS) if name in names]
 
     def _register_metrics(self, trainer) -> None:
         idx = self._logged_metrics()
