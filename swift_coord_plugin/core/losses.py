@@ -88,8 +88,16 @@ class LossConfig:
     lambda_box_order: float = 0.0    # penalty for expected x2 < x1 / y2 < y1, per box; 0 = off
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
+        self.check_values({f.name: getattr(self, f.name) for f in fields(self)})
+        self._check_combination()
+
+    @classmethod
+    def check_values(cls, values: Mapping[str, object]) -> None:
+        """Each value on its own (type, range, choice), whatever the group; ``LossConfigError`` names it."""
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            v = values[f.name]
             if f.type in ("bool", bool):
                 if not isinstance(v, bool):
                     raise LossConfigError(f"{f.name} ({env_key(f.name)}) must be true or false, got {v!r}")
@@ -100,14 +108,16 @@ class LossConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                     raise LossConfigError(
                         f"{f.name} ({env_key(f.name)}) must be a finite number >= 0, got {v!r}")
-        if self.box_loss not in BOX_LOSSES:
+        if "box_loss" in values and values["box_loss"] not in BOX_LOSSES:
             raise LossConfigError(f"box_loss ({env_key('box_loss')}) must be one of {sorted(BOX_LOSSES)}, "
-                                  f"got {self.box_loss!r}")
-        if self.soft_ce_sigma <= 0:
+                                  f"got {values['box_loss']!r}")
+        if values.get("soft_ce_sigma", 1.0) <= 0:
             raise LossConfigError(f"soft_ce_sigma ({env_key('soft_ce_sigma')}) must be > 0 bins, "
-                                  f"got {self.soft_ce_sigma}")
-        if self.giou_eps <= 0:
-            raise LossConfigError(f"giou_eps ({env_key('giou_eps')}) must be > 0, got {self.giou_eps}")
+                                  f"got {values['soft_ce_sigma']}")
+        if values.get("giou_eps", 1.0) <= 0:
+            raise LossConfigError(f"giou_eps ({env_key('giou_eps')}) must be > 0, got {values['giou_eps']}")
+
+    def _check_combination(self) -> None:
         if self.use_geom_loss and not self.use_coordexp_loss:
             raise LossConfigError(
                 "use_geom_loss=true needs use_coordexp_loss=true: the geometric loss is computed on the CoordExp "
@@ -147,8 +157,18 @@ class LossConfig:
         Returns the validated config and the overrides that were read (env key -> raw value).
         An unknown ``COORDEXP_*`` key or an unparsable value is an error naming the key.
         """
-        environ = os.environ if environ is None else environ
         cfg = cls.preset(base) if isinstance(base, str) else base
+        values, overrides = cls.parse_env(environ)
+        return replace(cfg, **values), overrides
+
+    @classmethod
+    def parse_env(cls, environ: Optional[Mapping[str, str]] = None) -> Tuple[Dict[str, object], Dict[str, str]]:
+        """The ``COORDEXP_*`` keys of ``environ`` parsed: (field -> value, env key -> raw value).
+
+        ``LossConfigError`` for an unknown key (listing the known ones) or an unparsable value (naming it);
+        the values are not checked against each other (that needs the group: ``from_env``).
+        """
+        environ = os.environ if environ is None else environ
         known = {env_key(f.name): f for f in fields(cls)}
         overrides = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
         unknown = sorted(set(overrides) - set(known))
@@ -163,7 +183,18 @@ class LossConfig:
                 values[f.name] = str(raw).strip().lower()
             else:
                 values[f.name] = _parse_float(key, raw)
-        return replace(cfg, **values), overrides
+        return values, overrides
+
+    @classmethod
+    def check_env(cls, environ: Optional[Mapping[str, str]] = None,
+                  group: Optional[str] = None) -> Optional["LossConfig"]:
+        """Validate the ``COORDEXP_*`` keys of ``environ``: with ``group``, the whole configuration (returned);
+        without, every key and value on its own (returns None). Raises ``LossConfigError``."""
+        if group is not None:
+            return cls.from_env(group, environ)[0]
+        values, _ = cls.parse_env(environ)
+        cls.check_values(values)
+        return None
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)

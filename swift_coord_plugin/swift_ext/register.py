@@ -31,8 +31,15 @@ def let_comm_threads_finish() -> None:
 
 
 def register() -> None:
-    """Register the model type, template, dataset preprocessor and losses (safe to call twice)."""
+    """Register the model type, template, dataset preprocessor and losses (safe to call twice).
+
+    Every call made while ms-swift builds its arguments (the plugin import) also checks the plugin's settings
+    (``settings.check_at_plugin_import``), before anything is loaded.
+    """
     global _REGISTERED
+    from .settings import check_at_plugin_import
+
+    check_at_plugin_import()
     if _REGISTERED:
         return
     from . import dataset, loss, model, template
