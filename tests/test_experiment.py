@@ -48,6 +48,24 @@ def test_group_configs_differ_only_in_loss():
     assert (REPO / ref[0]["external_plugins"]).is_file()
 
 
+def test_current_objective_config_is_group_a_plus_switches():
+    """templates/soft_ce_w1_gate.yaml: group A's run with soft CE, W1, the gate and the x1y1 order, nothing else."""
+    from swift_coord_plugin.swift_ext.settings import check_settings
+
+    with open(REPO / "templates" / "soft_ce_w1_gate.yaml") as f:
+        cfg, other_env, loss_env, loss_type, output_dir = _split(yaml.safe_load(f))
+    ref = _split(_load("a"))
+    assert cfg == ref[0] and loss_type == ref[3] == "coordexp_ce"
+    assert other_env.pop("COORD_ORDER") == "x1y1" and other_env == ref[1]
+    env = {k: str(v) for k, v in {**loss_env, "COORD_ORDER": "x1y1"}.items()}
+    check_settings(env, loss_type)
+    config, _ = LossConfig.from_env("A", env)
+    assert config.use_coord_ce and not config.use_coordexp_loss
+    assert config.lambda_soft_ce > 0 and config.lambda_w1 > 0 and config.lambda_gate > 0
+    assert {k for k in loss_env if loss_env[k] != ref[2].get(k)} == {
+        "COORDEXP_LAMBDA_GATE", "COORDEXP_LAMBDA_SOFT_CE", "COORDEXP_SOFT_CE_SIGMA", "COORDEXP_LAMBDA_W1"}
+
+
 def test_infer_config():
     with open(REPO / "templates" / "infer_eval.yaml") as f:
         cfg = yaml.safe_load(f)

@@ -27,6 +27,7 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
+from ..core import codec
 from ..core.losses import (METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
                            logged_metric_names)
 from ..core.vocab import CoordVocab
@@ -140,6 +141,8 @@ class CoordExpLoss(BaseLoss):
             "flags": self.config.to_dict(),
             "overrides": dict(sorted(self.overrides.items())),
             "env_keys": {name: env_key(name) for name in self.config.to_dict()},
+            # The object order the targets were written in (core.codec; COORD_ORDER, COORD_ORDER_SEED).
+            "object_order": {"policy": codec.order_policy().name, "seed": codec.order_seed()},
             "normalisation": "sum over labelled targets / num_items_in_batch; each coordinate token carries its "
                              "box's geometric loss (a box weighs 4 tokens)",
         }
