@@ -58,7 +58,11 @@ def _order_epoch_callback_cls():
                 self.template = template
 
             def on_epoch_begin(self, args, state, control, **kwargs):
-                self.template.coord_order_epoch = int(round(state.epoch or 0))
+                epoch = int(round(state.epoch or 0))
+                if epoch != self.template.coord_order_epoch:
+                    print(f"[swift-coord] {codec.ORDER_ENV}=random: drawing the object orders of epoch {epoch}",
+                          flush=True)
+                self.template.coord_order_epoch = epoch
 
         _CALLBACK_CLS = CoordOrderEpochCallback
     return _CALLBACK_CLS
