@@ -394,6 +394,6 @@ def test_random_order_is_redrawn_per_epoch_and_reproducible(loaded, sample_jsonl
     assert t.coord_order_epoch == 2
     trainer.args = TrainingArguments(output_dir="unused", report_to=[], dataloader_num_workers=2,
                                      dataloader_persistent_workers=True)
-    t._coord_epoch_cb = None
+    t._coord_epochs_watched = False
     with pytest.raises(ValueError, match="persistent"):
         t._watch_epochs(trainer)

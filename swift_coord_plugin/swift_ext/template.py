@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import os
 
+from transformers import TrainerCallback
+
 from ..core import codec
 from .model import TEMPLATE_TYPE
 
@@ -43,29 +45,23 @@ from .model import TEMPLATE_TYPE
 BINS_TYPE = "coord_bins"
 
 _TEMPLATE_CLS = None
-_CALLBACK_CLS = None
 
 
-def _order_epoch_callback_cls():
-    """A ``TrainerCallback`` that tells the template the epoch that is starting (for the ``random`` order)."""
-    global _CALLBACK_CLS
-    if _CALLBACK_CLS is None:
-        from transformers import TrainerCallback
+class CoordOrderEpochCallback(TrainerCallback):
+    """Tells the template the epoch that is starting (the ``random`` order draws per epoch).
 
-        class CoordOrderEpochCallback(TrainerCallback):
+    ``on_epoch_begin`` runs before the trainer starts the epoch's data loader iterator, whose workers get the
+    template as it is then.
+    """
 
-            def __init__(self, template):
-                self.template = template
+    def __init__(self, template):
+        self.template = template
 
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                epoch = int(round(state.epoch or 0))
-                if epoch != self.template.coord_order_epoch:
-                    print(f"[swift-coord] {codec.ORDER_ENV}=random: drawing the object orders of epoch {epoch}",
-                          flush=True)
-                self.template.coord_order_epoch = epoch
-
-        _CALLBACK_CLS = CoordOrderEpochCallback
-    return _CALLBACK_CLS
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int(round(state.epoch or 0))
+        if epoch != self.template.coord_order_epoch:
+            print(f"[swift-coord] {codec.ORDER_ENV}=random: drawing the object orders of epoch {epoch}", flush=True)
+        self.template.coord_order_epoch = epoch
 
 
 def _template_cls():
@@ -156,14 +152,14 @@ def _template_cls():
 
         def _watch_epochs(self, trainer) -> None:
             """Under the ``random`` order: add the epoch callback to the trainer once."""
-            if not self.coord_order.redraw or trainer is None or getattr(self, "_coord_epoch_cb", None) is not None:
+            if not self.coord_order.redraw or trainer is None or getattr(self, "_coord_epochs_watched", False):
                 return
             args = getattr(trainer, "args", None)
             if getattr(args, "dataloader_persistent_workers", False) and getattr(args, "dataloader_num_workers", 0):
                 raise ValueError(f"{codec.ORDER_ENV}=random re-draws the order per epoch, which persistent data "
                                  "loader workers never hear of: use --dataloader_persistent_workers false")
-            self._coord_epoch_cb = _order_epoch_callback_cls()(self)
-            trainer.add_callback(self._coord_epoch_cb)
+            trainer.add_callback(CoordOrderEpochCallback(self))
+            self._coord_epochs_watched = True
 
         # -- training forward ---------------------------------------------------------------------
         def compute_sft_loss(self, model, inputs, num_items_in_batch=None, trainer=None):
