@@ -2,8 +2,9 @@
 
 Each class is a preset of one loss (``core.losses.compute_loss``); every flag can be overridden
 with ``COORDEXP_*`` environment keys (``--model_kwargs '{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a
-YAML ``ENV:`` block). The configuration is validated when the trainer builds the loss, written to
-``<output_dir>/coordexp_config.json`` and printed once.
+YAML ``ENV:`` block). The configuration is validated when ms-swift imports the plugin (``settings.py``, before
+the model loads) and again when the trainer builds the loss, written to ``<output_dir>/coordexp_config.json``
+and printed once.
 
 The components (``core.losses.METRICS``) are accumulated on the device without a host sync per
 step and handed to ms-swift's ``trainer.custom_metrics``, which averages them over the logging
