@@ -21,8 +21,9 @@
 #   DEEPSPEED   "" | zero2 | zero3 | zero2_offload | zero3_offload   ("")
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT: passed to torchrun by ms-swift.
 #     DeepSpeed needs a launcher even for one process: with DEEPSPEED set, NPROC_PER_NODE defaults to 1.
-# COORDEXP_* variables already in the shell would silently beat the configuration's ENV block, so they
-# are removed first (set COORD_KEEP_LOSS_ENV=1 to keep them on purpose).
+# Plugin settings (COORDEXP_*, COORD_ORDER, COORD_ORDER_SEED; docs/losses.md "Setting a switch") set in the
+# shell are passed on and beat the configuration's ENV block; each one is printed. The plugin checks every
+# key when swift starts, before the model loads: a misspelt COORDEXP_* key stops the run there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GROUP="${GROUP:-a}"
@@ -66,11 +67,9 @@ if [ -n "$DEEPSPEED" ]; then
   ARGS+=(--deepspeed "$DEEPSPEED")
   export NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
 fi
-if [ "${COORD_KEEP_LOSS_ENV:-0}" != "1" ]; then
-  for v in $(env | grep -o '^COORDEXP_[A-Z_]*' || true); do
-    echo "[train] ignoring $v from the shell (the configuration sets the loss flags)"; unset "$v"
-  done
-fi
+for v in $(env | grep -oE '^(COORDEXP_[A-Za-z0-9_]*|COORD_ORDER|COORD_ORDER_SEED)=' | tr -d '=' || true); do
+  echo "[train] $v=${!v} from the shell (beats the configuration's ENV block)"
+done
 # --- resume, CPU dry run (cluster set-up) -------------------------------------------------------------
 RESUME="${RESUME:-auto}"
 if [ "$RESUME" = "auto" ]; then

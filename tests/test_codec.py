@@ -117,3 +117,48 @@ def test_only_canonical_coordinate_spellings():
     assert codec.coord_bin_of("<|coord_0|>") == 0 and codec.coord_bin_of("<|coord_999|>") == 999
     res = codec.parse_objects("<obj_start> a <|coord_1|><|coord_0002|><|coord_3|><|coord_4|> <obj_end>")
     assert res.objects == [] and res.counts == {codec.DROP_BAD_COORD: 1}
+
+
+# ----------------------------------------------------------------------------- order policies
+def test_default_order_is_on_bins_first_then_continuous_values():
+    # a and b share the y1 bin 300 (0.3004 and 0.2996 both round to 300): x1 bins decide, not the raw y1.
+    a, b = DetObject("a", (0.51, 0.2996, 0.6, 0.4)), DetObject("b", (0.2, 0.3004, 0.3, 0.4))
+    assert [o.desc for o in codec.order_objects([a, b])] == ["b", "a"]
+    # The former rule (continuous y1, then x1) wrote x1 bins going down within the y1 bin: a (510) before b (200).
+    assert [o.desc for o in sorted([a, b], key=lambda o: (o.bbox[1], o.bbox[0]))] == ["a", "b"]
+    # Equal bins on both: the continuous values decide, then the input order.
+    c, d = DetObject("c", (0.2002, 0.3001, 0.3, 0.4)), DetObject("d", (0.1998, 0.3001, 0.3, 0.4))
+    assert [o.desc for o in codec.order_objects([c, d])] == ["d", "c"]
+    assert [o.desc for o in codec.order_objects([d, DetObject("e", d.bbox)])] == ["d", "e"]
+
+
+def test_x1y1_policy_and_registry():
+    objs = [DetObject("a", (0.5, 0.1, 0.6, 0.2)), DetObject("b", (0.1, 0.9, 0.2, 1.0)),
+            DetObject("c", (0.1, 0.3, 0.2, 0.4))]
+    assert [o.desc for o in codec.order_objects(objs, codec.order_policy("x1y1"))] == ["c", "b", "a"]
+    assert [o.desc for o in codec.order_objects(objs, codec.order_policy("Y1X1"))] == ["a", "c", "b"]
+    assert codec.order_policy(environ={}).name == "y1x1"
+    assert codec.order_policy(environ={"COORD_ORDER": "x1y1"}).name == "x1y1"
+    with pytest.raises(ValueError, match=r"COORD_ORDER='diagonal'.*\['random', 'x1y1', 'y1x1'\]"):
+        codec.order_policy("diagonal")
+    with pytest.raises(ValueError, match="COORD_ORDER_SEED"):
+        codec.order_seed({"COORD_ORDER_SEED": "one"})
+    # A new policy is one registration away from COORD_ORDER.
+    policy = codec.OrderPolicy("area_desc", lambda b: (-round((b[2] - b[0]) * (b[3] - b[1]), 9),))
+    codec.register_order_policy(policy)
+    try:
+        assert codec.order_policy(environ={"COORD_ORDER": "area_desc"}) is policy
+        assert [o.desc for o in codec.order_objects(objs, policy)] == ["a", "b", "c"]  # equal areas: input order
+        with pytest.raises(ValueError, match="already registered"):
+            codec.register_order_policy(policy)
+    finally:
+        del codec.ORDER_POLICIES["area_desc"]
+
+
+def test_random_draw_is_a_seeded_permutation_per_sample_and_epoch():
+    draws = {(s, e, k): codec.draw_order(12, k, e, s) for s in (0, 1) for e in (0, 1, 2) for k in ("x.jpg", "y.jpg")}
+    for key, perm in draws.items():
+        assert sorted(perm) == list(range(12))
+        assert codec.draw_order(12, key[2], key[1], key[0]) == perm  # reproducible
+    assert len({tuple(p) for p in draws.values()}) == len(draws)  # every seed / epoch / sample draws anew
+    assert codec.draw_order(0, "x", 0, 0) == [] and codec.draw_order(1, "x", 5, 3) == [0]

@@ -54,7 +54,7 @@ def pycocotools_stats(gt_path, dets, img_ids=None, max_dets=100):
 
 def quantised_reference(gt: dict, boxes, constant=False):
     """The boxes as a coordinate-token model would give them back, ordered within each image by the
-    codec's object order (y1, x1 on the normalised box), in pixels."""
+    codec's object order (the bins of y1, x1, then y1, x1 on the normalised box), in pixels."""
     imgs = {i["id"]: i for i in gt["images"]}
     out = []
     for b in boxes:
@@ -64,7 +64,7 @@ def quantised_reference(gt: dict, boxes, constant=False):
         norm = [min(max(v, 0.0), 1.0) for v in (x / w, y / h, (x + bw) / w, (y + bh) / h)]
         k = [codec.quantize(v) for v in norm]
         x1, y1, x2, y2 = k[0] / 1000 * w, k[1] / 1000 * h, k[2] / 1000 * w, k[3] / 1000 * h
-        out.append(((b["image_id"], norm[1], norm[0]), {
+        out.append(((b["image_id"], k[1], k[0], norm[1], norm[0]), {
             "image_id": b["image_id"], "category_id": b["category_id"], "bbox": [x1, y1, x2 - x1, y2 - y1],
             "score": 1.0 if constant else b["score"]}))
     return [d for _, d in sorted(out, key=lambda t: t[0])]  # sorted() is stable: ties keep input order

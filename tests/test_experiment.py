@@ -50,6 +50,24 @@ def test_group_configs_differ_only_in_loss():
     assert (REPO / ref[0]["external_plugins"]).is_file()
 
 
+def test_current_objective_config_is_group_a_plus_switches():
+    """templates/soft_ce_w1_gate.yaml: group A's run with soft CE, W1, the gate and the x1y1 order, nothing else."""
+    from swift_coord_plugin.swift_ext.settings import check_settings
+
+    with open(REPO / "templates" / "soft_ce_w1_gate.yaml") as f:
+        cfg, other_env, loss_env, loss_type, output_dir = _split(yaml.safe_load(f))
+    ref = _split(_load("a"))
+    assert cfg == ref[0] and loss_type == ref[3] == "coordexp_ce"
+    assert other_env.pop("COORD_ORDER") == "x1y1" and other_env == ref[1]
+    env = {k: str(v) for k, v in {**loss_env, "COORD_ORDER": "x1y1"}.items()}
+    check_settings(env, loss_type)
+    config, _ = LossConfig.from_env("A", env)
+    assert config.use_coord_ce and not config.use_coordexp_loss
+    assert config.lambda_soft_ce > 0 and config.lambda_w1 > 0 and config.lambda_gate > 0
+    assert {k for k in loss_env if loss_env[k] != ref[2].get(k)} == {
+        "COORDEXP_LAMBDA_GATE", "COORDEXP_LAMBDA_SOFT_CE", "COORDEXP_SOFT_CE_SIGMA", "COORDEXP_LAMBDA_W1"}
+
+
 def test_infer_config():
     with open(REPO / "templates" / "infer_eval.yaml") as f:
         cfg = yaml.safe_load(f)
@@ -72,6 +90,21 @@ def test_train_script_fails_loudly(env, msg):
     path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
     proc = _script("train.sh", {**env, "PATH": path})
     assert proc.returncode == 2 and msg in proc.stdout
+
+
+def test_train_script_passes_settings_and_a_typo_stops_before_the_model_loads(tiny_model_dir, sample_jsonl,
+                                                                              tmp_path):
+    path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = {"GROUP": "b", "MODEL": tiny_model_dir, "DATA": sample_jsonl, "OUT": str(tmp_path / "o"), "PATH": path,
+           "COORDEXP_LEAN": "1", "COORD_ORDER": "x1y1", "COORDEXP_LAMBDA_SOFTCE": "1"}
+    proc = subprocess.run(["bash", str(REPO / "shell" / "train.sh"), *CPU_ARGS, f"coord:{sample_jsonl}"],
+                          env=swift_env(env), cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)
+    out = proc.stdout
+    assert "[train] COORDEXP_LEAN=1 from the shell" in out and "[train] COORD_ORDER=x1y1 from the shell" in out
+    assert proc.returncode != 0 and "unknown loss setting(s) ['COORDEXP_LAMBDA_SOFTCE']" in out, out[-3000:]
+    assert "--loss_type coordexp_geom" in out
+    assert "[swift-coord] added" not in out and "[swift-coord] dataset" not in out  # nothing was loaded
 
 
 def test_eval_script_needs_gt():
@@ -97,7 +130,7 @@ CPU_ARGS = ["--torch_dtype", "float32", "--fp16", "false", "--bf16", "false", "-
 def _train(group, model, data, out, cwd, **env):
     path = os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")
     full_env = swift_env({"GROUP": group, "MODEL": model, "DATA": data, "OUT": str(out), "PATH": path,
-                          "COORDEXP_LAMBDA_COORD": "7", **env})  # a stray shell value must be ignored
+                          "COORDEXP_LAMBDA_COORD": "7", **env})  # a shell value beats the YAML's ENV block
     proc = subprocess.run(["bash", str(REPO / "shell" / "train.sh"), *CPU_ARGS, f"coord:{data}"], env=full_env,
                           cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     (cwd / f"train_{group}.log").write_text(proc.stdout)
@@ -115,9 +148,9 @@ def test_launch_scripts_deepspeed_and_compare(tiny_model_dir, sample_jsonl, tmp_
                     MASTER_PORT="29702"),
     }
     for g, out in logs.items():
-        assert "[train] swift sft" in out and "ignoring COORDEXP_LAMBDA_COORD from the shell" in out
+        assert "[train] swift sft" in out and "[train] COORDEXP_LAMBDA_COORD=7 from the shell" in out
         cfg = json.load(open(tmp_path / f"group_{g}" / "coordexp_config.json"))
-        assert cfg["flags"]["lambda_coord"] == 1.0  # from the YAML, not the shell
+        assert cfg["flags"]["lambda_coord"] == 7.0  # the shell's, over the YAML's 1.0
         rows = read_jsonl(tmp_path / f"group_{g}" / "logging.jsonl")
         train = [r for r in rows if "loss" in r]
         evals = [r for r in rows if "eval_loss" in r]

@@ -99,3 +99,90 @@ def test_shape_error():
         assert "last dimension of 4" in str(e)
     else:
         raise AssertionError("expected a ValueError")
+
+
+# ---------------------------------------------------------------------------------------------- box-loss variants
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss  # noqa: E402
+
+from swift_coord_plugin.core.geometry import (BOX_LOSSES, box_loss, box_order_penalty, ciou_loss, diou,  # noqa: E402
+                                              diou_loss, match_boxes)
+
+
+def test_diou_ciou_match_torchvision_on_valid_boxes():
+    gen = torch.Generator().manual_seed(3)
+    pred, target = _xyxy(400, gen), _xyxy(400, gen)
+    torch.testing.assert_close(diou_loss(pred, target, eps=1e-7), distance_box_iou_loss(pred, target, eps=1e-7),
+                               rtol=1e-12, atol=1e-12)
+    # torchvision adds no eps to the heights inside atan(w / h); ours does: equal to the eps scale.
+    torch.testing.assert_close(ciou_loss(pred, target, eps=1e-7), complete_box_iou_loss(pred, target, eps=1e-7),
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(box_loss("giou", pred, target), giou_loss(pred, target), rtol=0, atol=0)
+    assert set(BOX_LOSSES) == {"giou", "diou", "ciou"}
+    try:
+        box_loss("iou", pred, target)
+    except ValueError as e:
+        assert "giou" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def test_giou_gives_no_gradient_to_a_collapsed_or_reversed_box_inside_its_target():
+    """The claim the documentation used to make (the enclosing term pulls such boxes) is false; DIoU/CIoU pull."""
+    target = torch.tensor([[0.2, 0.3, 0.8, 0.9]], dtype=torch.float64)
+    for p in ([0.4995, 0.4995, 0.4995, 0.4995],   # the expected box at initialisation: the image centre
+              [0.6, 0.6, 0.4, 0.5],               # reversed, inside the target
+              [0.3, 0.4, 0.3, 0.7]):              # zero width, inside
+        pred = torch.tensor([p], dtype=torch.float64, requires_grad=True)
+        val = giou_loss(pred, target)
+        g, = torch.autograd.grad(val.sum(), pred)
+        assert val.item() == 1.0 and g.abs().max().item() == 0.0, (p, val, g)
+        for fn in (diou_loss, ciou_loss):
+            g, = torch.autograd.grad(fn(pred, target).sum(), pred)
+            assert g.abs().max().item() > 1e-3, (fn.__name__, p, g)
+    # Once the prediction sticks out of the target, GIoU's enclosing term does pull it.
+    pred = torch.tensor([[0.1, 0.5, 0.1, 0.5]], dtype=torch.float64, requires_grad=True)
+    g, = torch.autograd.grad(giou_loss(pred, target).sum(), pred)
+    assert g[0, 0].item() < 0 or g[0, 2].item() < 0  # moving right lowers the loss
+
+
+def test_diou_is_zero_penalty_for_concentric_boxes_and_finite_on_degenerate_ones():
+    a = torch.tensor([[0.2, 0.2, 0.6, 0.6]], dtype=torch.float64)
+    b = torch.tensor([[0.3, 0.3, 0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(diou(b, a, eps=0.0), giou(b, a, eps=0.0) * 0 + 0.04 / 0.16)  # IoU only
+    point = torch.full((1, 4), 0.5, dtype=torch.float64, requires_grad=True)
+    for fn in (diou_loss, ciou_loss):
+        v = fn(point, point.detach())
+        v.sum().backward()
+        assert torch.isfinite(v).all() and torch.isfinite(point.grad).all()
+
+
+def test_variant_and_order_gradcheck_float64():
+    gen = torch.Generator().manual_seed(4)
+    target = _xyxy(6, gen)
+    pred = torch.rand(6, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    assert (pred[:, 2] < pred[:, 0]).any() or (pred[:, 3] < pred[:, 1]).any()
+    assert torch.autograd.gradcheck(lambda p: diou_loss(p, target, eps=1e-3), (pred,))
+    assert torch.autograd.gradcheck(box_order_penalty, (pred,))
+    # CIoU's trade-off weight alpha carries no gradient by definition (so a finite-difference check cannot
+    # apply): compare its gradient with torchvision's, which follows the same convention, on valid boxes.
+    valid = _xyxy(6, gen).requires_grad_(True)
+    g, = torch.autograd.grad(ciou_loss(valid, target, eps=1e-7).sum(), valid)
+    g_ref, = torch.autograd.grad(complete_box_iou_loss(valid, target, eps=1e-7).sum(), valid)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_box_order_penalty():
+    boxes = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.2, 0.3, 0.4], [0.5, 0.6, 0.3, 0.1]], dtype=torch.float64)
+    torch.testing.assert_close(box_order_penalty(boxes), torch.tensor([0.0, 0.2, 0.7], dtype=torch.float64))
+
+
+def test_match_boxes_is_index_based():
+    a, b = torch.zeros(3, 4), torch.ones(3, 4)
+    pi, ti = match_boxes(a, b)
+    assert pi.tolist() == ti.tolist() == [0, 1, 2]
+    try:
+        match_boxes(a, torch.ones(2, 4))
+    except ValueError as e:
+        assert "index-based" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")

@@ -15,13 +15,13 @@ import torch
 
 from helpers import base_sft_args, read_jsonl, run_swift
 from swift_coord_plugin.core import codec
-from swift_coord_plugin.core.losses import METRIC_NAMES, LossConfig
+from swift_coord_plugin.core.losses import LossConfig, logged_metric_names
 from swift_coord_plugin.core.vocab import CoordVocab
 from swift_coord_plugin.swift_ext import loss as coord_loss
 
 SGD_ONE_STEP = ["--optim", "sgd", "--learning_rate", "1.0", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
                 "--max_grad_norm", "0", "--weight_decay", "0", "--save_steps", "1"]
-TRAIN_KEYS = [m for m in METRIC_NAMES if m != "gate_loss"]
+TRAIN_KEYS = list(logged_metric_names(LossConfig.preset("C")))  # what every group logs
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -154,11 +154,13 @@ def test_cli_group_b_train_and_eval_components_env_override(tiny_model_dir, four
     rows = read_jsonl(os.path.join(out, "logging.jsonl"))
     train = [r for r in rows if "loss" in r]
     assert len(train) == 2
+    logged = logged_metric_names(LossConfig.from_env("B", {"COORDEXP_LAMBDA_GATE": "0.5"})[0])
+    assert "gate_loss" in logged
     for r in train:
-        assert set(METRIC_NAMES) <= set(r)
+        assert set(logged) <= set(r)
         assert abs(r["coord_loss"] - (r["coord_l1_loss"] + 2.0 * r["coord_giou_loss"])) < 1e-4 * r["coord_loss"]
     ev = [r for r in rows if "eval_loss" in r]
-    assert len(ev) == 1 and {f"eval_{m}" for m in METRIC_NAMES} <= set(ev[0])
+    assert len(ev) == 1 and {f"eval_{m}" for m in logged} <= set(ev[0])
     # Tensorboard gets the same scalars.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -198,13 +200,36 @@ def test_cli_group_c_two_ranks_equal_one_process(tiny_model_dir, four_samples, t
 
 
 @pytest.mark.e2e
-def test_cli_refused_configurations_stop_at_trainer_construction(tiny_model_dir, four_samples, tmp_path):
+def test_cli_switches_lean_path_and_random_order(tiny_model_dir, four_samples, tmp_path):
+    """Every switch at once through swift sft (the lean path, two epochs of the random order): the flags reach
+    coordexp_config.json, the switches' components are logged, each epoch draws its own orders."""
+    out = tmp_path / "sw"
+    switches = {"COORDEXP_LAMBDA_SOFT_CE": 0.5, "COORDEXP_SOFT_CE_SIGMA": 3, "COORDEXP_LAMBDA_W1": 2,
+                "COORDEXP_LAMBDA_BOX_ORDER": 1, "COORDEXP_BOX_LOSS": "ciou", "COORDEXP_LEAN": True}
+    proc = _sft(tiny_model_dir, four_samples, out, "coordexp_hybrid", steps=4, batch_size=2,
+                extra=["--model_kwargs", json.dumps({**switches, "COORD_ORDER": "random", "COORD_ORDER_SEED": 5})])
+    assert "drawing the object orders of epoch 1" in proc.stdout
+    cfg = json.load(open(os.path.join(str(out), coord_loss.CONFIG_FILE)))
+    assert cfg["object_order"] == {"policy": "random", "seed": 5}
+    f = cfg["flags"]
+    assert (f["lambda_soft_ce"], f["soft_ce_sigma"], f["lambda_w1"], f["lambda_box_order"], f["box_loss"],
+            f["lean"]) == (0.5, 3.0, 2.0, 1.0, "ciou", True)
+    train = _train_logs(str(out))
+    assert len(train) == 4
+    for r in train:
+        assert {"coord_box_loss", "coord_soft_ce_loss", "coord_w1_loss", "coord_box_order_loss"} <= set(r)
+        assert abs(r["coord_loss"] - (r["coord_l1_loss"] + r["coord_box_loss"])) < 1e-4 * r["coord_loss"]
+
+
+@pytest.mark.e2e
+def test_cli_refused_configurations_stop_before_the_model_loads(tiny_model_dir, four_samples, tmp_path):
     out = tmp_path / "bad"
     proc = _sft(tiny_model_dir, four_samples, out, "coordexp_geom", check=False,
                 extra=["--model_kwargs", json.dumps({"COORDEXP_USE_COORDEXP_LOSS": False})])
     assert proc.returncode != 0
-    assert "LossConfigError" in proc.stdout and "use_geom_loss=true needs use_coordexp_loss=true" in proc.stdout
-    assert "create_loss_and_eval_metric" in proc.stdout  # raised while the trainer is built
+    assert "SettingsError" in proc.stdout and "use_geom_loss=true needs use_coordexp_loss=true" in proc.stdout
+    assert "check_at_plugin_import" in proc.stdout  # raised while ms-swift imports the plugin ...
+    assert "[swift-coord] added" not in proc.stdout  # ... before the model is loaded
     assert not os.path.exists(os.path.join(str(out), "logging.jsonl")) or not _train_logs(str(out))
 
     sp = tmp_path / "sp"

@@ -112,3 +112,30 @@ def test_lean_path_never_holds_full_vocabulary_logits(group):
     # ... and the standard path on the same problem does hold them.
     std = _record(lambda: compute_loss(h @ w.t(), labels, VOCAB, cfg).loss, N * V)
     assert len(std) >= 3
+
+
+SWITCHES = dict(lambda_soft_ce=0.5, lambda_w1=1.0, lambda_box_order=1.0, box_loss="ciou")
+
+
+@pytest.mark.parametrize("group", "AB")
+def test_switches_add_no_full_vocabulary_buffer(group):
+    """Soft CE, W1, box order and CIoU work on the [n_coord, 1000] coordinate logits: the standard path allocates
+    the same full-size buffers with them as without, the lean path still none."""
+    labels = _labels()
+    B, T = labels.shape
+    N = B * T
+    base = LossConfig.preset(group)
+    on = LossConfig(**{**base.to_dict(), **SWITCHES})
+    z = torch.randn(B, T, V)
+    seen = {}
+    for name, cfg in (("off", base), ("on", on)):
+        logits = z.clone().requires_grad_(True)
+        seen[name] = _record(lambda: compute_loss(logits, labels, VOCAB, cfg).loss, N * K)
+    assert seen["on"] == seen["off"] and all(s[1] in ((N, V), (B, T, V)) for s in seen["on"])
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(B, T, H, generator=g).requires_grad_(True)
+    w = torch.randn(V, H, generator=g).requires_grad_(True)
+    chunk = 64
+    lean = _record(lambda: compute_loss_from_hidden(h, w, labels, VOCAB, on, chunk_rows=chunk).loss, chunk * K)
+    n_coord = int(((labels[:, 1:] >= CS) & (labels[:, 1:] < CS + K)).sum())
+    assert all(s[1] in ((chunk, V), (V, H), (n_coord, K)) for s in lean), lean

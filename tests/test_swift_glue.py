@@ -324,3 +324,76 @@ def test_round_trip_every_coco128_image(template, tmp_path):
         assert parsed.counts == {}
         n_obj += len(want)
     assert n_obj > 900
+
+
+# ---------------------------------------------------------------------------------------------- object order
+def _label_objects(t, row):
+    labels = [l for l in t.encode(dict(row))["labels"] if l != -100]
+    return [(o.desc, o.bins) for o in codec.parse_objects(t.tokenizer.decode(labels)).objects]
+
+
+def _template_with(loaded, **env):
+    from swift.template import get_template
+
+    with _env(**env):
+        t = get_template(loaded[1], template_type="qwen3_vl_coord", max_pixels=65536)
+    t.set_mode("train")
+    return t
+
+
+def test_order_policy_reaches_rows_and_template(loaded, sample_jsonl):
+    """COORD_ORDER=x1y1: the preprocessor's rows and the template's grounding rows both follow it."""
+    rows = _load_rows(sample_jsonl, COORD_ORDER="x1y1")
+    x1y1 = codec.order_policy("x1y1")
+    for row, s in zip(rows, read_jsonl(sample_jsonl)):
+        ordered = codec.order_objects((codec.DetObject(o["desc"], tuple(o["bbox"])) for o in s["objects"]), x1y1)
+        assert row["objects"]["bbox"] == [list(o.bins) for o in ordered]
+    t = _template_with(loaded, COORD_ORDER="x1y1")
+    s = read_jsonl(sample_jsonl)[0]
+    row = {"messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "<ref-object><bbox>" * 2}],
+           "images": [s["image"]],
+           "objects": {"ref": ["right", "left"], "bbox": [[320, 48, 640, 96], [64, 240, 128, 480]], "bbox_type": "real"}}
+    assert _label_objects(t, row) == [("left", (100, 500, 200, 999)), ("right", (500, 100, 999, 200))]
+    with pytest.raises(ValueError, match="COORD_ORDER"):
+        _template_with(loaded, COORD_ORDER="spiral")
+
+
+def test_random_order_is_redrawn_per_epoch_and_reproducible(loaded, sample_jsonl):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    rows = [r for r in _load_rows(sample_jsonl, COORD_ORDER="random") if len(r["objects"]["ref"]) >= 4]
+    assert rows
+    t = _template_with(loaded, COORD_ORDER="random", COORD_ORDER_SEED="7")
+    t2 = _template_with(loaded, COORD_ORDER="random", COORD_ORDER_SEED="7")
+    t3 = _template_with(loaded, COORD_ORDER="random", COORD_ORDER_SEED="8")
+    by_epoch = {}
+    for epoch in (0, 1, 2):
+        t.coord_order_epoch = t2.coord_order_epoch = t3.coord_order_epoch = epoch
+        by_epoch[epoch] = [_label_objects(t, r) for r in rows]
+        assert by_epoch[epoch] == [_label_objects(t2, r) for r in rows]  # same seed, same epoch: same order
+        assert by_epoch[epoch] != [_label_objects(t3, r) for r in rows]  # another seed: another draw
+        for got, row in zip(by_epoch[epoch], rows):  # a permutation of the objects
+            assert sorted(got) == sorted(zip(row["objects"]["ref"], map(tuple, row["objects"]["bbox"])))
+    assert by_epoch[0] != by_epoch[1] != by_epoch[2]
+
+    # The epoch arrives through the callback the template adds to the trainer at its first step.
+    class _Trainer:  # what the template uses of a trainer: its arguments and add_callback
+        args = TrainingArguments(output_dir="unused", report_to=[])
+        callbacks = []
+
+        def add_callback(self, cb):
+            self.callbacks.append(cb)
+
+    trainer = _Trainer()
+    t._watch_epochs(trainer)
+    t._watch_epochs(trainer)
+    assert len(trainer.callbacks) == 1
+    state = TrainerState()
+    state.epoch = 2.0
+    trainer.callbacks[0].on_epoch_begin(trainer.args, state, TrainerControl())
+    assert t.coord_order_epoch == 2
+    trainer.args = TrainingArguments(output_dir="unused", report_to=[], dataloader_num_workers=2,
+                                     dataloader_persistent_workers=True)
+    t._coord_epochs_watched = False
+    with pytest.raises(ValueError, match="persistent"):
+        t._watch_epochs(trainer)

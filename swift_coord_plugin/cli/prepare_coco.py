@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cap-policy", choices=coco.CAP_POLICIES, default="area",
                    help="which objects the cap keeps: 'area' the largest boxes (default), "
                         "'scan' the first ones in reading order")
+    p.add_argument("--order", default=None, metavar="POLICY",
+                   help="object order policy (y1x1 | x1y1 | random, or a registered one; default: the COORD_ORDER "
+                        "setting, else y1x1). 'random' writes the y1x1 order: training draws the permutations")
     p.add_argument("--desc-map", metavar="FILE_OR_JSON",
                    help='JSON object {category id or name: description} replacing category names, '
                         'as a file or inline (e.g. \'{"1": "a person"}\')')
@@ -53,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = coco.ConvertOptions(max_objects=args.max_objects, cap_policy=args.cap_policy,
                                       drop_empty=args.drop_empty, skip_missing=args.skip_missing,
                                       check_images=not args.no_image_check, skip_bad_images=args.skip_bad_images,
-                                      workers=args.workers, desc_map=desc_map)
+                                      workers=args.workers, desc_map=desc_map, order=args.order)
     except (coco.CocoFormatError, ValueError) as e:
         print(f"coord-prepare-coco: error: {e}", file=sys.stderr)
         return 2

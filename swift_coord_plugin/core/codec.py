@@ -9,8 +9,11 @@ Rules
 * Bin rule: ``k = round(c * NUM_BINS)`` with halves rounded up (``floor(c * NUM_BINS + 0.5)``),
   clamped to ``0 .. NUM_BINS - 1``. Decoding: ``k / NUM_BINS``. The worst-case error is half a
   bin (0.0005 of the side) except at ``c = 1`` which decodes to 0.999.
-* Object order: ``y1`` ascending, then ``x1`` ascending, on the continuous normalised values;
-  ties keep their input order (a stable sort).
+* Object order: a policy chosen with ``COORD_ORDER`` (``ORDER_POLICIES``). The default, ``y1x1``
+  (the spec), is ``y1`` ascending, then ``x1`` ascending, compared on the *bins* the model sees first
+  and on the continuous normalised values only among equal bins; remaining ties keep their input order
+  (a stable sort). ``x1y1`` swaps the two. ``random`` writes the ``y1x1`` order into files and re-draws a
+  permutation per sample and epoch when a sample is encoded (``draw_order``, seeded).
 * Target text, per object, with the exact spacing (one ASCII space on each side of ``desc``)::
 
       <obj_start> {desc} <|coord_x1|><|coord_y1|><|coord_x2|><|coord_y2|> <obj_end>
@@ -19,11 +22,14 @@ Rules
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import random
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 NUM_BINS = 1000
 COORD_TOKEN_PREFIX = "<|coord_"
@@ -118,14 +124,106 @@ class DetObject:
         return quantize_box(self.bbox)
 
 
-def order_key(bbox: Sequence[float]) -> Tuple[float, float]:
-    """The sort key of the object order: ``(y1, x1)``."""
-    return (float(bbox[1]), float(bbox[0]))
+# ----------------------------------------------------------------------------- object order
+ORDER_ENV = "COORD_ORDER"             # the object order policy of training targets
+ORDER_SEED_ENV = "COORD_ORDER_SEED"   # the seed of the ``random`` policy's draws (default 0)
+DEFAULT_ORDER = "y1x1"
+
+OrderKey = Callable[[Sequence[float]], tuple]
 
 
-def order_objects(objects: Iterable[DetObject]) -> List[DetObject]:
-    """Top-left to bottom-right: ``y1`` then ``x1`` ascending, stable for ties."""
-    return sorted(objects, key=lambda o: order_key(o.bbox))
+@dataclass(frozen=True)
+class OrderPolicy:
+    """How the objects of a target are ordered.
+
+    ``key(bbox)``: the sort key of a normalised ``(x1, y1, x2, y2)`` box (stable sort, ascending): the order
+    written into files and, for a fixed policy, the order trained on. ``redraw``: the template
+    re-orders every time it encodes a sample, with ``draw_order`` (seeded per sample and epoch), starting
+    from the ``key`` order.
+    """
+
+    name: str
+    key: OrderKey
+    redraw: bool = False
+    description: str = ""
+
+
+def _y1x1_key(bbox: Sequence[float]) -> tuple:
+    y1, x1 = float(bbox[1]), float(bbox[0])
+    return (quantize(y1), quantize(x1), y1, x1)
+
+
+def _x1y1_key(bbox: Sequence[float]) -> tuple:
+    y1, x1 = float(bbox[1]), float(bbox[0])
+    return (quantize(x1), quantize(y1), x1, y1)
+
+
+ORDER_POLICIES: Dict[str, OrderPolicy] = {}
+
+
+def register_order_policy(policy: OrderPolicy, exist_ok: bool = False) -> None:
+    """Add a policy under ``policy.name`` (then selectable with ``COORD_ORDER=<name>``)."""
+    if policy.name in ORDER_POLICIES and not exist_ok:
+        raise ValueError(f"order policy {policy.name!r} is already registered")
+    ORDER_POLICIES[policy.name] = policy
+
+
+register_order_policy(OrderPolicy("y1x1", _y1x1_key, description="top to bottom, then left to right (the spec)"))
+register_order_policy(OrderPolicy("x1y1", _x1y1_key, description="left to right, then top to bottom"))
+register_order_policy(OrderPolicy("random", _y1x1_key, redraw=True,
+                                  description="a new permutation per sample and epoch, seeded"))
+
+
+def order_policy(name: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> OrderPolicy:
+    """The policy ``name``, or the one ``COORD_ORDER`` names (default ``y1x1``). ``ValueError`` names the
+    setting and the registered policies when it is unknown."""
+    if name is None:
+        environ = os.environ if environ is None else environ
+        name = environ.get(ORDER_ENV, "") or DEFAULT_ORDER
+    key = str(name).strip().lower()
+    if key not in ORDER_POLICIES:
+        raise ValueError(f"{ORDER_ENV}={name!r} is not an object order policy; registered: {sorted(ORDER_POLICIES)}")
+    return ORDER_POLICIES[key]
+
+
+def order_seed(environ: Optional[Mapping[str, str]] = None) -> int:
+    """``COORD_ORDER_SEED`` as an integer (default 0); ``ValueError`` naming it otherwise."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(ORDER_SEED_ENV, "0")
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{ORDER_SEED_ENV}={raw!r} is not an integer") from None
+
+
+def order_key(bbox: Sequence[float], policy: Optional[OrderPolicy] = None) -> tuple:
+    """The sort key of ``bbox`` under ``policy`` (default: the ``y1x1`` policy, bins first)."""
+    return (policy or ORDER_POLICIES[DEFAULT_ORDER]).key(bbox)
+
+
+def order_indices(bboxes: Sequence[Sequence[float]], policy: Optional[OrderPolicy] = None) -> List[int]:
+    """Indices of normalised ``bboxes`` in the policy's key order (stable for ties)."""
+    p = policy or ORDER_POLICIES[DEFAULT_ORDER]
+    return sorted(range(len(bboxes)), key=lambda i: p.key(bboxes[i]))
+
+
+def order_objects(objects: Iterable[DetObject], policy: Optional[OrderPolicy] = None) -> List[DetObject]:
+    """Objects in the policy's key order (default ``y1x1``: bins of ``y1`` then ``x1``, then the continuous
+    values), stable for ties."""
+    p = policy or ORDER_POLICIES[DEFAULT_ORDER]
+    return sorted(objects, key=lambda o: p.key(o.bbox))
+
+
+def draw_order(n: int, sample_key: str, epoch: int, seed: int) -> List[int]:
+    """A permutation of ``range(n)`` that depends only on ``(seed, epoch, sample_key)``.
+
+    The generator is seeded with the SHA-256 of those three (not Python's salted ``hash``), so the same run
+    draws the same orders in every process and on every machine, and a new epoch draws new ones.
+    """
+    digest = hashlib.sha256(f"{int(seed)}|{int(epoch)}|{sample_key}".encode("utf-8")).digest()
+    perm = list(range(n))
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(perm)
+    return perm
 
 
 def render_object(desc: str, bins: Sequence[int]) -> str:

@@ -1,27 +1,39 @@
-"""Box geometry for the coordinate losses: L1 distance and Generalized IoU (no ms-swift import).
+"""Box geometry for the coordinate losses: L1, Generalized/Distance/Complete IoU (no ms-swift import).
 
-Boxes are ``(x1, y1, x2, y2)`` in normalised image coordinates, shape ``[..., 4]``; every function
-works elementwise over the leading dimensions (it pairs ``pred[i]`` with ``target[i]``, unlike
-``torchvision.ops.generalized_box_iou`` which builds the ``[N, M]`` matrix of all pairs).
+Boxes are ``(x1, y1, x2, y2)`` in normalised image coordinates (image fractions), shape ``[..., 4]``;
+every function works elementwise over the leading dimensions (it pairs ``pred[i]`` with ``target[i]``,
+unlike ``torchvision.ops.generalized_box_iou`` which builds the ``[N, M]`` matrix of all pairs). Which
+predicted box is paired with which target is decided by ``match_boxes``, the matching seam.
 
 Predicted boxes here are expectations over bins, not detector outputs, so ``x2 < x1`` or
-``y2 < y1`` happens (early in training every expectation sits near the middle of the image).
+``y2 < y1`` happens (at initialisation every expectation sits near the middle of the image).
 torchvision asserts ``x2 >= x1``; this module defines instead:
 
 * A reversed side has zero extent: ``area = max(x2 - x1, 0) * max(y2 - y1, 0)``. A reversed
   box therefore has zero area and zero intersection with anything (its IoU is 0).
 * The smallest enclosing box spans *all* the coordinates given, ``min``/``max`` over both
-  boxes' four x values and four y values, so the enclosing term still pulls a reversed or
-  collapsed prediction towards the target.
-* ``eps`` is added to both denominators, so two identical zero-area boxes give finite values
+  boxes' four x values and four y values.
+* ``eps`` is added to the denominators, so two identical zero-area boxes give finite values
   and finite gradients (GIoU 0 there) instead of ``0 / 0``.
 
-For boxes with ``x2 >= x1`` and ``y2 >= y1`` and a non-degenerate union this equals the GIoU of
-Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019 (up to ``eps``).
+What GIoU does *not* do: pull a collapsed or reversed prediction that lies inside its target. Its
+intersection and area are zero whatever its coordinates, and its enclosing box is the target's, so
+``GIoU = 0 - (|target| - |target|) / |target| = 0`` with exactly zero gradient (``tests/test_geometry.py``
+checks it). At initialisation the expected box of every coordinate is about the image centre, so every
+target box containing the centre gets no GIoU gradient and learns from L1 only. The enclosing term pulls
+such a prediction only once it sticks out of the target. DIoU and CIoU add the squared distance between
+the box centres over the squared diagonal of the enclosing box, which is non-zero (and has a non-zero
+gradient) whenever the centres differ.
+
+For boxes with ``x2 >= x1`` and ``y2 >= y1`` and a non-degenerate union these equal
+GIoU: Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019;
+DIoU and CIoU: Zheng et al., "Distance-IoU Loss", AAAI 2020 (eqs. 6, 9-11), as in
+``torchvision.ops.distance_box_iou_loss`` / ``complete_box_iou_loss`` (up to ``eps``).
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -48,11 +60,8 @@ def box_l1(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).abs().sum(dim=-1)
 
 
-def giou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
-    """Elementwise Generalized IoU in ``[-1, 1]``: ``[..., 4]`` x ``[..., 4]`` -> ``[...]``.
-
-    Tolerates reversed and zero-area boxes as described in the module docstring.
-    """
+def _iou_and_enclosure(pred: Tensor, target: Tensor, eps: float):
+    """IoU, union and the enclosing box's corners of elementwise pairs (reversed sides have zero extent)."""
     _check(pred, target)
     px1, py1, px2, py2 = pred.unbind(-1)
     tx1, ty1, tx2, ty2 = target.unbind(-1)
@@ -67,13 +76,117 @@ def giou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     cy1 = torch.minimum(torch.minimum(py1, py2), torch.minimum(ty1, ty2))
     cx2 = torch.maximum(torch.maximum(px1, px2), torch.maximum(tx1, tx2))
     cy2 = torch.maximum(torch.maximum(py1, py2), torch.maximum(ty1, ty2))
+    return iou, union, (cx1, cy1, cx2, cy2)
+
+
+def giou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Elementwise Generalized IoU in ``[-1, 1]``: ``[..., 4]`` x ``[..., 4]`` -> ``[...]``.
+
+    ``IoU - (|C| - |A u B|) / |C|`` with ``C`` the enclosing box (Rezatofighi et al. 2019, Alg. 1).
+    Tolerates reversed and zero-area boxes as described in the module docstring.
+    """
+    iou, union, (cx1, cy1, cx2, cy2) = _iou_and_enclosure(pred, target, eps)
     enclose = (cx2 - cx1) * (cy2 - cy1)
     return iou - (enclose - union) / (enclose + eps)
+
+
+def _centre_penalty(pred: Tensor, target: Tensor, corners, eps: float) -> Tensor:
+    """``rho^2 / c^2``: squared distance of the box centres over the squared diagonal of the enclosing box."""
+    cx1, cy1, cx2, cy2 = corners
+    diag2 = (cx2 - cx1) ** 2 + (cy2 - cy1) ** 2
+    dx = (pred[..., 0] + pred[..., 2] - target[..., 0] - target[..., 2]) / 2
+    dy = (pred[..., 1] + pred[..., 3] - target[..., 1] - target[..., 3]) / 2
+    return (dx ** 2 + dy ** 2) / (diag2 + eps)
+
+
+def diou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Elementwise Distance IoU in ``[-1, 1]``: ``IoU - rho^2 / c^2`` (Zheng et al. 2020, eq. 6).
+
+    ``rho``: distance between the centres ``((x1 + x2) / 2, (y1 + y2) / 2)`` (a reversed box keeps the
+    centre of its coordinates); ``c``: diagonal of the enclosing box. ``[..., 4]`` x ``[..., 4]`` -> ``[...]``.
+    """
+    iou, _, corners = _iou_and_enclosure(pred, target, eps)
+    return iou - _centre_penalty(pred, target, corners, eps)
+
+
+def ciou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Elementwise Complete IoU: ``DIoU - alpha * v`` (Zheng et al. 2020, eqs. 9-11).
+
+    ``v = 4 / pi^2 * (atan(w_t / h_t) - atan(w_p / h_p))^2`` with widths and heights clamped at 0 (a
+    reversed side has zero extent) and ``eps`` added to the heights; ``alpha = v / (1 - IoU + v)``, a
+    trade-off weight that carries no gradient (as in the paper's reference code and torchvision).
+    ``[..., 4]`` x ``[..., 4]`` -> ``[...]``.
+    """
+    iou, _, corners = _iou_and_enclosure(pred, target, eps)
+    d = iou - _centre_penalty(pred, target, corners, eps)
+    wp = (pred[..., 2] - pred[..., 0]).clamp(min=0)
+    hp = (pred[..., 3] - pred[..., 1]).clamp(min=0)
+    wt = (target[..., 2] - target[..., 0]).clamp(min=0)
+    ht = (target[..., 3] - target[..., 1]).clamp(min=0)
+    v = (4 / math.pi ** 2) * (torch.atan(wt / (ht + eps)) - torch.atan(wp / (hp + eps))) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return d - alpha * v
 
 
 def giou_loss(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """``1 - GIoU`` in ``[0, 2]``, elementwise: ``[..., 4]`` x ``[..., 4]`` -> ``[...]``."""
     return 1.0 - giou(pred, target, eps=eps)
+
+
+def diou_loss(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """``1 - DIoU`` in ``[0, 2]``, elementwise: ``[..., 4]`` x ``[..., 4]`` -> ``[...]``."""
+    return 1.0 - diou(pred, target, eps=eps)
+
+
+def ciou_loss(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """``1 - CIoU``, elementwise: ``[..., 4]`` x ``[..., 4]`` -> ``[...]``."""
+    return 1.0 - ciou(pred, target, eps=eps)
+
+
+# The box-loss variants of the geometric term (``COORDEXP_BOX_LOSS``): name -> ``loss(pred, target, eps)``.
+# A new variant is one entry here (elementwise, ``[..., 4]`` x ``[..., 4]`` -> ``[...]``).
+BOX_LOSSES: Dict[str, Callable[..., Tensor]] = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+
+
+def box_loss(name: str, pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """The box-loss variant ``name`` (``BOX_LOSSES``) of elementwise pairs; ``ValueError`` for an unknown name."""
+    try:
+        fn = BOX_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown box loss {name!r}; expected one of {sorted(BOX_LOSSES)}") from None
+    return fn(pred, target, eps=eps)
+
+
+def box_order_penalty(pred: Tensor) -> Tensor:
+    """``max(x1 - x2, 0) + max(y1 - y2, 0)`` per box, in image fractions: ``[..., 4]`` -> ``[...]``.
+
+    Zero for a box whose corners are in order; grows linearly with how far ``x2`` lies left of ``x1``
+    (``y2`` above ``y1``). Its gradient pushes ``x1`` down and ``x2`` up by the same amount.
+    """
+    if pred.shape[-1] != 4:
+        raise ValueError(f"boxes must have a last dimension of 4 (x1, y1, x2, y2), got {tuple(pred.shape)}")
+    return (pred[..., 0] - pred[..., 2]).clamp(min=0) + (pred[..., 1] - pred[..., 3]).clamp(min=0)
+
+
+def match_boxes(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+    """The matching seam: which predicted box each target box is compared with.
+
+    ``pred [m, 4]``, ``target [m', 4]`` -> ``(pred_index [k], target_index [k])``, pairs ``pred[pred_index[j]]``
+    with ``target[target_index[j]]``. This phase is teacher-forced, so the ``i``-th box the model writes is
+    the ``i``-th box of the target: the pairing is index-based (``i <-> i``, ``m == m'`` required). Every
+    geometric term (L1, the box loss, the order penalty sees the predicted boxes only) goes through here.
+
+    Set-based matching (Hungarian, as in DETR) plugs in here: build the ``[m, m']`` cost matrix per image
+    (e.g. ``L1 + (1 - GIoU)`` of all pairs) and solve it with ``scipy.optimize.linear_sum_assignment``;
+    boxes must then only be matched within their own sequence, so the caller would pass one image's
+    boxes at a time (``SequenceLayout`` gives each box's row).
+    """
+    if pred.shape[0] != target.shape[0]:
+        raise ValueError(f"index-based matching pairs box i with box i: got {pred.shape[0]} predicted and "
+                         f"{target.shape[0]} target boxes")
+    idx = torch.arange(pred.shape[0], device=pred.device)
+    return idx, idx
 
 
 def geometric_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, beta: float = 1.0,

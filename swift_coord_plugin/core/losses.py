@@ -10,9 +10,21 @@ The loss, per labelled target token ``t`` (``s_t`` = ms-swift's ``loss_scale``, 
     loss = ( sum_text  s_t * CE_t
            + lambda_coord_ce * [use_coord_ce] * sum_coord s_t * CE_t
            + lambda_coord * [use_coordexp_loss] * sum_boxes (sum_{t in box} s_t) * G_box
-           + lambda_gate * sum_coord s_t * (-log mass_t) ) / num_items_in_batch
+           + lambda_gate * sum_coord s_t * (-log mass_t)
+           + lambda_soft_ce * sum_coord s_t * SoftCE_t
+           + lambda_w1 * sum_coord s_t * W1_t
+           + lambda_box_order * sum_boxes (sum_{t in box} s_t) * Order_box ) / num_items_in_batch
 
-    G_box = alpha_l1 * ||b_hat - b||_1 + [use_geom_loss] * beta_giou * (1 - GIoU(b_hat, b))
+    G_box = alpha_l1 * ||b_hat - b||_1 + [use_geom_loss] * beta_giou * (1 - IoU_variant(b_hat, b))
+
+The last three terms and the box-loss variant (``giou`` | ``diou`` | ``ciou``, ``box_loss``) are
+switches independent of each other and of the groups; off (``giou``) by default, so A/B/C are the
+spec's. ``SoftCE_t``: cross-entropy of the restricted (coordinate-token) softmax against a Gaussian over
+the bins centred on the target bin, width ``soft_ce_sigma`` bins; ``W1_t``: the 1-D Wasserstein
+distance between the restricted softmax and the target bin, ``sum_k p_k |k - target| / NUM_BINS``
+(image fractions; the ranked-probability / CDF-difference form ``sum_k |F_p(k) - F_target(k)|`` gives
+the same value); ``Order_box = max(x1 - x2, 0) + max(y1 - y2, 0)`` of the expected box. Which
+predicted box meets which target box is ``geometry.match_boxes`` (index-based in this phase).
 
 ``CE_t`` is the full-vocabulary cross-entropy; ``b_hat`` the CoordExp box (expectation over the
 coordinate tokens' restricted softmax) and ``b`` the dequantised target bins; ``mass_t`` the
@@ -38,7 +50,8 @@ import torch
 from torch import Tensor
 
 from .coordexp import dequantize_bins
-from .geometry import DEFAULT_EPS, box_l1, giou_loss
+from .codec import NUM_BINS
+from .geometry import BOX_LOSSES, DEFAULT_EPS, box_l1, box_loss, box_order_penalty, giou_loss, match_boxes
 from .lean import linear_ce_and_coord_logits
 from .sequence import IGNORE_INDEX, STAT_NAMES, SequenceLayout, parse_targets, shift_labels
 from .vocab import CoordVocab
@@ -65,21 +78,46 @@ class LossConfig:
     alpha_l1: float = 1.0
     beta_giou: float = 1.0
     lambda_gate: float = 0.0         # optional: -log(coordinate mass) at coordinate positions; 0 = off
-    giou_eps: float = DEFAULT_EPS
+    giou_eps: float = DEFAULT_EPS    # denominator guard of the box loss (GIoU, DIoU, CIoU)
     lean: bool = False               # compute the loss from the hidden states and the head (no full logits)
+    # Switches independent of the groups, off by default (see the module docstring).
+    box_loss: str = "giou"           # IoU variant of the geometric term: giou | diou | ciou (geometry.BOX_LOSSES)
+    lambda_soft_ce: float = 0.0      # Gaussian soft-label CE over the bins, per coordinate token; 0 = off
+    soft_ce_sigma: float = 2.0       # width of that Gaussian, in bins
+    lambda_w1: float = 0.0           # Wasserstein-1 / ranked-probability term, per coordinate token; 0 = off
+    lambda_box_order: float = 0.0    # penalty for expected x2 < x1 / y2 < y1, per box; 0 = off
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
+        self.check_values({f.name: getattr(self, f.name) for f in fields(self)})
+        self._check_combination()
+
+    @classmethod
+    def check_values(cls, values: Mapping[str, object]) -> None:
+        """Each value on its own (type, range, choice), whatever the group; ``LossConfigError`` names it."""
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            v = values[f.name]
             if f.type in ("bool", bool):
                 if not isinstance(v, bool):
                     raise LossConfigError(f"{f.name} ({env_key(f.name)}) must be true or false, got {v!r}")
+            elif f.type in ("str", str):
+                if not isinstance(v, str):
+                    raise LossConfigError(f"{f.name} ({env_key(f.name)}) must be a string, got {v!r}")
             else:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                     raise LossConfigError(
                         f"{f.name} ({env_key(f.name)}) must be a finite number >= 0, got {v!r}")
-        if self.giou_eps <= 0:
-            raise LossConfigError(f"giou_eps ({env_key('giou_eps')}) must be > 0, got {self.giou_eps}")
+        if "box_loss" in values and values["box_loss"] not in BOX_LOSSES:
+            raise LossConfigError(f"box_loss ({env_key('box_loss')}) must be one of {sorted(BOX_LOSSES)}, "
+                                  f"got {values['box_loss']!r}")
+        if values.get("soft_ce_sigma", 1.0) <= 0:
+            raise LossConfigError(f"soft_ce_sigma ({env_key('soft_ce_sigma')}) must be > 0 bins, "
+                                  f"got {values['soft_ce_sigma']}")
+        if values.get("giou_eps", 1.0) <= 0:
+            raise LossConfigError(f"giou_eps ({env_key('giou_eps')}) must be > 0, got {values['giou_eps']}")
+
+    def _check_combination(self) -> None:
         if self.use_geom_loss and not self.use_coordexp_loss:
             raise LossConfigError(
                 "use_geom_loss=true needs use_coordexp_loss=true: the geometric loss is computed on the CoordExp "
@@ -119,8 +157,18 @@ class LossConfig:
         Returns the validated config and the overrides that were read (env key -> raw value).
         An unknown ``COORDEXP_*`` key or an unparsable value is an error naming the key.
         """
-        environ = os.environ if environ is None else environ
         cfg = cls.preset(base) if isinstance(base, str) else base
+        values, overrides = cls.parse_env(environ)
+        return replace(cfg, **values), overrides
+
+    @classmethod
+    def parse_env(cls, environ: Optional[Mapping[str, str]] = None) -> Tuple[Dict[str, object], Dict[str, str]]:
+        """The ``COORDEXP_*`` keys of ``environ`` parsed: (field -> value, env key -> raw value).
+
+        ``LossConfigError`` for an unknown key (listing the known ones) or an unparsable value (naming it);
+        the values are not checked against each other (that needs the group: ``from_env``).
+        """
+        environ = os.environ if environ is None else environ
         known = {env_key(f.name): f for f in fields(cls)}
         overrides = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
         unknown = sorted(set(overrides) - set(known))
@@ -129,8 +177,24 @@ class LossConfig:
         values = {}
         for key, raw in overrides.items():
             f = known[key]
-            values[f.name] = _parse_bool(key, raw) if f.type in ("bool", bool) else _parse_float(key, raw)
-        return replace(cfg, **values), overrides
+            if f.type in ("bool", bool):
+                values[f.name] = _parse_bool(key, raw)
+            elif f.type in ("str", str):
+                values[f.name] = str(raw).strip().lower()
+            else:
+                values[f.name] = _parse_float(key, raw)
+        return values, overrides
+
+    @classmethod
+    def check_env(cls, environ: Optional[Mapping[str, str]] = None,
+                  group: Optional[str] = None) -> Optional["LossConfig"]:
+        """Validate the ``COORDEXP_*`` keys of ``environ``: with ``group``, the whole configuration (returned);
+        without, every key and value on its own (returns None). Raises ``LossConfigError``."""
+        if group is not None:
+            return cls.from_env(group, environ)[0]
+        values, _ = cls.parse_env(environ)
+        cls.check_values(values)
+        return None
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -146,6 +210,12 @@ class LossConfig:
     @property
     def trains_gate(self) -> bool:
         return self.lambda_gate > 0
+
+    @property
+    def trains_coord_logits(self) -> bool:
+        """Some term back-propagates into the coordinate logits (beyond the coordinate CE)."""
+        return (self.trains_coordexp or self.trains_gate or self.lambda_soft_ce > 0 or self.lambda_w1 > 0
+                or self.lambda_box_order > 0)
 
 
 PRESETS: Dict[str, Dict[str, bool]] = {
@@ -247,17 +317,58 @@ class CoordTerms:
     correct: Tensor        # [n] bool, restricted argmax == target
     l1: Tensor             # [m] ||b_hat - b||_1
     giou_loss: Tensor      # [m] 1 - GIoU
+    box_loss: Tensor       # [m] 1 - IoU variant of ``box_loss`` (the same tensor as giou_loss for giou)
+    soft_ce: Optional[Tensor] = None    # [n] Gaussian soft-label CE, when asked for
+    w1: Optional[Tensor] = None         # [n] Wasserstein-1 to the target bin (image fractions), when asked for
+    box_order: Optional[Tensor] = None  # [m] max(x1 - x2, 0) + max(y1 - y2, 0), when asked for
+
+
+def gaussian_soft_labels(bins: Tensor, num_bins: int, sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Soft targets ``[n, num_bins]``: ``q_k = exp(-(k - b)^2 / (2 sigma^2)) / Z`` for each target bin ``b``.
+
+    ``sigma`` in bins; ``Z`` normalises over the bins (the Gaussian is truncated at bins 0 and
+    ``num_bins - 1``, so each row sums to 1).
+    """
+    k = torch.arange(num_bins, device=bins.device, dtype=dtype)
+    d = k.unsqueeze(0) - bins.to(dtype).unsqueeze(-1)
+    return torch.softmax(-(d * d) / (2.0 * sigma * sigma), dim=-1)
+
+
+def soft_label_ce(log_probs: Tensor, bins: Tensor, sigma: float) -> Tensor:
+    """``-sum_k q_k log p_k`` per row: ``log_probs [n, K]`` (restricted log-softmax), ``bins [n]`` -> ``[n]``.
+
+    ``q`` is ``gaussian_soft_labels(bins, K, sigma)``. Its minimum over ``p`` is the entropy of ``q``,
+    not 0 (reached at ``p = q``).
+    """
+    q = gaussian_soft_labels(bins, log_probs.shape[-1], sigma, log_probs.dtype)
+    return -(q * log_probs).sum(dim=-1)
+
+
+def wasserstein1_to_bin(probs: Tensor, bins: Tensor, num_bins: int = NUM_BINS) -> Tensor:
+    """1-D Wasserstein distance between ``probs [n, K]`` over the bins and a point mass at ``bins [n]``.
+
+    ``sum_k p_k |k - b| / num_bins`` -> ``[n]``, image fractions. For a point mass this is the
+    ranked-probability form ``sum_k |F_p(k) - [k >= b]| / num_bins`` (CDF difference; Vallender 1974).
+    """
+    k = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
+    dist = (k.unsqueeze(0) - bins.to(probs.dtype).unsqueeze(-1)).abs()
+    return (probs * dist).sum(dim=-1) / num_bins
 
 
 def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
-                ce_at_coord: Optional[Tensor] = None, eps: float = DEFAULT_EPS) -> CoordTerms:
+                ce_at_coord: Optional[Tensor] = None, eps: float = DEFAULT_EPS, *, box_loss_name: str = "giou",
+                soft_ce_sigma: Optional[float] = None, want_w1: bool = False,
+                want_box_order: bool = False) -> CoordTerms:
     """Part (b): from coordinate logits ``[n, K]`` of any source (gathered logits, or a head restricted to
     the coordinate rows), target bins ``[n]`` and boxes ``[m, 4]`` (indices into the ``n`` rows).
 
     ``ce_at_coord [n]``, the full-vocabulary CE of the same rows, gives the full log-sum-exp without a
     second pass over the vocabulary (``lse = CE + z_target``, the target being a coordinate token), from
     which the coordinate mass and the gate term follow. Differentiable in ``coord_logits`` and
-    ``ce_at_coord``.
+    ``ce_at_coord``. ``box_loss_name``: the IoU variant of ``box_loss`` (``geometry.BOX_LOSSES``);
+    ``soft_ce_sigma`` (bins), ``want_w1``, ``want_box_order``: also compute those terms. Predicted and
+    target boxes are paired by ``geometry.match_boxes``. Everything works on the ``[n, K]`` rows: no
+    full-vocabulary pass.
     """
     z = coord_logits if coord_logits.dtype == torch.float64 else coord_logits.float()
     lse_c = torch.logsumexp(z, dim=-1)                                    # [n]
@@ -266,8 +377,18 @@ def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
     e_bins = probs @ k                                                    # [n]
     pred = dequantize_bins(e_bins)[box_coords]                            # [m, 4]
     target = dequantize_bins(coord_bins.to(z.dtype))[box_coords]          # [m, 4]
+    pred_idx, target_idx = match_boxes(pred, target)
+    pred, target = pred[pred_idx], target[target_idx]
     l1 = box_l1(pred, target)
     gl = giou_loss(pred, target, eps=eps)
+    bl = gl if box_loss_name == "giou" else box_loss(box_loss_name, pred, target, eps=eps)
+    soft = w1 = order = None
+    if soft_ce_sigma is not None:
+        soft = soft_label_ce(z - lse_c.unsqueeze(-1), coord_bins, soft_ce_sigma)
+    if want_w1:
+        w1 = wasserstein1_to_bin(probs, coord_bins, NUM_BINS)
+    if want_box_order:
+        order = box_order_penalty(pred)
     if ce_at_coord is not None:
         z_t = z.gather(-1, coord_bins.unsqueeze(-1)).squeeze(-1)
         gate = ce_at_coord.to(z.dtype) + z_t - lse_c                      # lse_full - lse_coord >= 0
@@ -275,7 +396,8 @@ def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
         gate = torch.zeros_like(lse_c)
     with torch.no_grad():
         correct = z.argmax(dim=-1) == coord_bins
-    return CoordTerms(expected_bins=e_bins, gate=gate, correct=correct, l1=l1, giou_loss=gl)
+    return CoordTerms(expected_bins=e_bins, gate=gate, correct=correct, l1=l1, giou_loss=gl, box_loss=bl,
+                      soft_ce=soft, w1=w1, box_order=order)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -283,7 +405,7 @@ def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
 METRICS: Tuple[Tuple[str, str], ...] = (
     ("text_loss", "mean"),           # CE per text token
     ("coord_ce_loss", "mean"),       # CE per coordinate token
-    ("coord_loss", "mean"),          # alpha * L1 + beta * (1 - GIoU) per box
+    ("coord_loss", "mean"),          # alpha * L1 + beta * (1 - IoU variant) per box
     ("coord_l1_loss", "mean"),       # ||b_hat - b||_1 per box
     ("coord_giou_loss", "mean"),     # 1 - GIoU per box
     ("gate_loss", "mean"),           # -log coordinate mass per coordinate token
@@ -291,8 +413,25 @@ METRICS: Tuple[Tuple[str, str], ...] = (
     ("coord_bin_err", "mean"),       # |expected bin - target bin| in bins, per coordinate token
     ("coord_mass", "mean"),          # full-softmax probability on the coordinate tokens
     ("incomplete_objects", "sum"),   # objects that gave no box (counted, geometric term skipped)
+    # The switches' terms, logged when switched on (``logged_metric_names``).
+    ("coord_box_loss", "mean"),      # 1 - IoU variant per box (box_loss != giou)
+    ("coord_soft_ce_loss", "mean"),  # Gaussian soft-label CE per coordinate token
+    ("coord_w1_loss", "mean"),       # Wasserstein-1 per coordinate token, image fractions
+    ("coord_box_order_loss", "mean"),  # max(x1 - x2, 0) + max(y1 - y2, 0) per box
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
+
+
+def logged_metric_names(config: "LossConfig") -> Tuple[str, ...]:
+    """The components a run logs: every one of the groups, plus those of the switches that are on."""
+    on = {
+        "gate_loss": config.trains_gate,
+        "coord_box_loss": config.box_loss != "giou",
+        "coord_soft_ce_loss": config.lambda_soft_ce > 0,
+        "coord_w1_loss": config.lambda_w1 > 0,
+        "coord_box_order_loss": config.lambda_box_order > 0,
+    }
+    return tuple(name for name in METRIC_NAMES if on.get(name, True))
 
 
 @dataclass
@@ -376,18 +515,20 @@ def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor,
 
     # Coordinate terms on the [n, num_bins] coordinate logits.
     ce_coord = ce[layout.coord_pos]
-    trained = config.trains_coordexp or config.trains_gate
+    trained = config.trains_coord_logits
     ct = coord_terms(coord_logits if trained else coord_logits.detach(), layout.coord_bins, layout.box_coords,
-                     ce_coord if trained else ce_coord.detach(), eps=config.giou_eps)
+                     ce_coord if trained else ce_coord.detach(), eps=config.giou_eps, box_loss_name=config.box_loss,
+                     soft_ce_sigma=config.soft_ce_sigma if config.lambda_soft_ce > 0 else None,
+                     want_w1=config.lambda_w1 > 0, want_box_order=config.lambda_box_order > 0)
     coord_scale = scale[layout.coord_pos] if scale is not None else None
+    if coord_scale is not None:
+        box_weight = coord_scale[layout.box_coords].sum(dim=1)
+    else:
+        box_weight = torch.full_like(ct.l1, 4.0)
     if config.trains_coordexp:
         g = config.alpha_l1 * ct.l1
         if config.use_geom_loss:
-            g = g + config.beta_giou * ct.giou_loss
-        if coord_scale is not None:
-            box_weight = coord_scale[layout.box_coords].sum(dim=1)
-        else:
-            box_weight = torch.full_like(g, 4.0)
+            g = g + config.beta_giou * ct.box_loss
         coord_term = config.lambda_coord * (box_weight * g).sum() / denom
         loss = loss + coord_term
         terms["coord"] = coord_term.detach()
@@ -400,6 +541,16 @@ def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor,
         else:
             loss = loss + gate_term
         terms["gate"] = gate_term.detach()
+    for name, lam, per_token in (("soft_ce", config.lambda_soft_ce, ct.soft_ce), ("w1", config.lambda_w1, ct.w1)):
+        if lam > 0:
+            v = per_token if coord_scale is None else per_token * coord_scale
+            term = lam * v.sum() / denom
+            loss = loss + term
+            terms[name] = term.detach()
+    if config.lambda_box_order > 0:
+        term = config.lambda_box_order * (box_weight * ct.box_order).sum() / denom
+        loss = loss + term
+        terms["box_order"] = term.detach()
 
     with torch.no_grad():
         f64 = torch.float64
@@ -409,10 +560,13 @@ def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor,
         gate = ct.gate.to(f64)
         stats = layout.stats
         text = layout.text_mask.reshape(-1)
+        bl = ct.box_loss.to(f64)
+        zero = torch.zeros((), dtype=f64, device=l1.device)
+        opt_sum = lambda t: zero if t is None else t.detach().to(f64).sum()  # noqa: E731
         sums = torch.stack([
             (ce.detach().to(f64) * text).sum(),
             ce_coord.detach().to(f64).sum(),
-            (config.alpha_l1 * l1 + config.beta_giou * gl).sum(),
+            (config.alpha_l1 * l1 + config.beta_giou * bl).sum(),
             l1.sum(),
             gl.sum(),
             gate.sum(),
@@ -420,8 +574,12 @@ def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor,
             (ct.expected_bins.to(f64) - layout.coord_bins.to(f64)).abs().sum(),
             torch.exp(-gate).clamp(max=1.0).sum(),
             stats[STAT_NAMES.index("incomplete_objects")].to(f64),
+            bl.sum(),
+            opt_sum(ct.soft_ce),
+            opt_sum(ct.w1),
+            opt_sum(ct.box_order),
         ])
-        counts = torch.tensor([0, n, m, m, m, n, n, n, n, 1], dtype=f64, device=sums.device)
+        counts = torch.tensor([0, n, m, m, m, n, n, n, n, 1, m, n, n, m], dtype=f64, device=sums.device)
         counts[0] = stats[STAT_NAMES.index("text_tokens")].to(f64)
     return LossOutput(loss=loss, terms=terms, metric_sums=sums, metric_counts=counts, layout=layout, preds=preds)
 

@@ -13,7 +13,9 @@ The rules (documented with their reasons in ``docs/data.md``):
 * desc: the category name, or its replacement from a description map; validated by
   ``codec.desc_problem``.
 * ``iscrowd=1`` annotations are never targets (counted as ``crowd``).
-* order: ``codec.order_objects`` (y1, then x1; ties keep annotation order).
+* order: ``codec.order_objects`` under the order policy (``ConvertOptions.order``, default the
+  ``COORD_ORDER`` setting, else ``y1x1``: bins of y1, then of x1, then the continuous values; ties keep
+  annotation order). ``random`` writes the ``y1x1`` order: the draw happens when training encodes a sample.
 * cap: ``area`` keeps the ``max_objects`` largest boxes (ties: earlier annotation first) and then
   orders them; ``scan`` orders all and keeps the first ``max_objects``. ``max_objects=0``: no cap.
 * images left without objects are kept with ``"objects": []`` unless ``drop_empty``.
@@ -35,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ..core.codec import DetObject, clean_desc, desc_problem, normalize_box, order_objects
+from ..core.codec import DetObject, OrderPolicy, clean_desc, desc_problem, normalize_box, order_objects, order_policy
 
 CAP_POLICIES = ("area", "scan")
 DEFAULT_MAX_OBJECTS = 30
@@ -62,12 +64,20 @@ class ConvertOptions:
     workers: Optional[int] = None  # processes of the image decode (None: all CPUs)
     # category id -> description, replacing the category name (see ``resolve_desc_map``).
     desc_map: Optional[Mapping[Any, str]] = None
+    # object order policy (codec.ORDER_POLICIES); None: the COORD_ORDER setting, else y1x1.
+    order: Optional[str] = None
 
     def __post_init__(self):
         if isinstance(self.max_objects, bool) or not isinstance(self.max_objects, int) or self.max_objects < 0:
             raise ValueError(f"max_objects must be an integer >= 0 (0: no cap), got {self.max_objects!r}")
         if self.cap_policy not in CAP_POLICIES:
             raise ValueError(f"cap_policy must be one of {CAP_POLICIES}, got {self.cap_policy!r}")
+        if self.order is not None:
+            order_policy(self.order)  # validated here; None is resolved from COORD_ORDER when converting
+
+    @property
+    def order_policy(self) -> OrderPolicy:
+        return order_policy(self.order)
 
 
 @dataclass
@@ -332,23 +342,24 @@ def box_area_px(bbox, width: float, height: float) -> float:
 
 
 def cap_objects(objects: List[DetObject], max_objects: int, policy: str, width: float = 1.0,
-                height: float = 1.0) -> List[DetObject]:
-    """Apply the cap to objects given in annotation order; returns them in codec order.
+                height: float = 1.0, order: Optional[OrderPolicy] = None) -> List[DetObject]:
+    """Apply the cap to objects given in annotation order; returns them in the ``order`` policy's order
+    (default ``y1x1``).
 
     ``area``: the ``max_objects`` largest boxes (``box_area_px`` with the image's ``width`` and
     ``height``; equal areas: the earlier annotation wins), then ordered. ``scan``: all ordered, then
     the first ``max_objects``. ``max_objects == 0``: no cap.
     """
     if max_objects == 0 or len(objects) <= max_objects:
-        return order_objects(objects)
+        return order_objects(objects, order)
     if policy == "scan":
-        return order_objects(objects)[:max_objects]
+        return order_objects(objects, order)[:max_objects]
     if policy != "area":
         raise ValueError(f"cap_policy must be one of {CAP_POLICIES}, got {policy!r}")
     areas = [box_area_px(o.bbox, width, height) for o in objects]
     largest = sorted(range(len(objects)), key=lambda i: -areas[i])[:max_objects]  # stable: ties by index
     largest.sort()  # back to annotation order, so that order ties still keep it
-    return order_objects([objects[i] for i in largest])
+    return order_objects([objects[i] for i in largest], order)
 
 
 def convert_instances(instances: Mapping[str, Any], images_dir: str, options: ConvertOptions = ConvertOptions(),
@@ -364,6 +375,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     descs = category_descs(instances["categories"], options.desc_map, source)
     options_record = {k: v for k, v in asdict(options).items() if k != "desc_map"}
     options_record["desc_map"] = {str(k): v for k, v in options.desc_map.items()} if options.desc_map else None
+    options_record["order"] = options.order_policy.name
     summary = Summary(source=source, images_dir=images_dir_abs, options=options_record)
     images = instances["images"]
     annotations = instances["annotations"]
@@ -419,6 +431,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     # Per image: normalise, drop degenerate boxes, cap, order, serialise.
     degenerate = over_cap = lost_to_missing = lost_to_bad = written_empty = kept = dropped_empty = 0
     max_objects, policy, drop_empty = options.max_objects, options.cap_policy, options.drop_empty
+    order = options.order_policy
     lines: List[str] = []
     dumps = json.dumps
     pending = 0
@@ -445,7 +458,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
         n = len(objects)
         if max_objects and n > max_objects:
             over_cap += n - max_objects
-        objects = cap_objects(objects, max_objects, policy, width, height)
+        objects = cap_objects(objects, max_objects, policy, width, height, order)
         if not objects:
             if drop_empty:
                 dropped_empty += 1

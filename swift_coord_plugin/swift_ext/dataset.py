@@ -32,8 +32,9 @@ drops them and logs the count by reason. Either way no row is lost silently.
 Rows
 ----
 Each sample becomes ``messages`` (user ``<image>``, assistant ``<ref-object><bbox>`` per object),
-``images`` and ``objects`` (``ref``, ``bbox`` as codec bins in codec order, ``bbox_type='coord_bins'``:
-quantised and ordered here from the full-precision values, see ``template.py`` for why). What evaluation needs later
+``images`` and ``objects`` (``ref``, ``bbox`` as codec bins in the order of the ``COORD_ORDER`` policy,
+``bbox_type='coord_bins'``: quantised and ordered here from the full-precision values, see ``template.py``
+for why; ms-swift's map cache of these rows is keyed by the policy too). What evaluation needs later
 (``image_id``, ``width``, ``height`` when the sample has them) rides in the standard column
 ``chat_template_kwargs`` under the key ``coord_meta`` (``core.samples.EVAL_META_KEY``): ms-swift keeps only
 its standard columns, and extra top-level columns either vanish (default) or, with
@@ -105,13 +106,19 @@ def _build_classes():
     class CoordSamplePreprocessor(RowPreprocessor):
         """Unified sample -> ms-swift grounding row (see the module docstring)."""
 
-        cache_format_version = f"{RowPreprocessor.cache_format_version}-coord-{_code_version()}"
+        _cache_version = f"{RowPreprocessor.cache_format_version}-coord-{_code_version()}"
+
+        @property
+        def cache_format_version(self) -> str:
+            # The rows depend on the order policy, which the run's settings give (read at map time).
+            return f"{self._cache_version}-{codec.order_policy().name}"
 
         def __init__(self):
             super().__init__()
             self.source = "<dataset>"
             self.base_dir: Optional[str] = None
             self.last_report: Dict[str, Any] = {}
+            self.order: Optional[codec.OrderPolicy] = None
 
         def _image_path(self, image: str) -> str:
             if self.base_dir and not os.path.isabs(image):
@@ -183,6 +190,7 @@ def _build_classes():
             from swift.utils import get_logger
 
             logger = get_logger()
+            self.order = codec.order_policy()
             if isinstance(dataset, HfDataset):
                 keep, report = self.validate(dataset)
                 if len(keep) != len(dataset):
@@ -207,7 +215,8 @@ def _build_classes():
             problem = sample_rules.sample_problem({"image": image, "objects": objects}, check_readable=False)
             if problem is not None:  # streaming only: tabular datasets were validated before mapping
                 raise BadSamplesError(f"{self.source}: {problem[1]}")
-            ordered = codec.order_objects(codec.DetObject(o["desc"], tuple(o["bbox"])) for o in objects)
+            ordered = codec.order_objects((codec.DetObject(o["desc"], tuple(o["bbox"])) for o in objects),
+                                          self.order or codec.order_policy())
             out = {
                 "messages": [
                     {"role": "user", "content": "<image>"},

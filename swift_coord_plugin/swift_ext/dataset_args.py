@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from typing import Iterable, List, Optional
 
 from .dataset import DATASET_NAME, coco_json_message, unescape_path
@@ -83,22 +82,11 @@ def check_dataset_specs(specs: Iterable[str]) -> None:
         raise ValueError("[swift-coord] dataset argument(s):\n  " + "\n  ".join(problems))
 
 
-def _arguments_being_built():
-    """The ms-swift arguments object whose ``__post_init__`` is importing the plugin, or None."""
-    frame = sys._getframe(1)
-    for _ in range(40):
-        if frame is None:
-            return None
-        obj = frame.f_locals.get("self")
-        if obj is not None and hasattr(obj, "_import_external_plugins") and hasattr(obj, "dataset"):
-            return obj
-        frame = frame.f_back
-    return None
-
-
 def check_current_arguments() -> None:
     """Check ``--dataset``/``--val_dataset`` of the ms-swift command that imports the plugin (if any)."""
-    args = _arguments_being_built()
+    from .settings import arguments_being_built
+
+    args = arguments_being_built()
     if args is None:
         return
     specs = []

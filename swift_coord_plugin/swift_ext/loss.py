@@ -2,8 +2,9 @@
 
 Each class is a preset of one loss (``core.losses.compute_loss``); every flag can be overridden
 with ``COORDEXP_*`` environment keys (``--model_kwargs '{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a
-YAML ``ENV:`` block). The configuration is validated when the trainer builds the loss, written to
-``<output_dir>/coordexp_config.json`` and printed once.
+YAML ``ENV:`` block). The configuration is validated when ms-swift imports the plugin (``settings.py``, before
+the model loads) and again when the trainer builds the loss, written to ``<output_dir>/coordexp_config.json``
+and printed once.
 
 The components (``core.losses.METRICS``) are accumulated on the device without a host sync per
 step and handed to ms-swift's ``trainer.custom_metrics``, which averages them over the logging
@@ -27,7 +28,9 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
-from ..core.losses import METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key
+from ..core import codec
+from ..core.losses import (METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
+                           logged_metric_names)
 from ..core.vocab import CoordVocab
 from . import lean as lean_path
 
@@ -139,6 +142,8 @@ class CoordExpLoss(BaseLoss):
             "flags": self.config.to_dict(),
             "overrides": dict(sorted(self.overrides.items())),
             "env_keys": {name: env_key(name) for name in self.config.to_dict()},
+            # The object order the targets were written in (core.codec; COORD_ORDER, COORD_ORDER_SEED).
+            "object_order": {"policy": codec.order_policy().name, "seed": codec.order_seed()},
             "normalisation": "sum over labelled targets / num_items_in_batch; each coordinate token carries its "
                              "box's geometric loss (a box weighs 4 tokens)",
         }
@@ -155,9 +160,10 @@ class CoordExpLoss(BaseLoss):
         logger.info(f"coordexp loss configuration: {json.dumps(info)}")
 
     def _logged_metrics(self) -> List[int]:
-        # The gate component only when the gate term is on; everything else for every group, so that the
-        # groups can be compared on the same curves.
-        return [i for i, (name, _) in enumerate(METRICS) if name != "gate_loss" or self.config.trains_gate]
+        # The components of the switches (gate, box-loss variant, soft CE, W1, order) only when they are on;
+        # everything else for every group, so that the groups can be compared on the same curves.
+        names = set(logged_metric_names(self.config))
+        return [i for i, (name, _) in enumerate(METRICS) if name in names]
 
     def _register_metrics(self, trainer) -> None:
         idx = self._logged_metrics()

@@ -31,11 +31,16 @@ def let_comm_threads_finish() -> None:
 
 
 def register() -> None:
-    """Register the model type, template, dataset preprocessor and losses (safe to call twice), and check
-    the dataset arguments of the ms-swift command importing the plugin (``dataset_args``)."""
+    """Register the model type, template, dataset preprocessor and losses (safe to call twice).
+
+    Every call made while ms-swift builds its arguments (the plugin import) also checks the plugin's settings
+    (``settings.check_at_plugin_import``) and the dataset arguments (``dataset_args``), before anything is loaded.
+    """
     global _REGISTERED
     from .dataset_args import check_current_arguments
+    from .settings import check_at_plugin_import
 
+    check_at_plugin_import()
     check_current_arguments()
     if _REGISTERED:
         return

@@ -11,14 +11,21 @@ A row (as the plugin's dataset preprocessor writes it, or any ms-swift grounding
 full-precision values it reads, because ms-swift stores ``objects`` as a JSON column that rounds floats
 to 10 decimals, enough to move a value that sits on a bin's rounding boundary into the next bin.
 ``norm1`` ([0, 1]) and ``real`` (pixels) boxes, as in any ms-swift grounding dataset, are ordered and
-quantised here.
+quantised here (``normalize_bbox``), by the same policy.
+
+Object order: the policy ``COORD_ORDER`` names (``codec.order_policy``, read when the template is built).
+Under ``random`` the template re-draws the order every time it encodes a sample
+(``codec.draw_order(n, sample key, epoch, COORD_ORDER_SEED)``), from the ``y1x1`` order; the epoch comes from
+a trainer callback the template adds to the trainer at its first training step (``on_epoch_begin``, which
+runs before the epoch's data loader workers are started). Workers that persist across epochs
+(``--dataloader_persistent_workers true``) would keep the first epoch's number, so ``random`` refuses them.
 
 The template
 * appends the fixed prompt to a user turn that holds nothing but image tags (a user turn with its own
   text keeps it). The prompt is ``codec.DEFAULT_PROMPT`` unless the environment key ``COORD_PROMPT``
   (``--model_kwargs '{"COORD_PROMPT": "..."}'`` or a YAML ``ENV:`` block) says otherwise;
-* validates the objects (a bad box or an empty description is an error naming the image) and, unless
-  they are ``coord_bins``, orders them with the codec (``y1`` then ``x1``, stable);
+* validates the objects (a bad box or an empty description is an error naming the image) and orders
+  them by the order policy (see above);
 * renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token;
 * at inference on the transformers backend, decodes under ``COORD_DECODING`` (``free | constrained |
   coordexp``, see ``decoding.py``) by wrapping ``generate`` with the answer grammar's logits processor;
@@ -41,6 +48,8 @@ Everything else (masking of prompt and image tokens in the labels) is the stock 
 from __future__ import annotations
 
 import os
+
+from transformers import TrainerCallback
 
 from ..core import codec
 from .model import TEMPLATE_TYPE
@@ -81,6 +90,22 @@ def load_image_as_seen(image):
         return images.to_rgb(image)
     return image
 
+class CoordOrderEpochCallback(TrainerCallback):
+    """Tells the template the epoch that is starting (the ``random`` order draws per epoch).
+
+    ``on_epoch_begin`` runs before the trainer starts the epoch's data loader iterator, whose workers get the
+    template as it is then.
+    """
+
+    def __init__(self, template):
+        self.template = template
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int(round(state.epoch or 0))
+        if epoch != self.template.coord_order_epoch:
+            print(f"[swift-coord] {codec.ORDER_ENV}=random: drawing the object orders of epoch {epoch}", flush=True)
+        self.template.coord_order_epoch = epoch
+
 
 def _template_cls():
     global _TEMPLATE_CLS
@@ -97,6 +122,9 @@ def _template_cls():
             from .decoding import DecodingConfig
 
             DecodingConfig.from_env()  # a bad COORD_DECODING* key stops the run here, naming the key
+            self.coord_order = codec.order_policy()
+            self.coord_order_seed = codec.order_seed()
+            self.coord_order_epoch = 0
 
         def init_processor(self, processor) -> None:
             super().init_processor(processor)
@@ -134,11 +162,8 @@ def _template_cls():
                     problem = codec.desc_problem(ref) or (codec.bbox_problem(box) if bbox_type == "norm1" else None)
                 if problem:
                     raise ValueError(f"{self._where(inputs)}: {problem}")
-            if bbox_type == BINS_TYPE:
-                return  # ordered by the preprocessor on the unquantised values
-            order = sorted(range(len(bboxes)), key=lambda i: codec.order_key(bboxes[i]))
-            objects["ref"] = [refs[i] for i in order]
-            objects["bbox"] = [list(bboxes[i]) for i in order]
+            # The order is applied in normalize_bbox, where every box is normalised (pixel boxes need the
+            # image size, known only after the images are loaded).
 
         def _add_prompt(self, inputs) -> None:
             for message in inputs.messages:
@@ -195,10 +220,38 @@ def _template_cls():
 
             return generate_with_grammar(self, super().generate, model, *args, **kwargs)
 
+        def _apply_order(self, inputs, norm_boxes) -> None:
+            """Order ``objects`` by the policy: ``norm_boxes`` (normalised, for the key) or None (``coord_bins``
+            rows, ordered by the preprocessor already); then the ``random`` policy's draw."""
+            objects = inputs.objects
+            refs, bins = objects["ref"], objects["bbox"]
+            if norm_boxes is not None:
+                order = codec.order_indices(norm_boxes, self.coord_order)
+                refs, bins = [refs[i] for i in order], [bins[i] for i in order]
+            if self.coord_order.redraw and len(bins) > 1:
+                name = os.path.basename(str(getattr(inputs, "coord_where", "") or ""))
+                key = f"{name}|{refs}|{bins}"
+                perm = codec.draw_order(len(bins), key, self.coord_order_epoch, self.coord_order_seed)
+                refs, bins = [refs[i] for i in perm], [bins[i] for i in perm]
+            objects["ref"], objects["bbox"] = list(refs), [list(b) for b in bins]
+
+        def _watch_epochs(self, trainer) -> None:
+            """Under the ``random`` order: add the epoch callback to the trainer once."""
+            if not self.coord_order.redraw or trainer is None or getattr(self, "_coord_epochs_watched", False):
+                return
+            args = getattr(trainer, "args", None)
+            if getattr(args, "dataloader_persistent_workers", False) and getattr(args, "dataloader_num_workers", 0):
+                raise ValueError(f"{codec.ORDER_ENV}=random re-draws the order per epoch, which persistent data "
+                                 "loader workers never hear of: use --dataloader_persistent_workers false")
+            trainer.add_callback(CoordOrderEpochCallback(self))
+            self._coord_epochs_watched = True
+
         # -- training forward ---------------------------------------------------------------------
         def compute_sft_loss(self, model, inputs, num_items_in_batch=None, trainer=None):
             # COORDEXP_LEAN=1: the forward stops before the LM head; the loss works from the hidden states.
             from .lean import lean_forward, lean_requested
+
+            self._watch_epochs(trainer)
 
             if lean_requested(trainer):
                 return lean_forward(model, inputs)
@@ -212,14 +265,18 @@ def _template_cls():
             objects.pop("image_id", None)
             if bbox_type == BINS_TYPE:
                 objects["bbox"] = [[int(k) for k in box] for box in objects["bbox"]]
+                self._apply_order(inputs, None)
                 return
+            norm_boxes = []
             for i, box in enumerate(objects["bbox"]):
                 if bbox_type != "norm1":
                     box = codec.normalize_box(box, objects["width"][0], objects["height"][0], clip=True)
                 problem = codec.bbox_problem(list(box))
                 if problem:
                     raise ValueError(f"{self._where(inputs)}: {problem}")
+                norm_boxes.append(tuple(float(v) for v in box))
                 objects["bbox"][i] = list(codec.quantize_box(box))
+            self._apply_order(inputs, norm_boxes)
 
         def replace_ref(self, ref, index, inputs):
             return []  # the whole object is rendered at its <bbox>

@@ -1,0 +1,86 @@
+"""The plugin's settings checked at start-up, before the model loads.
+
+The settings are environment keys: ``COORDEXP_*`` (the loss, ``core.losses.LossConfig``) and ``COORD_ORDER`` /
+``COORD_ORDER_SEED`` (the object order, ``core.codec``). They arrive in one of four ways; when a key is given
+more than once, the later step of a run's start wins:
+
+1. a YAML configuration's ``ENV:`` block (``swift sft config.yaml``): exported by the ``swift`` command only
+   for keys *not already set*;
+2. the shell's environment (including what a launch script such as ``shell/train.sh`` exports): beats the
+   YAML (ms-swift warns "already set in environment");
+3. ``--model_kwargs '{"KEY": value}'``: exported during argument post-init, over both of the above.
+
+``check_at_plugin_import`` runs when ms-swift imports the plugin (inside the arguments' post-init, just before
+``--model_kwargs`` are exported): it validates the environment as it will be once those are exported, and, when
+``--loss_type`` is one of the plugin's, the whole loss configuration of that group, so a misspelt key or a
+contradiction stops the run in seconds. The loss class checks again when the trainer builds it (the one
+authoritative check, which also covers a run started in-process without argument parsing).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, Mapping, Optional
+
+from ..core import codec
+from ..core.losses import ENV_PREFIX, LossConfig, LossConfigError
+
+# --loss_type -> loss group (the classes in loss.py carry the same mapping; this one needs no ms-swift import).
+LOSS_GROUPS = {"coordexp_ce": "A", "coordexp_geom": "B", "coordexp_hybrid": "C"}
+
+
+class SettingsError(ValueError):
+    """A plugin setting is unknown, unparsable or contradictory; the message names the key(s)."""
+
+
+def check_settings(environ: Optional[Mapping[str, str]] = None, loss_type: Optional[str] = None) -> Dict[str, str]:
+    """Validate the plugin's keys in ``environ`` (default ``os.environ``); returns the ones that are set.
+
+    ``loss_type``: a plugin loss type checks the whole configuration of its group; anything else (another
+    loss, or None as in ``swift infer``) checks each key and value on its own. Raises ``SettingsError``.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        LossConfig.check_env(environ, LOSS_GROUPS.get(loss_type or ""))
+        codec.order_policy(environ=environ)
+        codec.order_seed(environ)
+    except (LossConfigError, ValueError) as e:
+        where = f" (--loss_type {loss_type})" if loss_type in LOSS_GROUPS else ""
+        raise SettingsError(f"swift-coord settings{where}: {e}") from None
+    return {k: v for k, v in environ.items()
+            if k.startswith(ENV_PREFIX) or k in (codec.ORDER_ENV, codec.ORDER_SEED_ENV)}
+
+
+def arguments_being_built():
+    """The ms-swift arguments object whose post-init is importing the plugin, or None.
+
+    ms-swift 4.6 imports ``--external_plugins`` from ``BaseArguments.__post_init__`` (``_import_external_plugins``)
+    and exports ``--model_kwargs`` right after; that object is on the call stack. Nothing else gives a plugin
+    the arguments at that point (the extension point ms-swift lacks: a hook after argument post-init).
+    """
+    try:
+        from swift.arguments import BaseArguments
+    except ImportError:  # pragma: no cover
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, BaseArguments):
+            return obj
+        frame = frame.f_back
+    return None
+
+
+def check_at_plugin_import() -> None:
+    """The start-up check (see the module docstring); a no-op when no ms-swift arguments are being built."""
+    args = arguments_being_built()
+    if args is None:
+        return
+    environ = dict(os.environ)
+    model_kwargs = getattr(args, "model_kwargs", None)
+    if model_kwargs:
+        from swift.utils import json_parse_to_dict
+
+        # What BaseArguments._init_model_kwargs is about to export (upper-cased keys, str values).
+        environ.update({str(k).upper(): str(v) for k, v in json_parse_to_dict(model_kwargs).items()})
+    check_settings(environ, getattr(args, "loss_type", None))
