@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..core import codec
+from ..experiment.provenance import evaluation_provenance
 from .categories import CategoryMapper
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
     object_score
@@ -364,6 +365,7 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
                      "read_parse_convert_cpu": round(c1 - c0, 3), "cocoeval_cpu": round(c2 - c1, 3)},
         "versions": _versions(),
     }
+    report["settings"].update(evaluation_provenance(gt_path, img_ids, results_path))
     gt_norm = []
     for a in eval_anns:
         if not a.get("iscrowd", 0):

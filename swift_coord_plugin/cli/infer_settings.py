@@ -1,0 +1,70 @@
+"""Helpers of ``shell/eval.sh`` (``python -m swift_coord_plugin.cli.infer_settings ...``).
+
+``write --checkpoint CKPT --out FILE [--max-pixels N] [-- SWIFT_INFER_ARGS...]``
+    Decide the inference image resolution and record the inference settings (``infer_settings.json``).
+    The resolution is, first found: ``--max_pixels`` among the swift infer arguments, ``--max-pixels``
+    (``INFER_MAX_PIXELS``), the ``max_pixels`` the run trained with (the checkpoint's ``args.json``).
+    Prints the value eval.sh must pass to ``swift infer`` (empty when the arguments already carry it or
+    none is known).
+``reuse REPORT DECODE SCORE MAX_DETS``
+    Exit 0 when ``REPORT`` exists and was scored with these settings, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from ..experiment.provenance import report_matches, write_inference_settings
+
+
+def _from_swift_args(argv: List[str]) -> Optional[str]:
+    for i, a in enumerate(argv):
+        if a == "--max_pixels" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--max_pixels="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    swift_args: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, swift_args = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog="python -m swift_coord_plugin.cli.infer_settings", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write")
+    w.add_argument("--checkpoint", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--max-pixels", default="")
+    r = sub.add_parser("reuse")
+    r.add_argument("report")
+    r.add_argument("decode")
+    r.add_argument("score")
+    r.add_argument("max_dets", type=int)
+    a = p.parse_args(argv)
+    if a.cmd == "reuse":
+        return 0 if report_matches(a.report, a.decode, a.score, a.max_dets) else 1
+    given = _from_swift_args(swift_args)
+    if given is not None:
+        data = write_inference_settings(a.out, a.checkpoint, given, "swift infer --max_pixels")
+        print("")
+        return 0
+    if a.max_pixels:
+        data = write_inference_settings(a.out, a.checkpoint, a.max_pixels, "INFER_MAX_PIXELS")
+    else:
+        data = write_inference_settings(a.out, a.checkpoint, None, "the run's args.json")
+        if data["train_max_pixels"] is not None:
+            data = write_inference_settings(a.out, a.checkpoint, data["train_max_pixels"], "the run's args.json")
+        else:
+            data = write_inference_settings(a.out, a.checkpoint, None, "unknown (no args.json with max_pixels; "
+                                                                       "ms-swift's default applies)")
+    print("" if data["max_pixels"] is None else data["max_pixels"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
