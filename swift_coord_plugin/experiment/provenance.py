@@ -65,10 +65,10 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 
 def image_set_digest(image_ids: Iterable[int]) -> Dict[str, object]:
-    """``{"count", "sha256"}`` of a set of image ids (sorted, comma-joined decimal), so that two evaluations
-    can be checked to score the same images without storing 5,000 ids."""
+    """``{"count", "sha256", "ids"}`` of a set of image ids: the digest (of the sorted ids, comma-joined decimal)
+    compares two evaluations at a glance, the ids let the comparison re-score both on the same images."""
     ids = sorted({int(i) for i in image_ids})
-    return {"count": len(ids), "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()}
+    return {"count": len(ids), "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(), "ids": ids}
 
 
 def checkpoint_step(path: Optional[str]) -> Optional[int]:
