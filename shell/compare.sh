@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compare the three groups: loss curves, detection metrics, convergence, comparability.
+# Compare the three groups: comparability, detection metrics with bootstrap intervals, AP along training,
+# common yardsticks and convergence, failure reasons, pictures, own losses (summary.md, index.html).
 #   ABLATION=output/ablation bash shell/compare.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
