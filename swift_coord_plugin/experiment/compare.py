@@ -532,7 +532,7 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
             b = boot["groups"]
             sec.text(f"Differences to the baseline group **{boot['baseline']}**, with 95% paired-bootstrap "
                             f"intervals over the {boot['n_images']} evaluated images ({boot['n_resamples']} "
-                            "resamples; method in docs/evaluation.md). A difference is larger than the noise of "
+                            "resamples; method in docs/comparison.md). A difference is larger than the noise of "
                             "the image sample when its interval excludes 0.")
             rows = []
             for g in groups:
@@ -774,9 +774,9 @@ def render_markdown(sections: Sequence[Section]) -> str:
         lines += [f"## {sec.title}", ""]
         prev = None
         for kind, b in sec.blocks:
-            if prev is not None and (prev != kind or kind == "table" or (kind == "text" and not b.startswith("- "))):
-                if lines[-1] != "":
-                    lines.append("")
+            cur = "item" if kind == "text" and b.startswith("- ") else kind
+            if prev is not None and (prev != cur or cur in ("table", "text")) and lines[-1] != "":
+                lines.append("")
             if kind == "text":
                 lines.append(b)
             elif kind == "table":
@@ -786,7 +786,7 @@ def render_markdown(sections: Sequence[Section]) -> str:
                 lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
             else:
                 lines.append(f"![{b[0]}]({b[1]})")
-            prev = kind if not (kind == "text" and b.startswith("- ")) else "item"
+            prev = cur
         lines.append("")
     return "\n".join(lines) + "\n"
 
