@@ -106,6 +106,8 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
     assert s["bootstrap"]["baseline"] == "A" and s["bootstrap"]["n_images"] == 9
     assert b["C"]["diff"]["AP"]["value"] > 0 and b["C"]["diff"]["AP"]["excludes_zero"]
     assert b["B"]["diff"]["AP"]["value"] < 0
+    assert b["C"]["vs"]["B"]["AP"]["value"] == pytest.approx(b["C"]["AP"]["value"] - b["B"]["AP"]["value"])
+    assert "C − B" in md
     # Group metrics are the mean of the seeds' reports.
     rep = [json.load(open(os.path.join(r, "eval", "report.json"))) for r in runs[:2]]
     assert s["group_metrics"]["A"]["AP"]["mean"] == pytest.approx(np.mean([r["metrics"]["AP"] for r in rep]))

@@ -178,7 +178,8 @@ def paired_bootstrap(groups: Dict[str, Sequence[PerImageMatches]], baseline: str
     ``groups``: name -> the ``PerImageMatches`` of its runs (several seeds: their mean AP is the group's
     value in every replicate). Every run must have been scored on the same image ids (else ValueError
     naming the runs). Returns ``{name: {metric: {"value", "ci": [lo, hi]}, "diff": {metric: {"value",
-    "ci", "excludes_zero"}} (not for the baseline)}}``; ``value`` is on the evaluated images as they are.
+    "ci", "excludes_zero"}} (not for the baseline), "vs": {earlier group: the same for name - earlier}}}``
+    (``vs`` holds the groups before ``name`` other than the baseline); ``value`` is on the evaluated images.
     """
     if baseline not in groups:
         raise ValueError(f"baseline group {baseline!r} not among {sorted(groups)}")
@@ -202,13 +203,20 @@ def paired_bootstrap(groups: Dict[str, Sequence[PerImageMatches]], baseline: str
         x = x[np.isfinite(x)]
         return [float(np.quantile(x, lo_q)), float(np.quantile(x, hi_q))] if x.size else [None, None]
 
+    def diff(a, b):
+        res = {}
+        for m in BOOTSTRAP_METRICS:
+            lo, hi = ci(boot[a][m] - boot[b][m])
+            res[m] = {"value": point[a][m] - point[b][m], "ci": [lo, hi],
+                      "excludes_zero": lo is not None and (lo > 0 or hi < 0)}
+        return res
+
     out = {}
-    for name in groups:
+    names = list(groups)
+    for i, name in enumerate(names):
         out[name] = {m: {"value": point[name][m], "ci": ci(boot[name][m])} for m in BOOTSTRAP_METRICS}
         if name != baseline:
-            out[name]["diff"] = {}
-            for m in BOOTSTRAP_METRICS:
-                lo, hi = ci(boot[name][m] - boot[baseline][m])
-                out[name]["diff"][m] = {"value": point[name][m] - point[baseline][m], "ci": [lo, hi],
-                                        "excludes_zero": lo is not None and (lo > 0 or hi < 0)}
+            out[name]["diff"] = diff(name, baseline)
+        # Against every earlier group other than the baseline (e.g. C - B), from the same replicates.
+        out[name]["vs"] = {other: diff(name, other) for other in names[:i] if other != baseline}
     return out

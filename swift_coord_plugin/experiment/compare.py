@@ -530,18 +530,19 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                             + [_pm(metric_mean[g][m], metric_std[g][m]) for m in DETECTION_METRICS] for g in groups]))
         if boot:
             b = boot["groups"]
-            sec.text(f"Differences to the baseline group **{boot['baseline']}**, with 95% paired-bootstrap "
+            sec.text(f"Differences to the baseline group **{boot['baseline']}** (then between the other groups), "
+                     f"with 95% paired-bootstrap "
                             f"intervals over the {boot['n_images']} evaluated images ({boot['n_resamples']} "
                             "resamples; method in docs/comparison.md). A difference is larger than the noise of "
                             "the image sample when its interval excludes 0.")
+            pairs = [(g, boot["baseline"], b[g]["diff"]) for g in groups if g in b and g != boot["baseline"]]
+            pairs += [(g, o, d) for g in groups if g in b for o, d in b[g].get("vs", {}).items()]
             rows = []
-            for g in groups:
-                if g == boot["baseline"] or g not in b:
-                    continue
-                row = [f"{g} − {boot['baseline']}"]
+            for g, o, diff in pairs:
+                row = [f"{g} − {o}"]
                 verdict = []
                 for m in ("AP", "AP50", "AP75"):
-                    d = b[g]["diff"][m]
+                    d = diff[m]
                     row += [f"{d['value']:+.4f}", _ci(d["ci"])]
                     verdict.append(f"{m}: {'yes' if d['excludes_zero'] else 'no'}")
                 rows.append(row + ["; ".join(verdict)])
