@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..experiment.provenance import report_matches, write_inference_settings
+from ..experiment.provenance import report_matches, train_max_pixels, write_inference_settings
 
 
 def _from_swift_args(argv: List[str]) -> Optional[str]:
@@ -49,22 +49,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.cmd == "reuse":
         return 0 if report_matches(a.report, a.decode, a.score, a.max_dets) else 1
     given = _from_swift_args(swift_args)
-    if given is not None:
-        data = write_inference_settings(a.out, a.checkpoint, given, "swift infer --max_pixels")
+    if given is not None:  # swift uses it: record it, add nothing
+        write_inference_settings(a.out, a.checkpoint, given, "swift infer --max_pixels")
         print("")
         return 0
     if a.max_pixels:
-        data = write_inference_settings(a.out, a.checkpoint, a.max_pixels, "INFER_MAX_PIXELS")
+        value, source = a.max_pixels, "INFER_MAX_PIXELS"
     else:
-        data = write_inference_settings(a.out, a.checkpoint, None, "the run's args.json")
-        if data["train_max_pixels"] is not None:
-            data = write_inference_settings(a.out, a.checkpoint, data["train_max_pixels"], "the run's args.json")
-        else:
-            data = write_inference_settings(a.out, a.checkpoint, None, "unknown (no args.json with max_pixels; "
-                                                                       "ms-swift's default applies)")
-    print("" if data["max_pixels"] is None else data["max_pixels"])
+        value = train_max_pixels(a.checkpoint)
+        source = "the run's args.json" if value is not None else \
+            "unknown (no args.json with max_pixels; ms-swift's default applies)"
+    write_inference_settings(a.out, a.checkpoint, value, source)
+    print("" if value is None else value)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..core.yardsticks import COMMON_CURVES
 from . import figures
-from .provenance import ENV_PREFIXES, read_env_settings
+from .provenance import read_env_settings
 
 # The groups' own objectives: (key in logging.jsonl, title). Not comparable across groups.
 LOSS_CURVES = (("loss", "total loss"), ("text_loss", "text CE"), ("coord_ce_loss", "coordinate CE"),

@@ -101,21 +101,27 @@ def read_inference_settings(results_path: str) -> Optional[dict]:
     return data
 
 
+def train_max_pixels(checkpoint: str) -> Optional[int]:
+    """The ``max_pixels`` a run trained with: the checkpoint's ``args.json`` (ms-swift writes one into every
+    checkpoint), else the run directory's; None when neither has it."""
+    for cand in (os.path.join(checkpoint, "args.json"),
+                 os.path.join(os.path.dirname(os.path.normpath(checkpoint)), "args.json")):
+        if os.path.isfile(cand):
+            with open(cand, encoding="utf-8") as f:
+                value = json.load(f).get("max_pixels")
+            if value is not None:
+                return int(value)
+    return None
+
+
 def write_inference_settings(path: str, checkpoint: str, max_pixels, source: str,
                              environ: Optional[Mapping[str, str]] = None) -> dict:
     """The inference side of an evaluation (``shell/eval.sh`` calls it through ``coord-infer-settings``):
     checkpoint path and step, ``max_pixels`` and where it came from (``source``), the run's training
     ``max_pixels`` when its ``args.json`` is found, and the environment settings."""
-    train_pixels = None
-    for cand in (os.path.join(checkpoint, "args.json"), os.path.join(os.path.dirname(os.path.normpath(checkpoint)),
-                                                                     "args.json")):
-        if os.path.isfile(cand):
-            with open(cand, encoding="utf-8") as f:
-                train_pixels = json.load(f).get("max_pixels")
-            break
     data = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_step": checkpoint_step(checkpoint),
             "max_pixels": None if max_pixels in (None, "") else int(max_pixels), "max_pixels_source": source,
-            "train_max_pixels": train_pixels, "env": env_settings(environ)}
+            "train_max_pixels": train_max_pixels(checkpoint), "env": env_settings(environ)}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
