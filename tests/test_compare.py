@@ -202,3 +202,24 @@ def test_comparability_names_every_setting_that_changes_the_numbers():
     # Not scored / different training length.
     issues = cmp.comparability([ref, _fake("B", settings=None, steps=90)])
     assert any("not scored" in i and "B" in i for i in issues) and any("training length" in i for i in issues)
+
+
+def test_convergence_on_yardsticks_not_on_own_loss():
+    """A run that plateaus early at a worse level does not 'converge first'."""
+    def run(name, ious, errs):
+        r = _fake(name)
+        r.eval = [{"_step": 10 * (i + 1), "eval_box_iou_argmax": v, "eval_coord_bin_err": e,
+                   "eval_box_iou_argmax_at75": 0.0, "eval_loss": 1.0 / (i + 1)} for i, (v, e) in enumerate(zip(ious, errs))]
+        return r
+
+    early = run("B", [0.30, 0.31, 0.31, 0.31], [60, 50, 50, 50])   # plateaus at once, at a worse level
+    slow = run("A", [0.10, 0.30, 0.50, 0.60], [90, 40, 25, 20])
+    conv = {c["curve"]: c for c in cmp.convergence([slow, early], fraction=0.9)}
+    iou = conv["box_iou_argmax"]
+    assert iou["best"] == 0.6 and iou["target"] == pytest.approx(0.54) and iou["best_run"] == "A"
+    assert iou["runs"]["A"] == {"step": 40, "best": 0.6, "final": 0.6}
+    assert iou["runs"]["B"] == {"step": None, "best": 0.31, "final": 0.31}
+    err = conv["coord_bin_err"]
+    assert err["target"] == pytest.approx(20 / 0.9) and err["runs"]["A"]["step"] == 40 and err["runs"]["B"]["step"] is None
+    # Nobody above 0: no target, no step.
+    assert conv["box_iou_argmax_at75"]["target"] is None and conv["box_iou_argmax_at75"]["runs"]["A"]["step"] is None

@@ -347,12 +347,13 @@ def convergence(runs: Sequence[Run], fraction: float = DEFAULT_FRACTION) -> List
         if not values:
             continue
         best = max(values) if higher else min(values)
-        target = fraction * best if higher else (best / fraction if fraction > 0 else best)
+        # No run above 0 on a higher-is-better yardstick: nothing was reached, no convergence to report.
+        target = None if higher and best <= 0 else (fraction * best if higher else best / fraction)
         row = {"curve": name, "logged_as": sorted({k for _, _, k in per.values() if _}), "higher_is_better": higher,
                "best": best, "best_run": next(n for n, (xs, ys, _) in per.items() if best in ys),
                "target": target, "runs": {}}
         for n, (xs, ys, _) in per.items():
-            row["runs"][n] = {"step": steps_to_level(xs, ys, target, higher) if ys else None,
+            row["runs"][n] = {"step": steps_to_level(xs, ys, target, higher) if ys and target is not None else None,
                               "best": (max(ys) if higher else min(ys)) if ys else None,
                               "final": ys[-1] if ys else None}
         out.append(row)
@@ -602,9 +603,11 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                         f"reached (for the bin error: best / {fraction:g}); 'never' = not within the run. Next to it "
                         "the best level the run reached.")
         sec.table(*(["yardstick", "best (run)", "target"] + [f"{r.name}: step (best)" for r in runs],
-                           [[c["curve"], f"{c['best']:.3f} ({c['best_run']})", f"{c['target']:.3f}"]
-                            + [f"{_fmt(c['runs'][r.name]['step']) if c['runs'][r.name]['step'] is not None else 'never'}"
-                               f" ({_fmt(c['runs'][r.name]['best'], 3)})" for r in runs] for c in conv]))
+                           [[c["curve"], f"{c['best']:.3f} ({c['best_run']})",
+                             "- (no run above 0)" if c["target"] is None else f"{c['target']:.3f}"]
+                            + [("-" if c["target"] is None else _fmt(c["runs"][r.name]["step"])
+                                if c["runs"][r.name]["step"] is not None else "never")
+                               + f" ({_fmt(c['runs'][r.name]['best'], 3)})" for r in runs] for c in conv]))
     series = [(r.name, r.group, colors[r.group], {n: common_curve(r, n)[:2] for n, _ in COMMON_CURVES}) for r in runs]
     png = os.path.join(out_dir, "yardsticks.png")
     if figures.plot_curves(series, [(n, n + (" (lower is better)" if not h else "")) for n, h in COMMON_CURVES], png,
