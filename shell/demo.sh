@@ -36,10 +36,11 @@ if [ -z "${MODEL:-}" ]; then
   TRAIN_ARGS=(--torch_dtype float32 --fp16 false --bf16 false --max_pixels 65536 --max_steps "$STEPS"
               --per_device_train_batch_size 3 --per_device_eval_batch_size 3 --gradient_accumulation_steps 1
               --learning_rate 1e-2 --warmup_ratio 0 --lr_scheduler_type constant --weight_decay 0
-              --eval_steps 25 --save_steps "$STEPS" --logging_steps 10 --dataloader_num_workers 0
+              --eval_steps 10 --save_steps 25 --save_total_limit 4 --logging_steps 10 --dataloader_num_workers 0
               --dataset_num_proc 1 --gradient_checkpointing false --check_model false --report_to none
               --freeze_vit true --freeze_aligner true)
-  INFER_ARGS=(--max_pixels 65536 --max_new_tokens 200 --max_batch_size 9)
+  INFER_ARGS=(--max_new_tokens 200 --max_batch_size 9)   # the image resolution comes from each run
+  EVAL_CKPT="${EVAL_CKPT:-all}"   # every checkpoint (each 25 steps): AP along training
 else
   COCO="${COCO:?set COCO to the folder with annotations/ train2017/ val2017/}"
   GT="$COCO/annotations/instances_val2017.json"
@@ -59,8 +60,9 @@ for g in a b c; do
 done
 for g in a b c; do
   echo "[demo] ===== evaluate group $g ====="
-  GROUP=$g OUT="$OUT/group_$g" VAL_DATA="$VAL" GT="$GT" bash shell/eval.sh ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
+  GROUP=$g OUT="$OUT/group_$g" VAL_DATA="$VAL" GT="$GT" CKPT="${EVAL_CKPT:-}" \
+    bash shell/eval.sh ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
 done
 ABLATION="$OUT" bash shell/compare.sh
-echo "[demo] done in $(( $(date +%s) - T0 ))s: $OUT/compare/summary.md"
+echo "[demo] done in $(( $(date +%s) - T0 ))s: $OUT/compare/summary.md and $OUT/compare/index.html"
 [ "$MODEL" != "$OUT/tiny-qwen3-vl" ] || echo "[demo] (tiny random model: the numbers show the pipeline working, not detection quality)"

@@ -7,6 +7,10 @@
 #   GROUP      a | b | c                                  (a)
 #   OUT        the group's training output directory     (output/ablation/group_$GROUP)
 #   CKPT       checkpoint to evaluate                     (the last checkpoint-* in OUT)
+#              CKPT=all: every checkpoint-* of OUT, each into OUT/eval/checkpoint-N/ (a finished report.json
+#              with the same DECODE/SCORE/MAX_DETS/DECODING/INFER_BACKEND is reused); coord-compare plots AP against step from them
+#   INFER_MAX_PIXELS  inference image resolution         (the max_pixels the run trained with, from args.json;
+#              a --max_pixels among the extra flags wins); recorded in infer_settings.json and report.json
 #   VAL_DATA   samples to run on, unified JSONL           ($COORD_DATA_ROOT/data/coco/val2017.jsonl, the file
 #              templates/infer_eval.yaml names); the result file is checked to hold each of its rows exactly once
 #   GT         COCO instances JSON with the ground truth  (required)
@@ -42,20 +46,39 @@ SCORE="${SCORE:-logprob}"
 MAX_DETS="${MAX_DETS:-100}"
 [ -n "${GT:-}" ] || { echo "[eval] set GT to the COCO instances JSON of the evaluated images" >&2; exit 2; }
 [ -f "$GT" ] || { echo "[eval] GT not found: $GT" >&2; exit 2; }
+# --- CKPT=all: every saved checkpoint (AP along training), finished evaluations reused ------------------
+if [ "${CKPT:-}" = "all" ]; then
+  mapfile -t ALL_CKPTS < <(ls -d "$OUT"/checkpoint-* 2>/dev/null | awk -F'checkpoint-' '{print $NF"\t"$0}' \
+                           | sort -n | cut -f2-)
+  [ "${#ALL_CKPTS[@]}" -gt 0 ] || { echo "[eval] CKPT=all: no checkpoint-* in $OUT" >&2; exit 2; }
+  for c in "${ALL_CKPTS[@]}"; do
+    d="$OUT/eval/$(basename "$c")"
+    if python -m swift_coord_plugin.cli.infer_settings reuse "$d/report.json" "$DECODE" "$SCORE" "$MAX_DETS" "$DECODING" "$INFER_BACKEND"; then
+      echo "[eval] $(basename "$c"): reusing $d/report.json"; continue
+    fi
+    CKPT="$c" EVAL_DIR="$d" bash "${BASH_SOURCE[0]}" "$@"
+  done
+  exit 0
+fi
+# -----------------------------------------------------------------------------------------------------
 if [ -z "${CKPT:-}" ]; then
-  CKPT=$(ls -d "$OUT"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1 || true)
+  CKPT=$(ls -d "$OUT"/checkpoint-* 2>/dev/null | awk -F'checkpoint-' '{print $NF"\t"$0}' | sort -n | tail -1 | cut -f2- || true)
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
 command -v coord-plugin-path >/dev/null \
   || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
-EVAL_DIR="$OUT/eval"
+EVAL_DIR="${EVAL_DIR:-$OUT/eval}"
 mkdir -p "$EVAL_DIR"
 ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --infer_backend "$INFER_BACKEND")
 # The environment wins over the config's ENV block; the plugin records the mode next to the results.
 export COORD_DECODING="$DECODING" COORD_DECODING_RECORD="$EVAL_DIR/infer_result.jsonl.decoding.json"
 rm -f "$COORD_DECODING_RECORD"
 if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARGS+=(--model "$CKPT"); fi
+# Inference resolution: the run's (recorded with checkpoint and step in infer_settings.json, read by coord-eval).
+PIX=$(python -m swift_coord_plugin.cli.infer_settings write --checkpoint "$CKPT" --out "$EVAL_DIR/infer_settings.json" \
+      --max-pixels "${INFER_MAX_PIXELS:-}" -- "$@")
+[ -z "$PIX" ] || ARGS+=(--max_pixels "$PIX")
 # --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
 export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
 VAL_DATA="${VAL_DATA:-$COORD_DATA_ROOT/data/coco/val2017.jsonl}"

@@ -74,6 +74,7 @@ def test_infer_config():
     assert cfg["temperature"] == 0 and cfg["logprobs"] is True and cfg["top_logprobs"] >= 5
     assert cfg["max_new_tokens"] >= 30 * 10
     assert cfg["ENV"]["COORD_DECODING"] == "constrained"  # every group decoded under the answer grammar
+    assert "max_pixels" not in cfg  # shell/eval.sh passes the run's own resolution
 
 
 def _script(name, env, *args):

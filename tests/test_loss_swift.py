@@ -161,6 +161,12 @@ def test_cli_group_b_train_and_eval_components_env_override(tiny_model_dir, four
         assert abs(r["coord_loss"] - (r["coord_l1_loss"] + 2.0 * r["coord_giou_loss"])) < 1e-4 * r["coord_loss"]
     ev = [r for r in rows if "eval_loss" in r]
     assert len(ev) == 1 and {f"eval_{m}" for m in logged} <= set(ev[0])
+    # The common yardsticks (core.yardsticks), train and eval, and the environment-only settings of the run.
+    from swift_coord_plugin.core.yardsticks import YARDSTICK_NAMES
+
+    assert set(YARDSTICK_NAMES) <= set(train[0]) and {f"eval_{m}" for m in YARDSTICK_NAMES} <= set(ev[0])
+    assert all(0 <= ev[0][f"eval_{m}"] <= 1 for m in YARDSTICK_NAMES)
+    assert json.load(open(os.path.join(out, "coord_env.json")))["env"]["COORDEXP_LAMBDA_GATE"] == "0.5"
     # Tensorboard gets the same scalars.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -446,6 +446,7 @@ class LossOutput:
     metric_counts: Tensor
     layout: SequenceLayout
     preds: Optional[Tensor] = None  # [B, T] full-vocabulary argmax (lean path, for ms-swift's token_acc)
+    coord_logits: Optional[Tensor] = None  # [n, num_bins] detached coordinate logits (for core.yardsticks)
 
     def components(self) -> Dict[str, Tensor]:
         """Each metric of this batch: mean (sum / count, 0 when empty) or sum, as 0-dim tensors."""
@@ -581,7 +582,8 @@ def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor,
         ])
         counts = torch.tensor([0, n, m, m, m, n, n, n, n, 1, m, n, n, m], dtype=f64, device=sums.device)
         counts[0] = stats[STAT_NAMES.index("text_tokens")].to(f64)
-    return LossOutput(loss=loss, terms=terms, metric_sums=sums, metric_counts=counts, layout=layout, preds=preds)
+    return LossOutput(loss=loss, terms=terms, metric_sums=sums, metric_counts=counts, layout=layout, preds=preds,
+                      coord_logits=coord_logits.detach())
 
 
 def compute_loss(logits: Tensor, labels: Tensor, vocab: CoordVocab, config: LossConfig,

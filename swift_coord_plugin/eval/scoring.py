@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core import codec
 from ..core.images import stored_size
+from ..experiment.provenance import evaluation_provenance
 from .categories import CategoryMapper
 from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
@@ -427,6 +428,7 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     report["settings"]["gt_repairs"] = coco_gt.coord_repairs.as_dict()
     report["settings"]["category_mapping"]["desc_map"] = (
         {"source": desc_map_source, "map": {str(k): v for k, v in desc_map.items()}} if desc_map else None)
+    report["settings"].update(evaluation_provenance(gt_path, img_ids, results_path))
     gt_norm = []
     for a in eval_anns:
         if not a.get("iscrowd", 0):

@@ -32,6 +32,8 @@ from ..core import codec
 from ..core.losses import (METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
                            logged_metric_names)
 from ..core.vocab import CoordVocab
+from ..core.yardsticks import YARDSTICKS, yardstick_sums
+from ..experiment.provenance import write_env_settings
 from . import lean as lean_path
 
 logger = get_logger()
@@ -157,6 +159,7 @@ class CoordExpLoss(BaseLoss):
             os.makedirs(output_dir, exist_ok=True)
             with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 json.dump(info, f, indent=2)
+            write_env_settings(output_dir)  # coord_env.json: settings args.json does not show
         logger.info(f"coordexp loss configuration: {json.dumps(info)}")
 
     def _logged_metrics(self) -> List[int]:
@@ -173,6 +176,14 @@ class CoordExpLoss(BaseLoss):
             pool = _MetricPool(names, kinds, idx, lambda: trainer.args.device)
             self._pools[mode] = pool
             for name in names:
+                trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
+        # The common yardsticks (core.yardsticks), logged by every group the same way.
+        self._yardstick_pools: Dict[str, _MetricPool] = {}
+        for mode in ("train", "eval"):
+            pool = _MetricPool([n for n, _ in YARDSTICKS], [k for _, k in YARDSTICKS], list(range(len(YARDSTICKS))),
+                               lambda: trainer.args.device)
+            self._yardstick_pools[mode] = pool
+            for name, _ in YARDSTICKS:
                 trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
 
     def _check_lean(self, args, trainer) -> None:
@@ -215,6 +226,8 @@ class CoordExpLoss(BaseLoss):
         if self._pools:
             mode = "train" if trainer.model.training else "eval"
             self._pools[mode].add(out.metric_sums, out.metric_counts)
+            self._yardstick_pools[mode].add(*yardstick_sums(out.coord_logits, out.layout.coord_bins,
+                                                            out.layout.box_coords))
         return out.loss
 
     def _lean_loss(self, outputs, labels, num_items_in_batch, loss_scale, trainer):

@@ -1,0 +1,107 @@
+"""Common yardsticks: teacher-forced box quality that every loss group is measured by the same way.
+
+Each group optimises its own objective, so its loss is no common scale. What is the same for every
+group is the model's coordinate distribution at the target's coordinate slots (teacher forcing), and
+from it two boxes per target object:
+
+* the **argmax box**: the most likely coordinate bin at each of the four slots, ``k* / NUM_BINS``
+  (what greedy decoding restricted to the coordinate tokens writes);
+* the **CoordExp box**: the expectation over the coordinate tokens, ``sum_k p_k k / NUM_BINS``.
+
+Both are compared with the target box (its bins dequantised, ``codec.dequantize``) by IoU. A
+reversed pair (``x2 < x1`` or ``y2 < y1``) is put in order first, as the evaluation's parser repairs
+it (``repaired_reversed_coordinates``), so the yardstick matches what would be scored. Logged per box
+over the logging interval (no ms-swift import here; ``swift_ext.loss`` hands the sums to ms-swift's
+``custom_metrics``):
+
+========================  ==========================================================
+``box_iou_argmax``        mean IoU of the argmax box with the target box
+``box_iou_argmax_at50``   fraction of boxes with IoU >= 0.5 (COCO's match rule at AP50)
+``box_iou_argmax_at75``   fraction with IoU >= 0.75
+``box_iou_coordexp``      mean IoU of the CoordExp box
+``box_iou_coordexp_at50`` / ``box_iou_coordexp_at75``  as above
+========================  ==========================================================
+
+Together with ``coord_acc`` and ``coord_bin_err`` (``core.losses``) these are the curves on which
+groups are compared and convergence is measured.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .coordexp import dequantize_bins
+from .geometry import box_area
+
+IOU_THRESHOLDS = (0.5, 0.75)
+# (name, kind): every yardstick is a mean over the boxes of the logging interval.
+YARDSTICKS: Tuple[Tuple[str, str], ...] = tuple(
+    (f"box_iou_{decode}{suffix}", "mean")
+    for decode in ("argmax", "coordexp")
+    for suffix in ("", "_at50", "_at75"))
+YARDSTICK_NAMES = tuple(name for name, _ in YARDSTICKS)
+# Every curve the comparison measures all groups on, and whether higher is better (logged names; the
+# eval rows carry them with an ``eval_`` prefix).
+COMMON_CURVES: Tuple[Tuple[str, bool], ...] = tuple((name, True) for name in YARDSTICK_NAMES) + (
+    ("coord_acc", True), ("coord_bin_err", False))
+
+
+def ordered_boxes(boxes: Tensor) -> Tensor:
+    """``[..., 4]`` (x1, y1, x2, y2) with each pair sorted, so that ``x1 <= x2`` and ``y1 <= y2``."""
+    x = torch.stack([boxes[..., 0], boxes[..., 2]], dim=-1)
+    y = torch.stack([boxes[..., 1], boxes[..., 3]], dim=-1)
+    (x1, x2), (y1, y2) = x.sort(dim=-1).values.unbind(-1), y.sort(dim=-1).values.unbind(-1)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def box_iou(pred: Tensor, target: Tensor) -> Tensor:
+    """Elementwise IoU: ``[..., 4]`` x ``[..., 4]`` -> ``[...]`` in ``[0, 1]``.
+
+    Pairs ``pred[i]`` with ``target[i]`` (unlike ``torchvision.ops.box_iou``'s all-pairs matrix). A
+    reversed side has zero extent (``geometry.box_area``); a zero union gives IoU 0.
+    """
+    if pred.shape[-1] != 4 or target.shape[-1] != 4:
+        raise ValueError(f"boxes must have a last dimension of 4 (x1, y1, x2, y2), got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+    iw = (torch.minimum(pred[..., 2], target[..., 2]) - torch.maximum(pred[..., 0], target[..., 0])).clamp(min=0)
+    ih = (torch.minimum(pred[..., 3], target[..., 3]) - torch.maximum(pred[..., 1], target[..., 1])).clamp(min=0)
+    inter = iw * ih
+    union = box_area(pred) + box_area(target) - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
+
+
+@torch.no_grad()
+def teacher_forced_ious(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor) -> Tuple[Tensor, Tensor]:
+    """IoU of the argmax box and of the CoordExp box with the target box, per box.
+
+    ``coord_logits``: ``[n, K]`` logits of the coordinate tokens at the ``n`` coordinate slots (bin
+    order); ``coord_bins``: ``[n]`` target bins; ``box_coords``: ``[m, 4]`` rows of each box's x1, y1,
+    x2, y2 (``SequenceLayout.box_coords``). Returns ``(iou_argmax [m], iou_coordexp [m])``, float64.
+    """
+    z = coord_logits.detach().double()
+    k = torch.arange(z.shape[-1], device=z.device, dtype=z.dtype)
+    expected = torch.softmax(z, dim=-1) @ k                                    # [n] fractional bins
+    argmax = z.argmax(dim=-1).to(z.dtype)                                      # [n]
+    target = dequantize_bins(coord_bins.to(z.dtype))[box_coords]               # [m, 4]
+    iou_argmax = box_iou(ordered_boxes(dequantize_bins(argmax)[box_coords]), target)
+    iou_exp = box_iou(ordered_boxes(dequantize_bins(expected)[box_coords]), target)
+    return iou_argmax, iou_exp
+
+
+@torch.no_grad()
+def yardstick_sums(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor) -> Tuple[Tensor, Tensor]:
+    """Sums and counts of ``YARDSTICKS`` over the boxes of one micro-batch: ``([6], [6])`` float64.
+
+    Mean over an interval = sum of sums / sum of counts (how ``swift_ext.loss`` accumulates them), so a
+    batch without boxes adds nothing. Inputs as in ``teacher_forced_ious``.
+    """
+    iou_a, iou_e = teacher_forced_ious(coord_logits, coord_bins, box_coords)
+    parts = []
+    for iou in (iou_a, iou_e):
+        parts.append(iou.sum())
+        parts += [(iou >= t).double().sum() for t in IOU_THRESHOLDS]
+    sums = torch.stack(parts).double()
+    counts = torch.full_like(sums, float(box_coords.shape[0]))
+    return sums, counts

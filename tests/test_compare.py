@@ -1,0 +1,225 @@
+"""coord-compare on synthetic run directories: comparability, seeds, bootstrap, yardsticks, pictures, HTML.
+
+The runs' evaluations are real: result rows written from the shipped COCO sample's boxes (jittered), scored
+by coord-eval's own pipeline against the real annotations.
+"""
+import json
+import os
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from helpers import SAMPLE_DIR
+from swift_coord_plugin.core.yardsticks import COMMON_CURVES
+from swift_coord_plugin.eval.scoring import EvalSettings, evaluate_results, write_outputs
+from swift_coord_plugin.eval.synthetic import rows_from_boxes
+from swift_coord_plugin.experiment import compare as cmp
+from swift_coord_plugin.experiment.provenance import write_env_settings, write_inference_settings
+
+GT = str(SAMPLE_DIR / "instances.json")
+LOSS = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
+
+
+def _score(run_dir, sub, jitter, seed, step, score="logprob", max_pixels=65536, image_ids=None):
+    gt = json.load(open(GT))
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        j = rng.uniform(-jitter, jitter, 4)
+        boxes.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                      "bbox": [max(0, x + j[0]), max(0, y + j[1]), max(2, w + j[2]), max(2, h + j[3])],
+                      "score": float(rng.uniform(0.05, 1))})
+    rows = rows_from_boxes(gt, boxes, image_ids=image_ids)
+    for r in rows:
+        r["images"][0]["path"] = str(SAMPLE_DIR / "images" / r["images"][0]["path"])
+    ckpt = os.path.join(run_dir, f"checkpoint-{step}")
+    os.makedirs(ckpt, exist_ok=True)
+    ev_dir = os.path.join(run_dir, sub)
+    os.makedirs(ev_dir, exist_ok=True)
+    results = os.path.join(ev_dir, "infer_result.jsonl")
+    with open(results, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_inference_settings(os.path.join(ev_dir, "infer_settings.json"), ckpt, max_pixels, "test", environ={})
+    ev = evaluate_results(results, GT, EvalSettings(score=score), progress=False)
+    write_outputs(ev_dir, ev)
+    return ev.report
+
+
+def _run(tmp_path, name, group, seed=42, jitter=8.0, env=None, score="logprob", max_pixels=65536,
+         image_ids=None, yard_level=0.6, steps=30):
+    d = tmp_path / name
+    d.mkdir()
+    rows = []
+    for s in range(10, steps + 1, 10):
+        rows.append({"loss": 2.0 / s, "text_loss": 1.0, "global_step/max_steps": f"{s}/{steps}"})
+        ev = {"eval_loss": 3.0 / s, "global_step/max_steps": f"{s}/{steps}"}
+        for key, higher in COMMON_CURVES:
+            level = yard_level * s / steps
+            ev["eval_" + key] = level if higher else 100 * (1 - level)
+        rows.append(ev)
+    (d / "logging.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "args.json").write_text(json.dumps({"model": "m", "loss_type": LOSS[group], "seed": seed,
+                                             "data_seed": seed, "max_pixels": 65536, "learning_rate": 1e-4,
+                                             "output_dir": str(d)}))
+    (d / "coordexp_config.json").write_text(json.dumps({"flags": {"use_coord_ce": group != "B"}}))
+    write_env_settings(str(d), {"COORD_INIT_SEED": "0", **(env or {})})
+    _score(str(d), "eval/checkpoint-10", jitter * 3, seed + 1, 10, score, max_pixels, image_ids)
+    _score(str(d), "eval", jitter, seed, steps, score, max_pixels, image_ids)
+    return str(d)
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in ("src", "href") and not v.startswith("#")]
+
+
+def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
+    runs = [_run(tmp_path, "a1", "A", seed=42, jitter=12, yard_level=0.5),
+            _run(tmp_path, "a2", "A", seed=43, jitter=12, yard_level=0.55),
+            _run(tmp_path, "b1", "B", seed=42, jitter=30, yard_level=0.3),
+            _run(tmp_path, "c1", "C", seed=42, jitter=1, yard_level=0.8)]
+    out = tmp_path / "cmp"
+    s = cmp.compare_runs(runs, str(out), names=["A", "A", "B", "C"], n_resamples=300, gallery_images=2)
+    # Only the seeds differ, and A has two where B and C have one: that is named.
+    assert s["comparability_issues"] == [
+        "`data_seed` differs (args.json: the set of values of each group): A: [\"42\", \"43\"]; B: [\"42\"]; "
+        "C: [\"42\"]",
+        "`seed` differs (args.json: the set of values of each group): A: [\"42\", \"43\"]; B: [\"42\"]; C: [\"42\"]"]
+    assert s["groups"] == {"A": ["A", "A"], "B": ["B"], "C": ["C"]}
+    md = (out / "summary.md").read_text()
+    # The order the reader needs: metrics and differences first, the groups' own losses last.
+    titles = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert titles[:6] == ["Comparability", "Detection metrics", "AP along training",
+                          "Common yardsticks (the same measure for every group)", "Why answers failed",
+                          "Per category, IoU of matches, gallery"]
+    assert titles[6] == "Own losses (NOT comparable across groups)"
+    assert md.count("NOT COMPARABLE") == 1 and " ± " in md and "C − A" in md and "B − A" in md
+    # Bootstrap: C's exact-ish boxes beat A's jittered ones beyond the noise; B's worse ones lose.
+    b = s["bootstrap"]["groups"]
+    assert s["bootstrap"]["baseline"] == "A" and s["bootstrap"]["n_images"] == 9
+    assert b["C"]["diff"]["AP"]["value"] > 0 and b["C"]["diff"]["AP"]["excludes_zero"]
+    assert b["B"]["diff"]["AP"]["value"] < 0
+    assert b["C"]["vs"]["B"]["AP"]["value"] == pytest.approx(b["C"]["AP"]["value"] - b["B"]["AP"]["value"])
+    assert "C − B" in md
+    # Group metrics are the mean of the seeds' reports.
+    rep = [json.load(open(os.path.join(r, "eval", "report.json"))) for r in runs[:2]]
+    assert s["group_metrics"]["A"]["AP"]["mean"] == pytest.approx(np.mean([r["metrics"]["AP"] for r in rep]))
+    # AP along training: two checkpoints per run.
+    assert [p["step"] for p in s["runs"][0]["ap_along_training"]] == [10, 30]
+    # Convergence on the common yardsticks: C reaches 90% of the best level (its own) first, B never.
+    conv = {c["curve"]: c for c in s["convergence"]}
+    iou = conv["box_iou_argmax"]
+    assert iou["best"] == pytest.approx(0.8) and iou["runs"]["C"]["step"] == 30 and iou["runs"]["B"]["step"] is None
+    err = conv["coord_bin_err"]
+    assert not err["higher_is_better"] and err["best"] == pytest.approx(20.0)
+    for png in ("yardsticks.png", "ap_vs_step.png", "detection_metrics.png", "per_category_ap.png",
+                "iou_histograms.png", "train_losses.png", "eval_losses.png"):
+        assert (out / png).stat().st_size > 5000, png
+    assert len(s["gallery"]) == 2 and all((out / g).is_file() for g in s["gallery"])
+    # Every file index.html references exists.
+    page = (out / "index.html").read_text()
+    parser = _Refs()
+    parser.feed(page)
+    assert len(parser.refs) >= 13
+    missing = [r for r in parser.refs if not (out / r).is_file()]
+    assert not missing, missing
+    assert "<table>" in page and "Own losses (NOT comparable across groups)" in page
+
+
+def _fake(name, group="", args=None, env=None, settings=None, steps=100):
+    base = {"model": "m", "seed": 42, "data_seed": 42, "max_pixels": 65536, "loss_type": "coordexp_ce"}
+    report = None
+    if settings is not None:
+        report = {"metrics": {}, "settings": settings}
+    return cmp.Run(path=name, name=name, group=group or name, args={**base, **(args or {})},
+                   env=env if env is not None else {"COORD_INIT_SEED": "0"}, report=report,
+                   train=[{"_step": steps, "loss": 1.0}])
+
+
+SETTINGS = {"decode": "argmax", "decoding": "constrained", "infer_backend": "transformers", "score": "logprob",
+            "max_dets": 100, "gt_sha256": "g1", "image_set": {"sha256": "i1", "count": 5000},
+            "images": "GT images with a result row", "dedupe_identical_objects": True,
+            "inference": {"checkpoint_step": 5000, "max_pixels": 65536, "env": {}}}
+
+
+def _with(**changes):
+    s = json.loads(json.dumps(SETTINGS))
+    for k, v in changes.items():
+        d = s
+        parts = k.split("__")
+        for p in parts[:-1]:
+            d = d[p]
+        if v is None:
+            d.pop(parts[-1])
+        else:
+            d[parts[-1]] = v
+    return s
+
+
+def test_comparability_names_every_setting_that_changes_the_numbers():
+    ref = _fake("A", settings=SETTINGS)
+    assert cmp.comparability([ref, _fake("B", args={"loss_type": "coordexp_geom"}, settings=SETTINGS)]) == []
+    cases = {
+        "`decoding`": _with(decoding="coordexp"),
+        "`infer_backend`": _with(infer_backend=None),          # not recorded: unknown differs from known
+        "`score`": _with(score="constant"),
+        "`max_dets`": _with(max_dets=1000),
+        "`gt_sha256`": _with(gt_sha256="g2"),
+        "`image_set.sha256`": _with(image_set={"sha256": "i2", "count": 500}),
+        "`inference.checkpoint_step`": _with(inference={"checkpoint_step": 4000, "max_pixels": 65536, "env": {}}),
+        "`inference.max_pixels`": _with(inference={"checkpoint_step": 5000, "max_pixels": 409600, "env": {}}),
+    }
+    for key, settings in cases.items():
+        issues = cmp.comparability([ref, _fake("B", settings=settings)])
+        assert any(i.startswith(key + " differs") for i in issues), (key, issues)
+    # Evaluated at another resolution than trained, even when both runs did the same.
+    s = _with(inference={"checkpoint_step": 5000, "max_pixels": 409600, "env": {}})
+    issues = cmp.comparability([_fake("A", settings=s), _fake("B", settings=s)])
+    assert issues == ["A: evaluated at max_pixels 409600 but trained at 65536",
+                      "B: evaluated at max_pixels 409600 but trained at 65536"]
+    # Environment-only settings; the loss keys (COORDEXP_*) may differ, a missing record is unknown.
+    issues = cmp.comparability([ref, _fake("B", env={"COORD_INIT_SEED": "1", "COORDEXP_USE_COORD_CE": "false"},
+                                             settings=SETTINGS)])
+    assert len(issues) == 1 and issues[0].startswith("`COORD_INIT_SEED` differs (environment, coord_env.json)")
+    b = _fake("B", settings=SETTINGS)
+    b.env = None
+    assert any("COORD_INIT_SEED" in i and "unknown" in i for i in cmp.comparability([ref, b]))
+    # args.json outside the loss flags; seeds differ within a group only.
+    issues = cmp.comparability([ref, _fake("B", args={"learning_rate": 2e-4}, settings=SETTINGS)])
+    assert any(i.startswith("`learning_rate` differs (args.json)") for i in issues)
+    a2 = _fake("A2", group="A", args={"seed": 43, "data_seed": 43}, settings=SETTINGS)
+    ref_a = _fake("A1", group="A", settings=SETTINGS)
+    assert cmp.comparability([ref_a, a2]) == []
+    issues = cmp.comparability([ref_a, a2, _fake("B", settings=SETTINGS)])
+    assert any(i.startswith("`seed` differs") and "A: " in i for i in issues)
+    # Not scored / different training length.
+    issues = cmp.comparability([ref, _fake("B", settings=None, steps=90)])
+    assert any("not scored" in i and "B" in i for i in issues) and any("training length" in i for i in issues)
+
+
+def test_convergence_on_yardsticks_not_on_own_loss():
+    """A run that plateaus early at a worse level does not 'converge first'."""
+    def run(name, ious, errs):
+        r = _fake(name)
+        r.eval = [{"_step": 10 * (i + 1), "eval_box_iou_argmax": v, "eval_coord_bin_err": e,
+                   "eval_box_iou_argmax_at75": 0.0, "eval_loss": 1.0 / (i + 1)} for i, (v, e) in enumerate(zip(ious, errs))]
+        return r
+
+    early = run("B", [0.30, 0.31, 0.31, 0.31], [60, 50, 50, 50])   # plateaus at once, at a worse level
+    slow = run("A", [0.10, 0.30, 0.50, 0.60], [90, 40, 25, 20])
+    conv = {c["curve"]: c for c in cmp.convergence([slow, early], fraction=0.9)}
+    iou = conv["box_iou_argmax"]
+    assert iou["best"] == 0.6 and iou["target"] == pytest.approx(0.54) and iou["best_run"] == "A"
+    assert iou["runs"]["A"] == {"step": 40, "best": 0.6, "final": 0.6}
+    assert iou["runs"]["B"] == {"step": None, "best": 0.31, "final": 0.31}
+    err = conv["coord_bin_err"]
+    assert err["target"] == pytest.approx(20 / 0.9) and err["runs"]["A"]["step"] == 40 and err["runs"]["B"]["step"] is None
+    # Nobody above 0: no target, no step.
+    assert conv["box_iou_argmax_at75"]["target"] is None and conv["box_iou_argmax_at75"]["runs"]["A"]["step"] is None

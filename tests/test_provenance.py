@@ -1,0 +1,96 @@
+"""What a run and an evaluation were made with: coord_env.json, infer_settings.json, report.json settings,
+and shell/eval.sh's CKPT=all (reuse of finished evaluations) and its choice of the inference resolution."""
+import json
+import os
+import subprocess
+import sys
+
+from helpers import REPO, SAMPLE_DIR, swift_env
+from swift_coord_plugin.cli import infer_settings
+from swift_coord_plugin.experiment import provenance as pv
+
+GT = str(SAMPLE_DIR / "instances.json")
+
+
+def test_env_settings_keep_the_plugin_and_resolution_keys_only(tmp_path):
+    env = {"COORD_INIT_SEED": "3", "COORDEXP_LAMBDA_COORD": "2", "MAX_PIXELS": "1024", "PATH": "/bin",
+           "HOME": "/root", "XCOORD_X": "1"}
+    assert pv.env_settings(env) == {"COORDEXP_LAMBDA_COORD": "2", "COORD_INIT_SEED": "3", "MAX_PIXELS": "1024"}
+    pv.write_env_settings(str(tmp_path), env)
+    assert pv.read_env_settings(str(tmp_path)) == pv.env_settings(env)
+    assert pv.read_env_settings(str(tmp_path / "none")) is None
+
+
+def test_image_set_digest_and_checkpoint_step(tmp_path):
+    a, b = pv.image_set_digest([3, 1, 2, 2]), pv.image_set_digest([1, 2, 3])
+    assert a == b and a["count"] == 3 and a["ids"] == [1, 2, 3]
+    assert pv.image_set_digest([1, 2])["sha256"] != a["sha256"]
+    ck = tmp_path / "checkpoint-40"
+    ck.mkdir()
+    assert pv.checkpoint_step(str(ck)) == 40
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 41}))
+    assert pv.checkpoint_step(str(ck)) == 41
+    assert pv.checkpoint_step(str(tmp_path)) is None
+
+
+def _ckpt(tmp_path, max_pixels=65536, step=20):
+    run = tmp_path / "run"
+    ck = run / f"checkpoint-{step}"
+    ck.mkdir(parents=True)
+    (ck / "args.json").write_text(json.dumps({"max_pixels": max_pixels}))
+    return str(ck)
+
+
+def test_inference_resolution_comes_from_the_run(tmp_path, capsys):
+    ck = _ckpt(tmp_path)
+    out = str(tmp_path / "eval" / "infer_settings.json")
+    assert infer_settings.main(["write", "--checkpoint", ck, "--out", out]) == 0
+    assert capsys.readouterr().out.strip() == "65536"
+    s = json.load(open(out))
+    assert s["max_pixels"] == 65536 and s["train_max_pixels"] == 65536 and s["checkpoint_step"] == 20
+    assert s["max_pixels_source"] == "the run's args.json"
+    infer_settings.main(["write", "--checkpoint", ck, "--out", out, "--max-pixels", "409600"])
+    assert capsys.readouterr().out.strip() == "409600" and json.load(open(out))["max_pixels_source"] == "INFER_MAX_PIXELS"
+    # A --max_pixels among the swift infer flags is what swift uses: recorded, nothing added.
+    infer_settings.main(["write", "--checkpoint", ck, "--out", out, "--max-pixels", "409600", "--",
+                         "--max_new_tokens", "10", "--max_pixels", "1000"])
+    assert capsys.readouterr().out.strip() == "" and json.load(open(out))["max_pixels"] == 1000
+
+
+def test_report_records_gt_images_and_inference(tmp_path):
+    from swift_coord_plugin.eval.scoring import EvalSettings, evaluate_results
+    from swift_coord_plugin.eval.synthetic import rows_from_boxes
+
+    gt = json.load(open(GT))
+    rows = rows_from_boxes(gt, gt["annotations"][:20], image_ids=[i["id"] for i in gt["images"][:5]])
+    res = tmp_path / "infer_result.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ck = _ckpt(tmp_path)
+    pv.write_inference_settings(str(tmp_path / "infer_settings.json"), ck, 65536, "test", environ={"COORD_X": "1"})
+    s = evaluate_results(str(res), GT, EvalSettings(), progress=False).report["settings"]
+    assert s["gt_sha256"] == pv.file_sha256(GT)
+    assert s["image_set"] == pv.image_set_digest(i["id"] for i in gt["images"][:5])
+    assert s["inference"]["checkpoint_step"] == 20 and s["inference"]["env"] == {"COORD_X": "1"}
+
+
+def test_eval_script_ckpt_all_reuses_finished_reports(tmp_path):
+    out = tmp_path / "group_a"
+    for step in (100, 25, 5):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        d = out / "eval" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "report.json").write_text(json.dumps({"settings": {"decode": "argmax", "score": "logprob",
+                                                                "max_dets": 100}}))
+    env = swift_env({"GROUP": "a", "OUT": str(out), "GT": GT, "CKPT": "all", "PYTHONPATH": str(REPO),
+                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
+    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    assert [line.split()[1] for line in proc.stdout.splitlines() if "reusing" in line] == \
+        ["checkpoint-5:", "checkpoint-25:", "checkpoint-100:"]
+    assert "swift infer" not in proc.stdout
+    # Another score rule is not reused: the script goes on to run inference (stopped here by a bad VAL_DATA).
+    env.update({"SCORE": "constant", "VAL_DATA": str(tmp_path / "missing.jsonl")})
+    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 2 and "reusing" not in proc.stdout and "VAL_DATA not found" in proc.stdout
