@@ -36,7 +36,7 @@ if [ -z "${MODEL:-}" ]; then
   TRAIN_ARGS=(--torch_dtype float32 --fp16 false --bf16 false --max_pixels 65536 --max_steps "$STEPS"
               --per_device_train_batch_size 3 --per_device_eval_batch_size 3 --gradient_accumulation_steps 1
               --learning_rate 1e-2 --warmup_ratio 0 --lr_scheduler_type constant --weight_decay 0
-              --eval_steps 10 --save_steps 25 --save_total_limit 4 --logging_steps 10 --dataloader_num_workers 0
+              --eval_steps 10 --save_steps 25 --save_total_limit 4 --save_only_model true --logging_steps 10 --dataloader_num_workers 0
               --dataset_num_proc 1 --gradient_checkpointing false --check_model false --report_to none
               --freeze_vit true --freeze_aligner true)
   INFER_ARGS=(--max_new_tokens 200 --max_batch_size 9)   # the image resolution comes from each run
