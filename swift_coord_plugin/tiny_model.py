@@ -12,7 +12,7 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # Qwen2/2.5/3/3-VL pre-tokenizer split (applied before byte-level mapping).
 QWEN_SPLIT_PATTERN = (
@@ -139,11 +139,18 @@ def build_tokenizer():
     return fast
 
 
-def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_word_embeddings: bool = True):
+def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_word_embeddings: bool = True,
+                head_dim: Optional[int] = None):
+    """The tiny ``Qwen3VLConfig``: 4 attention heads of ``head_dim`` (default ``hidden // 4``) each.
+
+    Qwen3 projects the hidden state to ``heads * head_dim`` for attention, so ``head_dim`` need not be
+    ``hidden // heads``. vLLM's CPU attention accepts only some head sizes (16 is rejected, 64 works):
+    ``head_dim=64`` gives a model vLLM serves on CPU at the size of the default one.
+    """
     from transformers import Qwen3VLConfig
 
     heads = 4
-    head_dim = hidden // heads
+    head_dim = head_dim or hidden // heads
     # mrope sections (t, h, w) must sum to head_dim // 2.
     half = head_dim // 2
     h = w = max(1, half * 3 // 8)
@@ -166,8 +173,11 @@ def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_wo
 
 
 def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_depth: int = 2,
-                     tie_word_embeddings: bool = True, seed: int = 0) -> str:
-    """Write a tiny random ``Qwen3VLForConditionalGeneration`` + processor + tokenizer to ``out_dir``."""
+                     tie_word_embeddings: bool = True, seed: int = 0, head_dim: Optional[int] = None) -> str:
+    """Write a tiny random ``Qwen3VLForConditionalGeneration`` + processor + tokenizer to ``out_dir``.
+
+    ``head_dim``: attention head size of the language model (default ``hidden // 4``; 64 for vLLM on CPU).
+    """
     import torch
     from transformers import (GenerationConfig, Qwen2VLImageProcessor, Qwen3VLForConditionalGeneration,
                               Qwen3VLProcessor)
@@ -175,7 +185,7 @@ def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_dep
 
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings)
+    config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings, head_dim)
     model = Qwen3VLForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643],
                                                pad_token_id=151643, do_sample=False)

@@ -74,3 +74,14 @@ def test_merges_rebuild_is_consistent():
     assert vocab == {"a": 0, "b": 1, "ab": 2, "c": 3, "abc": 4, "bc": 5}
     # "abc" is reachable as ab+c only (bc has a higher rank than abc); merges ordered by result rank.
     assert merges == [("a", "b"), ("ab", "c"), ("b", "c")]
+
+
+@pytest.mark.parametrize("hidden,head_dim", [(64, None), (64, 64), (256, None)])
+def test_head_dim_option(hidden, head_dim):
+    # vLLM's CPU attention needs head_dim 64; mrope sections must sum to head_dim / 2.
+    from swift_coord_plugin.tiny_model import tiny_config
+
+    text = tiny_config(hidden=hidden, head_dim=head_dim).text_config
+    want = head_dim or hidden // 4
+    assert text.head_dim == want and text.hidden_size == hidden and text.num_attention_heads == 4
+    assert sum(text.rope_parameters["mrope_section"]) == want // 2
