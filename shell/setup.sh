@@ -2,6 +2,7 @@
 # Idempotent set-up: a virtual environment at .venv in the repo root with everything the
 # plugin, its tests and the demo need on a CPU machine. A GPU user installs their own torch
 # first and may skip the torch pins with COORD_SKIP_TORCH=1.
+# COORD_VLLM=1 also builds the optional vLLM environment .venv-vllm (shell/setup_vllm.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -16,6 +17,7 @@ STAMP="$VENV/.coord-setup-stamp"
 WANT="$(cat "$ROOT/shell/setup.sh" "$ROOT/setup.py" | sha1sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "[setup] $VENV is up to date"
+  [ "${COORD_VLLM:-0}" != "1" ] || exec bash "$ROOT/shell/setup_vllm.sh"
   exit 0
 fi
 
@@ -41,3 +43,4 @@ fi
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, swift, transformers; print("torch", torch.__version__, "ms-swift", swift.__version__, "transformers", transformers.__version__)')"
+[ "${COORD_VLLM:-0}" != "1" ] || exec bash "$ROOT/shell/setup_vllm.sh"
