@@ -46,3 +46,14 @@ def tiny_model_head64_untied_dir(tmp_path_factory) -> str:
 def sample_jsonl(tmp_path_factory) -> str:
     """The shipped COCO samples with absolute image paths."""
     return absolute_samples(SAMPLE_JSONL, tmp_path_factory.mktemp("samples") / "samples.jsonl")
+
+
+@pytest.fixture(scope="session")
+def coord_tokenizer():
+    """Qwen3-VL's tokenizer with the plugin's 1002 tokens added (what the model type does at load); no model."""
+    from swift_coord_plugin.core import codec
+    from swift_coord_plugin.tiny_model import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.add_tokens(codec.new_tokens(), special_tokens=True)
+    return tok

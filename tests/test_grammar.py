@@ -1,0 +1,288 @@
+"""The answer grammar on the real Qwen3-VL tokenizer: derivation, masks, the three modes (no ms-swift)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from swift_coord_plugin.core import codec
+from swift_coord_plugin.core.grammar import (
+    COORDEXP, CONSTRAINED, DEFAULT_MAX_OBJECTS, FREE, AnswerGrammar, GrammarError, GrammarVocab, apply_grammar)
+
+V = 152704  # the model's logit rows (tokenizer length padded to a multiple of 128)
+END_IDS = (151645, 151643)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # [batch, 152704] ops are faster on one thread than two contended ones.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def gvocab(coord_tokenizer) -> GrammarVocab:
+    return GrammarVocab.from_tokenizer(coord_tokenizer, end_ids=END_IDS)
+
+
+def decode(grammar, logits_fn, batch=1, max_steps=2000, sample=None):
+    """Decode under ``grammar``: greedy on the processed logits (or sampled with generator ``sample``).
+
+    Returns the token ids of each row (end id included) and the GrammarSteps seen.
+    """
+    states = [grammar.initial_state() for _ in range(batch)]
+    ids = [[] for _ in range(batch)]
+    done = [False] * batch
+    steps = []
+    for t in range(max_steps):
+        step = apply_grammar(grammar, logits_fn(t, ids), states)
+        steps.append((list(states), step))
+        if sample is None:
+            tok = step.logits.argmax(-1)
+        else:
+            tok = torch.multinomial(torch.softmax(step.logits.float(), -1), 1, generator=sample).flatten()
+        for b in range(batch):
+            if done[b]:
+                continue
+            ids[b].append(int(tok[b]))
+            states[b] = grammar.advance(states[b], int(tok[b]))
+            done[b] = int(tok[b]) in END_IDS
+        if all(done):
+            return ids, steps
+    raise AssertionError(f"no end of turn after {max_steps} steps")
+
+
+def random_logits(seed, batch, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return lambda t, ids: torch.randn(batch, V, generator=g) * scale
+
+
+def parse_complete(tok, ids):
+    """Decode the ids (special tokens kept) and parse; returns the ParseResult."""
+    text = tok.decode([i for i in ids if i not in END_IDS], skip_special_tokens=False)
+    return codec.parse_objects(text, dedupe=False)
+
+
+# ------------------------------------------------------------------------------------------ derivation
+def test_vocab_is_read_off_the_rendering(coord_tokenizer, gvocab):
+    ids = coord_tokenizer.encode(codec.render_object("dog", (1, 2, 3, 4)), add_special_tokens=False)
+    c0 = coord_tokenizer.convert_tokens_to_ids(codec.coord_token(0))
+    assert ids == [gvocab.obj_start, *gvocab.desc_tokens("dog"), gvocab.sep, c0 + 1, c0 + 2, c0 + 3, c0 + 4,
+                   *gvocab.post, gvocab.obj_end]
+    assert coord_tokenizer.decode([gvocab.sep]) == " " and gvocab.post == (gvocab.sep,)
+    assert gvocab.coord_start == c0 and gvocab.end_ids == tuple(sorted(END_IDS))
+    desc = set(gvocab.desc_ids)
+    for banned in (gvocab.sep, gvocab.obj_start, gvocab.obj_end, c0, c0 + 999, *END_IDS,
+                   coord_tokenizer.convert_tokens_to_ids("<|image_pad|>")):
+        assert banned not in desc
+    assert coord_tokenizer.encode(" dog")[0] in desc and coord_tokenizer.encode("dog")[0] in desc
+    for i in list(desc)[::997]:
+        text = coord_tokenizer.decode([i])
+        body = text[1:] if text.startswith(" ") else text
+        assert body and "<" not in body and not any(ch.isspace() for ch in body), (i, text)
+
+
+def test_default_cap_is_the_training_cap():
+    from swift_coord_plugin.data.coco import DEFAULT_MAX_OBJECTS as TRAIN_CAP
+
+    assert DEFAULT_MAX_OBJECTS == TRAIN_CAP
+
+
+def test_bad_options_and_forbidden_tokens(gvocab):
+    with pytest.raises(GrammarError, match="decoding mode"):
+        AnswerGrammar(gvocab, "greedy")
+    with pytest.raises(GrammarError, match="max_objects"):
+        AnswerGrammar(gvocab, CONSTRAINED, max_objects=-1)
+    g = AnswerGrammar(gvocab, CONSTRAINED)
+    s = g.initial_state()
+    with pytest.raises(GrammarError, match="not allowed"):
+        g.advance(s, gvocab.coord_start)  # a coordinate outside an object
+    s = g.advance(s, gvocab.obj_start)
+    with pytest.raises(GrammarError, match="not allowed"):
+        g.advance(s, gvocab.obj_end)  # `<obj_start> <obj_end>`: what a B-style model writes freely
+    with pytest.raises(GrammarError, match="not allowed"):
+        g.advance(s, gvocab.sep)  # empty description
+    with pytest.raises(GrammarError, match="one state per row"):
+        apply_grammar(g, torch.zeros(2, V), [s])
+    free = AnswerGrammar(gvocab, FREE)
+    assert free.allowed_ids(free.initial_state()) is None
+    assert free.advance(free.initial_state(), gvocab.obj_end) == free.initial_state()
+
+
+def test_allowed_sets_follow_the_rendering(gvocab):
+    g = AnswerGrammar(gvocab, CONSTRAINED, max_objects=1)
+    s = g.initial_state()
+    assert g.allowed_ids(s) == sorted({gvocab.obj_start, *END_IDS})
+    s = g.advance(s, gvocab.obj_start)
+    assert g.allowed_ids(s) == list(gvocab.desc_ids)  # at least one description token
+    s = g.advance_all(s, gvocab.desc_tokens("dog"))
+    assert gvocab.sep in g.allowed_ids(s)
+    s = g.advance(s, gvocab.sep)
+    for k in (5, 1, 9, 9):
+        assert g.is_coord_slot(s) and g.allowed_ids(s) == list(range(gvocab.coord_start, gvocab.coord_end))
+        s = g.advance(s, gvocab.coord_start + k)
+    assert g.allowed_ids(s) == [gvocab.post[0]]
+    s = g.advance_all(s, gvocab.post)
+    assert g.allowed_ids(s) == [gvocab.obj_end]
+    s = g.advance(s, gvocab.obj_end)
+    assert g.allowed_ids(s) == list(gvocab.end_ids)  # max_objects=1 reached
+    mask = g.allowed_mask(s, V)
+    assert mask.shape == (V,) and mask.sum() == len(END_IDS) and bool(mask[gvocab.end_ids[0]])
+
+
+def test_description_length_is_bounded(gvocab):
+    g = AnswerGrammar(gvocab, CONSTRAINED, max_desc_tokens=3)
+    s = g.advance(g.initial_state(), gvocab.obj_start)
+    s = g.advance_all(s, gvocab.desc_tokens("traffic light") + gvocab.desc_tokens("dog"))
+    assert g.allowed_ids(s) == [gvocab.sep]
+
+
+# ------------------------------------------------------------------------------------------ properties
+@pytest.mark.parametrize("mode", [CONSTRAINED, COORDEXP])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_random_logits_always_decode_to_complete_objects(coord_tokenizer, gvocab, mode, ordered):
+    """Whatever the logits, the answer parses into complete objects: one per <obj_start>, nothing dropped."""
+    g = AnswerGrammar(gvocab, mode, ordered_boxes=ordered, max_objects=4, max_desc_tokens=4)
+    n_objects = 0
+    for seed in range(2):
+        # Favour <obj_start> over the end so that answers hold objects.
+        base = random_logits(seed, batch=3)
+
+        def logits_fn(t, ids):
+            x = base(t, ids)
+            x[:, gvocab.obj_start] += 4.0
+            return x
+
+        rows, _ = decode(g, logits_fn, batch=3, sample=torch.Generator().manual_seed(seed))
+        for ids in rows:
+            assert ids[-1] in END_IDS
+            res = parse_complete(coord_tokenizer, ids)
+            opened = ids.count(gvocab.obj_start)
+            allowed = set() if ordered else {codec.REPAIR_REVERSED}
+            assert set(res.counts) <= allowed, res.counts
+            assert len(res.objects) == opened <= 4
+            n_objects += opened
+    assert n_objects >= 6
+
+
+def test_categories_restrict_descriptions(coord_tokenizer, gvocab):
+    names = ["dog", "hot dog", "traffic light", "person", "teddy bear"]
+    g = AnswerGrammar(gvocab, CONSTRAINED, categories=names, max_objects=6, ordered_boxes=True)
+
+    def logits_fn(t, ids, base=random_logits(7, batch=2)):
+        x = base(t, ids)
+        x[:, gvocab.obj_start] += 30.0  # always another object, until the cap
+        return x
+
+    rows, _ = decode(g, logits_fn, batch=2, sample=torch.Generator().manual_seed(1))
+    seen = []
+    for ids in rows:
+        res = parse_complete(coord_tokenizer, ids)
+        assert len(res.objects) == ids.count(gvocab.obj_start) == 6 and not res.counts
+        seen += [o.desc for o in res.objects]
+    assert set(seen) <= set(names) and len(set(seen)) >= 3
+
+
+def test_coordexp_emits_the_rounded_expectation(gvocab):
+    """At each coordinate slot coordexp writes round(sum_k p_k k) of the restricted softmax (numpy, float64)."""
+    for ordered in (False, True):
+        g = AnswerGrammar(gvocab, COORDEXP, ordered_boxes=ordered, max_objects=3, max_desc_tokens=2)
+        seen_logits = []
+        base = random_logits(11, batch=2, scale=2.0)
+
+        def logits_fn(t, ids):
+            x = base(t, ids)
+            x[:, gvocab.obj_start] += 8.0
+            seen_logits.append(x.clone())
+            return x
+
+        rows, steps = decode(g, logits_fn, batch=2)
+        checked = 0
+        for t, (states, step) in enumerate(steps):
+            for b, s in enumerate(states):
+                if not g.is_coord_slot(s) or t >= len(rows[b]):
+                    continue
+                z = seen_logits[t][b, gvocab.coord_start:gvocab.coord_end].double().numpy()
+                lo = s.coords[len(s.coords) - 2] if ordered and len(s.coords) >= 2 else 0
+                k = np.arange(codec.NUM_BINS)
+                z = np.where(k >= lo, z, -np.inf)
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                want = math.floor(float((p * k).sum()) + 0.5)
+                assert rows[b][t] == gvocab.coord_start + want == int(step.chosen[b])
+                # The recorded distribution is the restricted one, not the one-hot of the decision.
+                lp = step.logprobs[b, gvocab.coord_start:gvocab.coord_end].double().numpy()
+                np.testing.assert_allclose(np.exp(lp), p, atol=1e-6)
+                np.testing.assert_allclose(step.coord_logprobs[b].double().numpy(), lp, atol=1e-6)
+                checked += 1
+        assert checked >= 8
+
+
+def test_constrained_greedy_is_the_restricted_argmax_and_records_it(gvocab):
+    g = AnswerGrammar(gvocab, CONSTRAINED, max_objects=2, max_desc_tokens=2)
+    seen = []
+    base = random_logits(3, batch=1)
+
+    def logits_fn(t, ids):
+        x = base(t, ids)
+        x[:, gvocab.obj_start] += 8.0
+        seen.append(x.clone())
+        return x
+
+    rows, steps = decode(g, logits_fn)
+    n = 0
+    for t, (states, step) in enumerate(steps):
+        if g.is_coord_slot(states[0]):
+            z = seen[t][0, gvocab.coord_start:gvocab.coord_end]
+            assert rows[0][t] == gvocab.coord_start + int(z.argmax())
+            want = torch.log_softmax(z.double(), -1)
+            torch.testing.assert_close(step.logprobs[0, gvocab.coord_start:gvocab.coord_end].double(), want,
+                                       atol=1e-5, rtol=0)
+            assert int(step.chosen[0]) == -1
+            n += 1
+        else:
+            assert not bool(step.coord_slot[0]) and torch.isnan(step.coord_logprobs[0]).all()
+    assert n == 8
+
+
+def test_constrained_equals_free_when_the_model_obeys(coord_tokenizer, gvocab):
+    """A 'model' that already writes the grammar (target token well ahead): same ids, free or constrained."""
+    target = coord_tokenizer.encode(
+        codec.render_objects([codec.DetObject("dog", (0.1, 0.2, 0.5, 0.6)),
+                              codec.DetObject("traffic light", (0.3, 0.05, 0.4, 0.9))]),
+        add_special_tokens=False) + [END_IDS[0]]
+    noise = random_logits(5, batch=1)
+
+    def obeying(t, ids):
+        x = noise(t, ids)
+        x[0, target[t]] = x.max() + 2.0
+        return x
+
+    outs = {}
+    for mode in (FREE, CONSTRAINED):
+        rows, _ = decode(AnswerGrammar(gvocab, mode), obeying)
+        outs[mode] = rows[0]
+    assert outs[FREE] == outs[CONSTRAINED] == target
+    # ... and when it does not obey (a B-style answer: no coordinate after the description) only the
+    # constrained one writes boxes.
+    dog = gvocab.desc_tokens("dog")[0]
+
+    def disobeying(t, ids):
+        # B-style: `<obj_start> dog <obj_end>` twice; no coordinate after the description.
+        x = noise(t, ids)
+        last = ids[0][-1] if ids[0] else None
+        want = {gvocab.obj_start: dog, dog: gvocab.sep, gvocab.sep: gvocab.obj_end}.get(last)
+        if want is None:
+            want = gvocab.obj_start if ids[0].count(gvocab.obj_start) < 2 else END_IDS[0]
+        x[0, want] = x.max() + 2.0
+        return x
+
+    free_ids = decode(AnswerGrammar(gvocab, FREE), disobeying)[0][0]
+    con_ids = decode(AnswerGrammar(gvocab, CONSTRAINED, max_objects=2), disobeying)[0][0]
+    assert parse_complete(coord_tokenizer, free_ids).objects == []
+    res = parse_complete(coord_tokenizer, con_ids)
+    assert [o.desc for o in res.objects] == ["dog", "dog"] and set(res.counts) <= {codec.REPAIR_REVERSED}
