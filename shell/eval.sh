@@ -13,6 +13,9 @@
 #   SCORE      logprob | constant                         (logprob)
 #   MAX_DETS   detections per image                       (100, COCO's default)
 #   INFER_CONFIG                                          (templates/infer_eval.yaml)
+#   INFER_BACKEND transformers | vllm                     (the configuration's: transformers)
+#              vllm runs the swift of the vLLM environment .venv-vllm (COORD_VLLM=1 bash shell/setup.sh);
+#              VLLM_ARGS are its extra flags         (--vllm_max_model_len 8192 --vllm_enforce_eager true)
 #   NPROC_PER_NODE=N shards inference over N processes (ms-swift gathers one result file).
 # Writes OUT/eval/infer_result.jsonl and OUT/eval/report.{json,md}, detections.json.
 set -euo pipefail
@@ -38,9 +41,21 @@ if [ -n "${VAL_DATA:-}" ]; then
   [ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
   ARGS+=(--val_dataset "coord:$(realpath "$VAL_DATA")")
 fi
+SWIFT=(swift)
+if [ -n "${INFER_BACKEND:-}" ]; then
+  case "$INFER_BACKEND" in transformers|vllm) ;; *) echo "[eval] INFER_BACKEND must be transformers or vllm (got '$INFER_BACKEND')" >&2; exit 2;; esac
+  ARGS+=(--infer_backend "$INFER_BACKEND")
+fi
+if [ "${INFER_BACKEND:-}" = vllm ]; then
+  VLLM_VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
+  [ -x "$VLLM_VENV/bin/swift" ] || { echo "[eval] INFER_BACKEND=vllm needs $VLLM_VENV: COORD_VLLM=1 bash shell/setup.sh" >&2; exit 2; }
+  SWIFT=("$VLLM_VENV/bin/swift")
+  read -r -a VA <<< "${VLLM_ARGS:---vllm_max_model_len 8192 --vllm_enforce_eager true}"
+  ARGS+=("${VA[@]}")
+fi
 rm -f "$EVAL_DIR/infer_result.jsonl"
-echo "[eval] swift infer ${ARGS[*]} $*"
-swift infer "${ARGS[@]}" "$@"
+echo "[eval] ${SWIFT[*]} infer ${ARGS[*]} $*"
+"${SWIFT[@]}" infer "${ARGS[@]}" "$@"
 echo "[eval] coord-eval --results $EVAL_DIR/infer_result.jsonl --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS"
 coord-eval --results "$EVAL_DIR/infer_result.jsonl" --gt "$GT" --out "$EVAL_DIR" \
   --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS"
