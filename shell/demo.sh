@@ -4,7 +4,8 @@
 #   train groups A, B and C with identical seeds, data and steps -> swift infer with logprobs ->
 #   coord-eval for each -> coord-compare.
 #
-#   bash shell/demo.sh
+#   bash shell/demo.sh                         # every group decoded under the answer grammar (DECODING=constrained)
+#   DECODING=free bash shell/demo.sh           # stock decoding (group B then writes no box); also coordexp
 #   MODEL=/path/to/Qwen3-VL-2B-Instruct COCO=/data/coco bash shell/demo.sh    # the real thing, on a GPU
 #
 #   INFER_BACKEND=vllm bash shell/demo.sh     # inference on vLLM (builds .venv-vllm; tiny model with head_dim 64)

@@ -29,17 +29,21 @@ def gvocab(coord_tokenizer) -> GrammarVocab:
     return GrammarVocab.from_tokenizer(coord_tokenizer, end_ids=END_IDS)
 
 
-def decode(grammar, logits_fn, batch=1, max_steps=2000, sample=None):
+def decode(grammar, logits_fn, batch=1, max_steps=2000, sample=None, max_new_tokens=None):
     """Decode under ``grammar``: greedy on the processed logits (or sampled with generator ``sample``).
 
-    Returns the token ids of each row (end id included) and the GrammarSteps seen.
+    Returns the token ids of each row (end id included) and the GrammarSteps seen. With
+    ``max_new_tokens`` the decoding stops there, like a backend's length limit.
     """
     states = [grammar.initial_state() for _ in range(batch)]
     ids = [[] for _ in range(batch)]
     done = [False] * batch
     steps = []
     for t in range(max_steps):
-        step = apply_grammar(grammar, logits_fn(t, ids), states)
+        if max_new_tokens is not None and t == max_new_tokens:
+            return ids, steps
+        remaining = None if max_new_tokens is None else max_new_tokens - t
+        step = apply_grammar(grammar, logits_fn(t, ids), states, remaining=remaining)
         steps.append((list(states), step))
         if sample is None:
             tok = step.logits.argmax(-1)
@@ -286,3 +290,24 @@ def test_constrained_equals_free_when_the_model_obeys(coord_tokenizer, gvocab):
     assert parse_complete(coord_tokenizer, free_ids).objects == []
     res = parse_complete(coord_tokenizer, con_ids)
     assert [o.desc for o in res.objects] == ["dog", "dog"] and set(res.counts) <= {codec.REPAIR_REVERSED}
+
+
+@pytest.mark.parametrize("max_new_tokens", [9, 10, 23, 31])
+def test_a_length_limit_never_cuts_a_box(coord_tokenizer, gvocab, max_new_tokens):
+    """Told how many tokens remain, the grammar opens only objects it can finish and ends descriptions in time."""
+    g = AnswerGrammar(gvocab, CONSTRAINED, max_objects=0)
+    assert g.min_object_tokens() == 9  # <obj_start> desc SEP 4 coordinates SEP <obj_end>
+    base = random_logits(max_new_tokens, batch=2)
+
+    def logits_fn(t, ids):
+        x = base(t, ids)
+        x[:, gvocab.obj_start] += 30.0  # always open another object
+        x[:, gvocab.desc_ids[:500]] += 30.0  # and never end a description by choice
+        return x
+
+    rows, _ = decode(g, logits_fn, batch=2, max_new_tokens=max_new_tokens)
+    for ids in rows:
+        assert len(ids) <= max_new_tokens
+        res = parse_complete(coord_tokenizer, ids)
+        assert len(res.objects) == ids.count(gvocab.obj_start) >= 1
+        assert set(res.counts) <= {codec.REPAIR_REVERSED}, res.counts

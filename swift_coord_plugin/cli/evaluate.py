@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: only the GT images that have a row)")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep objects identical to an earlier one of the same response (default: drop, counted)")
+    p.add_argument("--decoding", choices=("free", "constrained", "coordexp"), default=None,
+                   help="how swift infer generated the results (COORD_DECODING); default: read from "
+                        "<results>.decoding.json, else reported as unknown")
+    p.add_argument("--infer-backend", choices=("transformers", "vllm"), default=None,
+                   help="the swift infer backend; default as --decoding")
     p.add_argument("--plots", action="store_true", help="also write iou_histogram.png and coordinate_distributions.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -38,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(decode=args.decode, score=args.score, max_dets=args.max_dets,
-                            all_gt_images=args.all_gt_images, dedupe=not args.keep_duplicates)
+                            all_gt_images=args.all_gt_images, dedupe=not args.keep_duplicates,
+                            decoding=args.decoding, infer_backend=args.infer_backend)
     try:
         evaluation = evaluate_results(args.results, args.gt, settings, progress=not args.no_progress)
         paths = write_outputs(args.out, evaluation, plots=args.plots)

@@ -20,10 +20,12 @@ max_desc_tokens=DEFAULT_MAX_DESC_TOKENS)``
     ``mode`` is one of ``MODES`` = ``free | constrained | coordexp``.
     ``initial_state()`` -> ``GrammarState`` (immutable, one per sequence);
     ``advance(state, token_id)`` -> the next ``GrammarState`` (``GrammarError`` for a forbidden token);
-    ``allowed_ids(state)`` -> sorted ``list`` of the allowed next ids (``None``: every id, free mode);
-    ``allowed_mask(state, vocab_size, device)`` -> ``BoolTensor[vocab_size]``;
-    ``is_coord_slot(state)``.
-``apply_grammar(grammar, logits, states, with_logprobs=True)`` -> ``GrammarStep``
+    ``allowed_ids(state, remaining=None)`` -> sorted ``list`` of the allowed next ids (``None``: every id,
+    free mode); ``allowed_mask(state, vocab_size, device, remaining=None)`` -> ``BoolTensor[vocab_size]``;
+    ``is_coord_slot(state)``. ``remaining`` (optional) is the number of tokens the backend will still
+    generate, this one included (``max_new_tokens`` minus those written): with it, an object is only
+    opened when it can be finished, and a description ends in time, so a length limit never cuts a box.
+``apply_grammar(grammar, logits, states, with_logprobs=True, remaining=None)`` -> ``GrammarStep``
     the one torch function both inference backends call on a ``[batch, vocab]`` logits tensor:
     processed logits, the token the grammar decides (coordexp), the log-probabilities to record, and
     the restricted coordinate distribution.
@@ -61,7 +63,7 @@ tokenizer splits at a space (e.g. before a digit: ``"person 2"``) therefore ends
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -263,6 +265,7 @@ class AnswerGrammar:
                 node = nxt
             self._terminal[node] = True
         self._masks: Dict[tuple, Tensor] = {}
+        self._min_tokens = self.min_object_tokens()
 
     # -- states -------------------------------------------------------------------------------
     def initial_state(self) -> GrammarState:
@@ -280,14 +283,32 @@ class AnswerGrammar:
     def _cap_reached(self, state: GrammarState) -> bool:
         return bool(self.max_objects) and state.n_objects >= self.max_objects
 
-    def allowed_ids(self, state: GrammarState) -> Optional[List[int]]:
+    def min_object_tokens(self) -> int:
+        """Tokens of the shortest object the grammar can still finish once opened (the longest category
+        name counts with ``categories``): ``<obj_start>``, description, ``SEP``, 4 coordinates, ``POST``,
+        ``<obj_end>``."""
+        desc = max((len(self.vocab.desc_tokens(n)) for n in self.categories), default=1)
+        return 1 + desc + 1 + 4 + len(self._post_seq)
+
+    def _closing(self, state: GrammarState, remaining: Optional[int]) -> bool:
+        """Must the answer wind down now to finish within ``remaining`` tokens?"""
+        if remaining is None:
+            return False
+        if state.phase == START:
+            return remaining < self._min_tokens
+        if state.phase == DESC and state.desc_len > 0 and not self.categories:
+            return remaining <= 1 + 4 + len(self._post_seq)  # SEP, 4 coordinates, POST, <obj_end>
+        return False
+
+    def allowed_ids(self, state: GrammarState, remaining: Optional[int] = None) -> Optional[List[int]]:
         """Sorted ids allowed next; ``None`` means every id (free mode, or a finished sequence)."""
         v = self.vocab
         p = state.phase
         if p in (FREE_PHASE, DONE):
             return None
+        closing = self._closing(state, remaining)
         if p == START:
-            return list(self._end_ids) if self._cap_reached(state) else list(self._start_ids)
+            return list(self._end_ids) if self._cap_reached(state) or closing else list(self._start_ids)
         if p == COORD:
             return list(range(v.coord_start + self._coord_low(state), v.coord_end))
         if p == POST:
@@ -299,7 +320,7 @@ class AnswerGrammar:
             if self._terminal[node]:
                 ids.add(v.sep)
             return sorted(ids)
-        if state.desc_len >= self.max_desc_tokens:
+        if state.desc_len >= self.max_desc_tokens or closing:
             return [v.sep]
         if state.desc_len == 0:
             return list(v.desc_ids)
@@ -348,10 +369,11 @@ class AnswerGrammar:
         return state
 
     # -- masks ------------------------------------------------------------------------------------
-    def _mask_key(self, state: GrammarState) -> tuple:
+    def _mask_key(self, state: GrammarState, remaining: Optional[int] = None) -> tuple:
         p = state.phase
+        closing = self._closing(state, remaining)
         if p == START:
-            return (START, self._cap_reached(state))
+            return (START, self._cap_reached(state) or closing)
         if p == COORD:
             return (COORD, self._coord_low(state))
         if p == POST:
@@ -359,15 +381,16 @@ class AnswerGrammar:
         if p == DESC:
             if self.categories:
                 return (DESC, state.node)
-            return (DESC, min(state.desc_len, 1) if state.desc_len < self.max_desc_tokens else 2)
+            return (DESC, 2 if state.desc_len >= self.max_desc_tokens or closing else min(state.desc_len, 1))
         return (p,)
 
-    def allowed_mask(self, state: GrammarState, vocab_size: int, device=None) -> Tensor:
+    def allowed_mask(self, state: GrammarState, vocab_size: int, device=None,
+                     remaining: Optional[int] = None) -> Tensor:
         """``BoolTensor[vocab_size]``: True where a token may come next (cached per kind of state)."""
-        key = self._mask_key(state) + (int(vocab_size), str(device))
+        key = self._mask_key(state, remaining) + (int(vocab_size), str(device))
         m = self._masks.get(key)
         if m is None:
-            ids = self.allowed_ids(state)
+            ids = self.allowed_ids(state, remaining)
             if ids is None:
                 m = torch.ones(vocab_size, dtype=torch.bool, device=device)
             else:
@@ -404,8 +427,12 @@ def round_half_up(x: Tensor) -> Tensor:
 
 
 def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[GrammarState],
-                  with_logprobs: bool = True) -> GrammarStep:
+                  with_logprobs: bool = True,
+                  remaining: Union[None, int, Sequence[Optional[int]]] = None) -> GrammarStep:
     """One decoding step under ``grammar`` for ``logits`` ``[B, V]`` and the ``B`` rows' ``states``.
+
+    ``remaining``: tokens each row may still generate, this one included (one int for all rows, one per
+    row, or None: unlimited); see ``AnswerGrammar.allowed_ids``.
 
     The same function serves every inference backend. Costs one ``[B, V]`` masked fill (plus one
     ``[B, V]`` log-softmax with ``with_logprobs``); masks are cached per kind of state.
@@ -423,7 +450,9 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
     if grammar.mode == FREE:
         lp = torch.log_softmax(logits.float(), dim=-1) if with_logprobs else None
         return GrammarStep(logits, chosen, lp, coord_slot, coord_logprobs)
-    mask = torch.stack([grammar.allowed_mask(s, V, device) for s in states])
+    if remaining is None or isinstance(remaining, int):
+        remaining = [remaining] * B
+    mask = torch.stack([grammar.allowed_mask(s, V, device, r) for s, r in zip(states, remaining)])
     processed = logits.masked_fill(~mask, float("-inf"))
     rows = coord_slot.nonzero().flatten()
     if rows.numel():

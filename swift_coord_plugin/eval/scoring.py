@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..core import codec
 from .categories import CategoryMapper
+from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
     object_score
 from .results import RowPrediction, count_lines, iter_lines, merge_counts, read_row
@@ -41,6 +43,8 @@ class EvalSettings:
     max_dets: int = 100
     all_gt_images: bool = False  # score GT images without a result row as empty answers
     dedupe: bool = True  # the parser's duplicate-object rule
+    decoding: Optional[str] = None  # how the results were generated (free | constrained | coordexp); see decoding_info
+    infer_backend: Optional[str] = None  # transformers | vllm
 
     def check(self) -> None:
         if self.decode not in DECODES:
@@ -391,7 +395,18 @@ def _settings_report(settings: EvalSettings, score: str, score_note: str, tally:
         },
         "results": results_path,
         "gt": gt_path,
+        **_decoding_settings(settings, results_path),
     }
+
+
+def _decoding_settings(settings: EvalSettings, results_path: str) -> dict:
+    try:
+        info, warning = resolve(results_path, settings.decoding, settings.infer_backend)
+    except DecodingInfoError as e:
+        raise EvalError(str(e)) from e
+    if warning:
+        print(f"coord-eval: warning: {warning}", file=sys.stderr)
+    return info
 
 
 def _counts_report(tally: _Tally, n_evaluated: int, eval_anns: List[dict], n_detections: int) -> dict:
@@ -482,7 +497,9 @@ def format_markdown(report: dict) -> str:
               f"- max detections per image: {s['max_dets']}",
               f"- images scored: {s['images']}",
               f"- category mapping: {s['category_mapping']['rule']}",
-              f"- results: `{s['results']}`", f"- ground truth: `{s['gt']}`", ""]
+              f"- results: `{s['results']}`", f"- ground truth: `{s['gt']}`",
+              f"- generated with: decoding `{s.get('decoding')}`, backend `{s.get('infer_backend')}` "
+              f"(from {s.get('decoding_source')}; log-probabilities: {s.get('logprobs_distribution')})", ""]
     lines += ["## Counts", ""]
     for group in ("rows", "images", "objects", "parser"):
         lines += [f"**{group}**", "", "| count | value |", "|---|---|"]

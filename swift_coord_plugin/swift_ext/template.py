@@ -20,6 +20,8 @@ The template
 * validates the objects (a bad box or an empty description is an error naming the image) and, unless
   they are ``coord_bins``, orders them with the codec (``y1`` then ``x1``, stable);
 * renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token;
+* at inference on the transformers backend, decodes under ``COORD_DECODING`` (``free | constrained |
+  coordexp``, see ``decoding.py``) by wrapping ``generate`` with the answer grammar's logits processor;
 * under ``swift infer --infer_backend vllm``, installs the answer grammar of ``COORD_DECODING`` in the
   vLLM engine (``prepare_engine_kwargs``, see ``vllm_decoding.py``);
 * with the lean loss path (``COORDEXP_LEAN=1``), runs the training forward without the LM head
@@ -50,6 +52,9 @@ def _template_cls():
         def init_env_args(self):
             super().init_env_args()
             self.coord_prompt = get_env_args("COORD_PROMPT", str, codec.DEFAULT_PROMPT)
+            from .decoding import DecodingConfig
+
+            DecodingConfig.from_env()  # a bad COORD_DECODING* key stops the run here, naming the key
 
         def init_processor(self, processor) -> None:
             super().init_processor(processor)
@@ -108,6 +113,13 @@ def _template_cls():
                 self._order_objects(inputs)
             self._add_prompt(inputs)
             super()._preprocess_inputs(inputs)
+
+        # -- inference ------------------------------------------------------------------------------
+        def generate(self, model, *args, **kwargs):
+            # COORD_DECODING=constrained|coordexp: the answer grammar as a logits processor (decoding.py).
+            from .decoding import generate_with_grammar
+
+            return generate_with_grammar(self, super().generate, model, *args, **kwargs)
 
         # -- training forward ---------------------------------------------------------------------
         def compute_sft_loss(self, model, inputs, num_items_in_batch=None, trainer=None):

@@ -1,0 +1,129 @@
+"""Decoding throughput, free vs grammar-constrained, through ms-swift's inference engine.
+
+For each decoding mode the same rows (the shipped COCO sample's 9 images by default) are generated
+greedily in batches; the table gives tokens/s and images/s, and the share of decode time spent in the
+grammar (the logits processor's own time, measured inside it, over the wall time of the engine call).
+The model should write long answers so that the comparison covers the grammar in every phase: pass a
+trained checkpoint (e.g. the demo's group A, ``output/demo/group_a/checkpoint-100``); without ``--model``
+a tiny random model is built (its constrained answers are short).
+
+    python bench/bench_decode.py [--model CKPT] [--backend transformers] [--modes free constrained coordexp]
+                                 [--max-new-tokens 200] [--batch 9] [--repeat 3] [--logprobs]
+
+``--backend`` selects the engine (``make_engine``); a backend adds a branch there and nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import torch_machine  # bench/machine.py (the script's folder is on sys.path)
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_PIXELS = "65536"
+
+
+def make_engine(backend: str, model: str, batch: int):
+    """The ms-swift inference engine of ``backend`` on ``model`` (plugin registered, fp32 on CPU)."""
+    if backend == "transformers":
+        import torch
+        from swift.infer_engine import TransformersEngine
+
+        return TransformersEngine(model, max_batch_size=batch, torch_dtype=torch.float32,
+                                  model_type="qwen3_vl_coord", template_type="qwen3_vl_coord")
+    raise SystemExit(f"--backend {backend}: not available in this script yet")
+
+
+def requests(samples_path: str, n: int):
+    from swift.infer_engine import InferRequest
+
+    from swift_coord_plugin.core.codec import DEFAULT_PROMPT
+
+    rows = [json.loads(line) for line in open(samples_path) if line.strip()][:n]
+    base = os.path.dirname(samples_path)
+    return [InferRequest(messages=[{"role": "user", "content": "<image>" + DEFAULT_PROMPT}],
+                         images=[r["image"] if os.path.isabs(r["image"]) else os.path.join(base, r["image"])])
+            for r in rows]
+
+
+def run_mode(engine, reqs, mode: str, max_new_tokens: int, logprobs: bool, repeat: int) -> dict:
+    from swift.infer_engine import RequestConfig
+
+    from swift_coord_plugin.swift_ext import decoding
+
+    os.environ[decoding.ENV_MODE] = mode
+    cfg = RequestConfig(max_tokens=max_new_tokens, temperature=0, logprobs=logprobs,
+                        top_logprobs=20 if logprobs else None)
+    engine.infer(reqs[:1], cfg, use_tqdm=False)  # warm-up
+    best = None
+    for _ in range(repeat):
+        decoding.reset_stats()
+        t0 = time.perf_counter()
+        resp = engine.infer(reqs, cfg, use_tqdm=False)
+        wall = time.perf_counter() - t0
+        tokens = sum(r.usage.completion_tokens for r in resp)
+        run = {"wall_s": wall, "tokens": tokens, "grammar_s": decoding.STATS["seconds"],
+               "grammar_steps": decoding.STATS["steps"]}
+        if best is None or wall < best["wall_s"]:
+            best = run
+    best.update(mode=mode, tokens_per_s=best["tokens"] / best["wall_s"], images_per_s=len(reqs) / best["wall_s"],
+                grammar_share=best["grammar_s"] / best["wall_s"])
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint (default: a tiny random Qwen3-VL, built here)")
+    p.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
+    p.add_argument("--modes", nargs="+", default=["free", "constrained", "coordexp"])
+    p.add_argument("--samples", default=str(REPO / "assets" / "coco_sample" / "samples.jsonl"))
+    p.add_argument("--n", type=int, default=9, help="rows (images)")
+    p.add_argument("--batch", type=int, default=9)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--repeat", type=int, default=3, help="passes per mode; the fastest is reported")
+    p.add_argument("--logprobs", action="store_true", help="also record log-probabilities (top 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MAX_PIXELS", MAX_PIXELS)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from swift_coord_plugin.swift_ext.register import register
+
+    register()
+    model = a.model
+    if model is None:
+        from swift_coord_plugin.tiny_model import build_tiny_model
+
+        model = build_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny"))
+    engine = make_engine(a.backend, model, a.batch)
+    reqs = requests(a.samples, a.n)
+    print(f"command: python bench/bench_decode.py {' '.join(sys.argv[1:])}")
+    print(f"machine: {torch_machine()}, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"model: {model}; backend {a.backend}; {len(reqs)} images, batch {a.batch}, "
+          f"max_new_tokens {a.max_new_tokens}, greedy, logprobs {'top 20' if a.logprobs else 'off'}; "
+          f"best of {a.repeat}")
+    rows = [run_mode(engine, reqs, m, a.max_new_tokens, a.logprobs, a.repeat) for m in a.modes]
+    free = next((r for r in rows if r["mode"] == "free"), None)
+    print()
+    print("| backend | decoding | tokens | wall s | tokens/s | images/s | grammar s | grammar share of decode time |"
+          + (" tokens/s vs free |" if free else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if free else ""))
+    for r in rows:
+        line = (f"| {a.backend} | {r['mode']} | {r['tokens']} | {r['wall_s']:.2f} | {r['tokens_per_s']:.1f} | "
+                f"{r['images_per_s']:.2f} | {r['grammar_s']:.3f} | {100 * r['grammar_share']:.1f}% |")
+        if free:
+            line += f" {r['tokens_per_s'] / free['tokens_per_s']:.3f} |"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Grammar-constrained decoding on ms-swift's transformers backend (``swift infer --infer_backend transformers``).
+
+The mode and its options are environment keys, set the ms-swift way (``--model_kwargs '{"COORD_DECODING":
+"constrained"}'``, a YAML ``ENV:`` block, or the environment):
+
+==============================  ======================================================  ===========
+key                             meaning                                                 default
+==============================  ======================================================  ===========
+``COORD_DECODING``              ``free | constrained | coordexp`` (``core.grammar``)    ``free``
+``COORD_DECODING_ORDERED``      mask so that ``x2 >= x1`` and ``y2 >= y1``              ``false``
+``COORD_DECODING_MAX_OBJECTS``  objects per answer, then only the end (0: no cap)       30 (the training cap)
+``COORD_DECODING_CATEGORIES``   descriptions restricted to these names: a COCO          none
+                                instances JSON (its ``categories``) or a text file,
+                                one name a line
+``COORD_DECODING_RECORD``       a JSON file to write how the run was decoded to         none
+==============================  ======================================================  ===========
+
+Hook: ``Template.generate`` (the template calls ``generate_with_grammar``), which the transformers engine
+calls around ``model.generate``. The grammar runs as the last logits processor. ms-swift computes the
+``logprobs`` of a result row from ``output.logits``, which transformers fills with the RAW logits (before
+any processor); under ``constrained``/``coordexp`` this module replaces them with the log-probabilities of
+the grammar-restricted distribution (at a coordinate slot: the softmax over the coordinate tokens), so the
+recorded log-probabilities of the emitted token and its top-k are those the answer was decoded from.
+ms-swift's streaming path (``--stream true``) records its own copy of the scores and is not covered.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+from ..core import grammar as G
+
+ENV_MODE = "COORD_DECODING"
+ENV_ORDERED = "COORD_DECODING_ORDERED"
+ENV_MAX_OBJECTS = "COORD_DECODING_MAX_OBJECTS"
+ENV_CATEGORIES = "COORD_DECODING_CATEGORIES"
+ENV_RECORD = "COORD_DECODING_RECORD"
+BACKEND = "transformers"
+
+# Which distribution the ``logprobs`` of the result rows hold.
+LOGPROBS_RAW = "raw: full-vocabulary softmax of the model"
+LOGPROBS_GRAMMAR = "grammar: softmax over the tokens the grammar allows (coordinate slots: over the coordinate tokens)"
+
+
+class DecodingConfigError(ValueError):
+    pass
+
+
+def _bool(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise DecodingConfigError(f"{key}={value!r}: expected true or false")
+
+
+def load_categories(path: str) -> List[str]:
+    """Category names from a COCO instances JSON (``categories[].name``) or a text file (one name a line).
+
+    Raises ``DecodingConfigError`` naming the file when it is missing, unreadable or holds no name.
+    """
+    if not os.path.isfile(path):
+        raise DecodingConfigError(f"{ENV_CATEGORIES}: no such file {path!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if path.endswith(".json"):
+            data = json.loads(text)
+            names = [c["name"] for c in data["categories"]] if isinstance(data, dict) else list(data)
+        else:
+            names = [line.strip() for line in text.splitlines()]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DecodingConfigError(f"{ENV_CATEGORIES}: cannot read category names from {path!r}: {e}") from e
+    names = [n for n in names if isinstance(n, str) and n.strip()]
+    if not names:
+        raise DecodingConfigError(f"{ENV_CATEGORIES}: {path!r} holds no category name")
+    return names
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """The decoding mode and options of an inference run (see the module docstring)."""
+
+    mode: str = G.FREE
+    ordered_boxes: bool = False
+    max_objects: int = G.DEFAULT_MAX_OBJECTS
+    categories_file: Optional[str] = None
+
+    @classmethod
+    def from_env(cls, env=None) -> "DecodingConfig":
+        """Read and validate the ``COORD_DECODING*`` keys; ``DecodingConfigError`` names the bad key."""
+        env = os.environ if env is None else env
+        mode = env.get(ENV_MODE, G.FREE).strip().lower() or G.FREE
+        if mode not in G.MODES:
+            raise DecodingConfigError(f"{ENV_MODE}={env.get(ENV_MODE)!r}: expected one of {'|'.join(G.MODES)}")
+        raw_max = env.get(ENV_MAX_OBJECTS, str(G.DEFAULT_MAX_OBJECTS)).strip()
+        try:
+            max_objects = int(raw_max)
+        except ValueError:
+            raise DecodingConfigError(f"{ENV_MAX_OBJECTS}={raw_max!r}: expected an integer >= 0") from None
+        if max_objects < 0:
+            raise DecodingConfigError(f"{ENV_MAX_OBJECTS}={raw_max!r}: expected an integer >= 0")
+        cats = env.get(ENV_CATEGORIES, "").strip() or None
+        if cats is not None:
+            load_categories(cats)  # fail at start-up, naming the file
+        return cls(mode, _bool(ENV_ORDERED, env.get(ENV_ORDERED, "false")), max_objects, cats)
+
+    def record(self, logprobs_recorded: bool) -> dict:
+        """What a run writes about its decoding (``COORD_DECODING_RECORD``; ``coord-eval`` reads it)."""
+        d = {"decoding": self.mode, "infer_backend": BACKEND,
+             "logprobs": (LOGPROBS_RAW if self.mode == G.FREE else LOGPROBS_GRAMMAR) if logprobs_recorded else None}
+        d.update({k: v for k, v in asdict(self).items() if k != "mode"})
+        return d
+
+
+def build_grammar(config: DecodingConfig, tokenizer, end_ids) -> G.AnswerGrammar:
+    vocab = G.GrammarVocab.from_tokenizer(tokenizer, end_ids=end_ids)
+    cats = load_categories(config.categories_file) if config.categories_file else None
+    return G.AnswerGrammar(vocab, config.mode, ordered_boxes=config.ordered_boxes,
+                           max_objects=config.max_objects, categories=cats)
+
+
+def _processor_cls():
+    from transformers import LogitsProcessor
+
+    class GrammarLogitsProcessor(LogitsProcessor):
+        """Applies ``core.grammar.apply_grammar`` to every step of ``model.generate``.
+
+        Keeps one grammar state per row (advanced with the token the previous step appended) and, with
+        ``record``, the log-probabilities to report per step (``[batch, vocab]`` float32 each).
+        """
+
+        def __init__(self, grammar: G.AnswerGrammar, max_new_tokens: Optional[int], record: bool):
+            self.grammar = grammar
+            self.max_new_tokens = max_new_tokens
+            self.record = record
+            self.recorded = []
+            self.states = None
+            self.prompt_len = 0
+            self.off_grammar = 0  # rows that received a token the grammar forbids (from outside the grammar)
+
+        def __call__(self, input_ids, scores):
+            t0 = time.perf_counter()
+            if self.states is None:
+                self.states = [self.grammar.initial_state() for _ in range(input_ids.shape[0])]
+                self.prompt_len = input_ids.shape[1]
+            else:
+                for b, t in enumerate(input_ids[:, -1].tolist()):
+                    try:
+                        self.states[b] = self.grammar.advance(self.states[b], t)
+                    except G.GrammarError:
+                        self.off_grammar += 1
+                        self.states[b] = G.GrammarState(G.DONE)
+            remaining = None
+            if self.max_new_tokens is not None:
+                remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
+            step = G.apply_grammar(self.grammar, scores, self.states, with_logprobs=self.record,
+                                   remaining=remaining)
+            if self.record:
+                self.recorded.append(step.logprobs)
+            STATS["steps"] += 1
+            STATS["seconds"] += time.perf_counter() - t0
+            return step.logits
+
+    return GrammarLogitsProcessor
+
+
+# Time spent in the grammar processor since the last ``reset_stats()`` (for bench/bench_decode.py).
+STATS = {"steps": 0, "seconds": 0.0}
+
+
+def reset_stats() -> None:
+    STATS.update(steps=0, seconds=0.0)
+
+
+_CACHE = {}
+
+
+def grammar_for(template, config: DecodingConfig, end_ids) -> G.AnswerGrammar:
+    key = (id(template.tokenizer), config, tuple(end_ids))
+    g = _CACHE.get(key)
+    if g is None:
+        g = build_grammar(config, template.tokenizer, end_ids)
+        _CACHE.clear()
+        _CACHE[key] = g
+    return g
+
+
+def _end_ids(template, generation_config) -> List[int]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = template.tokenizer.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    return [int(i) for i in ids if i is not None]
+
+
+_ANNOUNCED = set()
+
+
+def _announce(config: DecodingConfig, record: bool) -> None:
+    rec = config.record(record)
+    key = json.dumps(rec, sort_keys=True)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
+        path = os.environ.get(ENV_RECORD, "").strip()
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(rec, f, indent=1)
+
+
+def generate_with_grammar(template, base_generate, model, *args, **kwargs):
+    """``Template.generate`` under the decoding mode of ``COORD_DECODING`` (see the module docstring)."""
+    config = DecodingConfig.from_env()
+    gc = kwargs.get("generation_config")
+    record = bool(gc is not None and getattr(gc, "output_logits", False)
+                  and getattr(gc, "return_dict_in_generate", False))
+    _announce(config, record)
+    if config.mode == G.FREE:
+        return base_generate(model, *args, **kwargs)
+    from transformers import LogitsProcessorList
+
+    grammar = grammar_for(template, config, _end_ids(template, gc))
+    proc = _processor_cls()(grammar, getattr(gc, "max_new_tokens", None), record)
+    kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), proc])
+    out = base_generate(model, *args, **kwargs)
+    if proc.off_grammar:
+        print(f"[swift-coord] decoding: {proc.off_grammar} row step(s) received a token outside the grammar "
+              "(from another logits processor or a stop criterion); those rows were left free", flush=True)
+    if record and proc.recorded and getattr(out, "logits", None) is not None:
+        if len(out.logits) != len(proc.recorded):
+            raise RuntimeError(f"generate returned {len(out.logits)} logit steps but the grammar saw "
+                               f"{len(proc.recorded)}")
+        out["logits"] = tuple(proc.recorded)
+    return out

@@ -1,0 +1,85 @@
+"""Decoding modes end to end on the transformers backend: swift sft (group B) -> swift infer under
+free / constrained / coordexp -> coord-eval.
+
+A tiny model trained with B's loss (no cross-entropy at coordinate slots) learns the text of the answers
+but puts almost no full-vocabulary mass on coordinate tokens, so free decoding writes no complete box.
+The same checkpoint under ``constrained`` and ``coordexp`` must write only complete, parseable boxes,
+with the log-probabilities of coordinate slots taken from the restricted coordinate distribution.
+"""
+import json
+import math
+
+import pytest
+from helpers import REPO, base_infer_args, base_sft_args, last_checkpoint, read_jsonl, run_swift
+
+from swift_coord_plugin.cli.evaluate import main as coord_eval
+from swift_coord_plugin.core import codec
+
+pytestmark = pytest.mark.e2e
+
+GT = REPO / "assets" / "coco_sample" / "instances.json"
+IMAGE_IDS = (30, 92)  # two samples with two objects each: short sequences
+TOP_K = 5
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def b_checkpoint(tiny_model_dir, sample_jsonl, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("decoding_b")
+    data = tmp / "two.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(sample_jsonl) if r["image_id"] in IMAGE_IDS))
+    out = str(tmp / "sft")
+    run_swift("sft", base_sft_args(tiny_model_dir, str(data), out, steps=STEPS, loss_type="coordexp_geom", extra=[
+        "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--weight_decay", "0"]),
+        tmp)
+    return last_checkpoint(out), data, tmp
+
+
+def infer(b_checkpoint, mode):
+    ckpt, data, tmp = b_checkpoint
+    result = tmp / f"{mode}.jsonl"
+    run_swift("infer", base_infer_args(ckpt, str(data), str(result), max_new_tokens=48,
+                                       extra=["--logprobs", "true", "--top_logprobs", str(TOP_K)]), tmp,
+              env={"COORD_DECODING": mode, "COORD_DECODING_RECORD": f"{result}.decoding.json"})
+    rows = read_jsonl(result)
+    assert len(rows) == 2
+    return rows, result
+
+
+def coord_slots(row):
+    return [t for t in row["logprobs"]["content"] if codec.coord_bin_of(t["token"]) is not None]
+
+
+def test_b_writes_boxes_only_under_the_grammar(b_checkpoint, tmp_path):
+    free, _ = infer(b_checkpoint, "free")
+    for row in free:
+        res = codec.parse_objects(row["response"], dedupe=False)
+        assert res.objects == [], row["response"]  # B's free answers: no complete box
+    assert any(codec.OBJ_START in row["response"] for row in free)  # ... although it learned the text
+
+    for mode in ("constrained", "coordexp"):
+        rows, result = infer(b_checkpoint, mode)
+        n = 0
+        for row in rows:
+            res = codec.parse_objects(row["response"], dedupe=False)
+            assert len(res.objects) == row["response"].count(codec.OBJ_START) > 0, row["response"]
+            assert set(res.counts) <= {codec.REPAIR_REVERSED}, (res.counts, row["response"])
+            for slot in coord_slots(row):
+                # Recorded from the restricted coordinate distribution: its top-k are coordinate tokens
+                # (the raw full-vocabulary top-k of a B model hold none) and carry at most all the mass.
+                top = slot["top_logprobs"]
+                assert len(top) == TOP_K and all(codec.coord_bin_of(t["token"]) is not None for t in top)
+                assert sum(math.exp(t["logprob"]) for t in top) <= 1 + 1e-5
+                if mode == "constrained":  # greedy = argmax of the restricted distribution
+                    assert slot["token"] == top[0]["token"] and slot["logprob"] == top[0]["logprob"]
+                n += 1
+        assert n >= 8
+        if mode == "constrained":
+            out = tmp_path / "eval"
+            assert coord_eval(["--results", str(result), "--gt", str(GT), "--out", str(out), "--no-progress"]) == 0
+            report = json.loads((out / "report.json").read_text())
+            s, parser = report["settings"], report["counts"]["parser"]
+            assert (s["decoding"], s["infer_backend"]) == ("constrained", "transformers")
+            assert s["logprobs_distribution"].startswith("grammar")
+            assert parser.get(codec.DROP_INCOMPLETE, 0) == 0 and parser.get(codec.DROP_TRUNCATED, 0) == 0
+            assert report["counts"]["objects"]["parsed"] >= 2
