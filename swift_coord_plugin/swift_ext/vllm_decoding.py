@@ -9,8 +9,10 @@ over what the grammar allows (at a coordinate slot: the softmax restricted to th
 Under ``free`` nothing is added (vLLM's default, raw full-vocabulary log-probabilities).
 
 vLLM applies a custom processor to every request of the engine, so the mode is per engine (per
-``swift infer`` run), read from the environment (``COORD_DECODING``; ``--model_kwargs`` puts its keys
-there, and vLLM's engine processes inherit it).
+``swift infer`` run), read from the environment with the transformers backend's ``DecodingConfig``
+(``COORD_DECODING`` and its options, see ``decoding.py``; ``--model_kwargs`` puts its keys there, and
+vLLM's engine processes inherit it). The run's decoding record (``COORD_DECODING_RECORD``) says
+``infer_backend: vllm`` and which distribution the log-probabilities hold.
 
 Per-request state comes through ``update_state``: each request added to the persistent batch brings a
 reference to its running list of output token ids; before each step the processor advances that row's
@@ -26,37 +28,48 @@ recorded probability is the mode's. When the CoordExp bin is the mode nothing mo
 """
 from __future__ import annotations
 
-import logging
+import json
 import os
 from typing import Dict, List, Optional
 
 import torch
 
 from ..core import grammar as G
-
-logger = logging.getLogger(__name__)
+from .decoding import ENV_RECORD, LOGPROBS_GRAMMAR, LOGPROBS_RAW, DecodingConfig, build_grammar
 
 PROCESSOR_FQCN = "swift_coord_plugin.swift_ext.vllm_decoding:CoordGrammarLogitsProcessor"
-# What the recorded log-probabilities of coordinate slots are, per mode (also in the docs).
-RECORDED_DISTRIBUTION = {
-    G.FREE: "full_vocabulary",
-    G.CONSTRAINED: "restricted_to_grammar",
-    G.COORDEXP: "restricted_to_grammar_coordexp_bin_swapped_with_mode",
-}
+BACKEND = "vllm"
+# Which distribution the ``logprobs`` of the result rows hold on vLLM (the record and the docs say it).
+LOGPROBS_COORDEXP_SWAPPED = (LOGPROBS_GRAMMAR + "; coordexp: the emitted bin and the restricted mode exchanged "
+                             "(vLLM emits the argmax of the logits it records)")
 
 
-def decoding_mode() -> str:
-    """The decoding mode of this process: ``COORD_DECODING`` (default ``free``); ``GrammarError`` if unknown."""
-    mode = os.environ.get("COORD_DECODING", G.FREE).strip().lower() or G.FREE
-    if mode not in G.MODES:
-        raise G.GrammarError(f"COORD_DECODING must be one of {'|'.join(G.MODES)}, got {mode!r}")
-    return mode
+def logprobs_distribution(mode: str) -> str:
+    """What vLLM's recorded log-probabilities are under ``mode`` (greedy decoding, temperature 0)."""
+    return {G.FREE: LOGPROBS_RAW, G.CONSTRAINED: LOGPROBS_GRAMMAR, G.COORDEXP: LOGPROBS_COORDEXP_SWAPPED}[mode]
 
 
-def engine_kwargs(mode: Optional[str] = None) -> Dict[str, object]:
-    """vLLM ``EngineArgs`` that install the grammar for ``mode`` (default: :func:`decoding_mode`)."""
-    mode = mode or decoding_mode()
-    if mode == G.FREE:
+def decoding_record(config: DecodingConfig) -> dict:
+    """The record of a vLLM run (``COORD_DECODING_RECORD``; ``coord-eval`` reads it)."""
+    rec = config.record(True)
+    rec.update(infer_backend=BACKEND, logprobs=logprobs_distribution(config.mode))
+    return rec
+
+
+def engine_kwargs(config: Optional[DecodingConfig] = None) -> Dict[str, object]:
+    """vLLM ``EngineArgs`` that install the grammar of ``config`` (default: ``DecodingConfig.from_env()``).
+
+    Also prints the run's decoding record and writes it to ``COORD_DECODING_RECORD`` when that names a file.
+    """
+    config = config or DecodingConfig.from_env()
+    rec = decoding_record(config)
+    print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
+    path = os.environ.get(ENV_RECORD, "").strip()
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(rec, f, indent=1)
+    if config.mode == G.FREE:
         return {}
     return {"logits_processors": [PROCESSOR_FQCN], "logprobs_mode": "processed_logprobs"}
 
@@ -74,26 +87,14 @@ def _end_ids(model_dir: str, tokenizer) -> List[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
-def grammar_options() -> Dict[str, object]:
-    """Grammar options from the environment (see ``core.grammar``): ``COORD_ORDERED_BOXES`` (0/1),
-    ``COORD_MAX_OBJECTS`` (int, 0: no cap), ``COORD_CATEGORIES`` (comma-separated names)."""
-    opts: Dict[str, object] = {}
-    if os.environ.get("COORD_ORDERED_BOXES"):
-        opts["ordered_boxes"] = os.environ["COORD_ORDERED_BOXES"].strip().lower() in ("1", "true", "yes")
-    if os.environ.get("COORD_MAX_OBJECTS"):
-        opts["max_objects"] = int(os.environ["COORD_MAX_OBJECTS"])
-    if os.environ.get("COORD_CATEGORIES"):
-        opts["categories"] = [c.strip() for c in os.environ["COORD_CATEGORIES"].split(",") if c.strip()]
-    return opts
-
-
-def grammar_for_model(model_dir: str, tokenizer_dir: Optional[str] = None, mode: Optional[str] = None):
-    """``AnswerGrammar`` of the checkpoint at ``model_dir`` in ``mode`` (options from the environment)."""
+def grammar_for_model(model_dir: str, tokenizer_dir: Optional[str] = None,
+                      config: Optional[DecodingConfig] = None) -> G.AnswerGrammar:
+    """``AnswerGrammar`` of the checkpoint at ``model_dir`` under ``config`` (default: from the environment)."""
     from transformers import AutoTokenizer
 
+    config = config or DecodingConfig.from_env()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
-    vocab = G.GrammarVocab.from_tokenizer(tokenizer, _end_ids(model_dir, tokenizer))
-    return G.AnswerGrammar(vocab, mode or decoding_mode(), **grammar_options())
+    return build_grammar(config, tokenizer, _end_ids(model_dir, tokenizer))
 
 
 def swap_in_coordexp_bins(logits: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor, coord_start: int,
@@ -125,12 +126,13 @@ except ImportError:  # pragma: no cover - main environment
 if LogitsProcessor is not None:
 
     class _Row:
-        __slots__ = ("output_ids", "state", "seen")
+        __slots__ = ("output_ids", "state", "seen", "max_tokens")
 
-        def __init__(self, output_ids: List[int], state: "G.GrammarState"):
+        def __init__(self, output_ids: List[int], state: "G.GrammarState", max_tokens: Optional[int]):
             self.output_ids = output_ids  # vLLM's running list of this request's generated ids
             self.state = state
             self.seen = 0
+            self.max_tokens = max_tokens  # the request's length limit: the grammar closes boxes before it
 
     class CoordGrammarLogitsProcessor(LogitsProcessor):
         """vLLM V1 logits processor applying the answer grammar (``COORD_DECODING``) to every request."""
@@ -149,8 +151,9 @@ if LogitsProcessor is not None:
             if batch_update is not None:
                 for index in batch_update.removed:
                     self.rows.pop(index, None)
-                for index, _params, _prompt_ids, output_ids in batch_update.added:
-                    self.rows[index] = _Row(output_ids, self.grammar.initial_state())
+                for index, params, _prompt_ids, output_ids in batch_update.added:
+                    self.rows[index] = _Row(output_ids, self.grammar.initial_state(),
+                                            getattr(params, "max_tokens", None))
                 for a, b, direction in batch_update.moved:
                     ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
                     if ra is not None:
@@ -168,16 +171,21 @@ if LogitsProcessor is not None:
                     # Only reachable when something else chose the token (e.g. a forced stop string):
                     # the row is left unconstrained rather than the engine stopped.
                     self.violations += 1
-                    logger.warning("[swift-coord] a request left the answer grammar (%s); it decodes freely "
-                                   "from here (%d such requests)", e, self.violations)
+                    print(f"[swift-coord] a request left the answer grammar ({e}); it decodes freely from "
+                          f"here ({self.violations} such requests)", flush=True)
                     row.state = G.GrammarState(G.DONE)
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             if not self.rows:
                 return logits
             done = G.GrammarState(G.DONE)
-            states = [self.rows[i].state if i in self.rows else done for i in range(logits.shape[0])]
-            step = G.apply_grammar(self.grammar, logits, states, with_logprobs=False)
+            states, remaining = [], []
+            for i in range(logits.shape[0]):
+                row = self.rows.get(i)
+                states.append(row.state if row is not None else done)
+                remaining.append(None if row is None or row.max_tokens is None
+                                 else row.max_tokens - len(row.output_ids))
+            step = G.apply_grammar(self.grammar, logits, states, with_logprobs=False, remaining=remaining)
             if self.grammar.mode != G.COORDEXP:
                 return step.logits
             # coordexp: step.logits keeps only the chosen token; record the restricted distribution instead.
