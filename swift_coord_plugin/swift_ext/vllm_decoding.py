@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Dict, List, Optional
 
 import torch
 
 from ..core import grammar as G
-from .decoding import ENV_RECORD, LOGPROBS_GRAMMAR, LOGPROBS_RAW, DecodingConfig, build_grammar
+from .decoding import ENV_RECORD, LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, build_grammar
 
 PROCESSOR_FQCN = "swift_coord_plugin.swift_ext.vllm_decoding:CoordGrammarLogitsProcessor"
 BACKEND = "vllm"
@@ -148,6 +149,11 @@ if LogitsProcessor is not None:
             return False  # it decides what greedy decoding emits
 
         def update_state(self, batch_update: Optional["BatchUpdate"]) -> None:
+            t0 = time.perf_counter()
+            self._update_state(batch_update)
+            STATS["seconds"] += time.perf_counter() - t0  # the grammar's time (bench/bench_decode.py)
+
+        def _update_state(self, batch_update: Optional["BatchUpdate"]) -> None:
             if batch_update is not None:
                 for index in batch_update.removed:
                     self.rows.pop(index, None)
@@ -178,6 +184,13 @@ if LogitsProcessor is not None:
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             if not self.rows:
                 return logits
+            t0 = time.perf_counter()
+            out = self._apply(logits)
+            STATS["steps"] += 1
+            STATS["seconds"] += time.perf_counter() - t0
+            return out
+
+        def _apply(self, logits: torch.Tensor) -> torch.Tensor:
             done = G.GrammarState(G.DONE)
             states, remaining = [], []
             for i in range(logits.shape[0]):
