@@ -53,6 +53,7 @@ def test_infer_config():
         cfg = yaml.safe_load(f)
     assert cfg["temperature"] == 0 and cfg["logprobs"] is True and cfg["top_logprobs"] >= 5
     assert cfg["max_new_tokens"] >= 30 * 10
+    assert cfg["ENV"]["COORD_DECODING"] == "constrained"  # every group decoded under the answer grammar
 
 
 def _script(name, env, *args):
@@ -74,6 +75,13 @@ def test_train_script_fails_loudly(env, msg):
 def test_eval_script_needs_gt():
     proc = _script("eval.sh", {"GROUP": "a"})
     assert proc.returncode == 2 and "set GT" in proc.stdout
+
+
+@pytest.mark.parametrize("env,msg", [({"DECODING": "greedy"}, "DECODING=greedy: expected free|constrained|coordexp"),
+                                     ({"INFER_BACKEND": "pt"}, "INFER_BACKEND=pt: expected transformers|vllm")])
+def test_eval_script_checks_decoding(env, msg):
+    proc = _script("eval.sh", {"GROUP": "a", **env})
+    assert proc.returncode == 2 and msg in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------- e2e

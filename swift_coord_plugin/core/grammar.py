@@ -434,7 +434,7 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
     ``remaining``: tokens each row may still generate, this one included (one int for all rows, one per
     row, or None: unlimited); see ``AnswerGrammar.allowed_ids``.
 
-    The same function serves every inference backend. Costs one ``[B, V]`` masked fill (plus one
+    The same function serves every inference backend. Costs one ``[B, V]`` select (plus one
     ``[B, V]`` log-softmax with ``with_logprobs``); masks are cached per kind of state.
     Raises ``GrammarError`` when ``len(states) != B``.
     """
@@ -453,7 +453,7 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
     if remaining is None or isinstance(remaining, int):
         remaining = [remaining] * B
     mask = torch.stack([grammar.allowed_mask(s, V, device, r) for s, r in zip(states, remaining)])
-    processed = logits.masked_fill(~mask, float("-inf"))
+    processed = torch.where(mask, logits, torch.full((), float("-inf"), dtype=logits.dtype, device=device))
     rows = coord_slot.nonzero().flatten()
     if rows.numel():
         coord_logprobs[rows] = torch.log_softmax(processed[rows, v.coord_start:v.coord_end].float(), dim=-1)
