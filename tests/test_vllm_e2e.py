@@ -13,7 +13,9 @@ failing under CI).
   token-identical to the transformers backend (the CoordExp bins agree, so the trained head rows were
   loaded: a wrong head would move the expectations).
 
-Each vLLM run loads the model once (about 45 s on 2 cores).
+Each vLLM run loads the model once (about 45 s on 2 cores). Measured under a load average of about 13 on
+the 2-core test machine: 14.5 min for the first two tests, 33 min for the last two (both swift sft runs
+included); most of that is start-up and model load slowed by the load.
 """
 import json
 import math
