@@ -11,6 +11,9 @@ a tiny random model is built (its constrained answers are short).
                                  [--max-new-tokens 200] [--batch 9] [--repeat 3] [--logprobs]
 
 ``--backend`` selects the engine (``make_engine``); a backend adds a branch there and nothing else.
+``--backend vllm`` runs with the vLLM environment's python (``.venv-vllm/bin/python``) on a model vLLM's CPU
+attention accepts (head_dim 64: ``coord-make-tiny-model --head-dim 64``); vLLM installs the grammar when an
+engine is built, so each mode gets its own engine (built before its warm-up, outside the timing).
 """
 from __future__ import annotations
 
@@ -36,6 +39,15 @@ def make_engine(backend: str, model: str, batch: int):
 
         return TransformersEngine(model, max_batch_size=batch, torch_dtype=torch.float32,
                                   model_type="qwen3_vl_coord", template_type="qwen3_vl_coord")
+    if backend == "vllm":  # run with the vLLM environment's python (.venv-vllm)
+        import torch
+        from swift.infer_engine import VllmEngine
+
+        # The engine process is this one (VLLM_ENABLE_V1_MULTIPROCESSING=0, set in main), so the grammar's
+        # time lands in decoding.STATS here. The grammar is per engine: one engine per mode.
+        return VllmEngine(model, torch_dtype=torch.float32, model_type="qwen3_vl_coord",
+                          template_type="qwen3_vl_coord", max_model_len=4096, max_num_seqs=batch,
+                          enforce_eager=True)
     raise SystemExit(f"--backend {backend}: not available in this script yet")
 
 
@@ -91,6 +103,9 @@ def main() -> None:
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MAX_PIXELS", MAX_PIXELS)
+    if a.backend == "vllm":
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
 
     if a.threads:
@@ -102,8 +117,8 @@ def main() -> None:
     if model is None:
         from swift_coord_plugin.tiny_model import build_tiny_model
 
-        model = build_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny"))
-    engine = make_engine(a.backend, model, a.batch)
+        model = build_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny"), head_dim=64 if a.backend == "vllm" else None)
+    engine = make_engine(a.backend, model, a.batch) if a.backend != "vllm" else None
     reqs = requests(a.samples, a.n)
     print(f"command: python bench/bench_decode.py {' '.join(sys.argv[1:])}")
     print(f"machine: {torch_machine()}, torch threads {torch.get_num_threads()}, "
@@ -111,7 +126,17 @@ def main() -> None:
     print(f"model: {model}; backend {a.backend}; {len(reqs)} images, batch {a.batch}, "
           f"max_new_tokens {a.max_new_tokens}, greedy, logprobs {'top 20' if a.logprobs else 'off'}; "
           f"best of {a.repeat}")
-    rows = [run_mode(engine, reqs, m, a.max_new_tokens, a.logprobs, a.repeat) for m in a.modes]
+    rows = []
+    for m in a.modes:
+        if a.backend == "vllm":  # the logits processor is installed when the engine is built
+            from swift_coord_plugin.swift_ext import decoding
+
+            os.environ[decoding.ENV_MODE] = m
+            engine = make_engine(a.backend, model, a.batch)
+        rows.append(run_mode(engine, reqs, m, a.max_new_tokens, a.logprobs, a.repeat))
+        if a.backend == "vllm":
+            engine.engine.shutdown() if hasattr(engine.engine, "shutdown") else None
+            del engine
     free = next((r for r in rows if r["mode"] == "free"), None)
     print()
     print("| backend | decoding | tokens | wall s | tokens/s | images/s | grammar s | grammar share of decode time |"

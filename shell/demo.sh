@@ -8,13 +8,15 @@
 #   DECODING=free bash shell/demo.sh           # stock decoding (group B then writes no box); also coordexp
 #   MODEL=/path/to/Qwen3-VL-2B-Instruct COCO=/data/coco bash shell/demo.sh    # the real thing, on a GPU
 #
+#   INFER_BACKEND=vllm bash shell/demo.sh     # inference on vLLM (builds .venv-vllm; tiny model with head_dim 64)
+#
 # With MODEL set, the group configurations in templates/ are used as they are (bf16, their batch, steps
 # and schedule) on $COCO/annotations/instances_{train,val}2017.json; STEPS overrides max_steps.
 # Without MODEL: a tiny randomly initialised model shows the pipeline working, not detection quality.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash shell/setup.sh
+if [ "${INFER_BACKEND:-}" = vllm ]; then COORD_VLLM=1 bash shell/setup.sh; else bash shell/setup.sh; fi
 source .venv/bin/activate
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-$ROOT/output/demo}"
@@ -23,9 +25,12 @@ T0=$(date +%s)
 
 if [ -z "${MODEL:-}" ]; then
   echo "[demo] NOTE: a tiny randomly initialised model shows the pipeline working, not detection quality."
-  MODEL="$OUT/tiny-qwen3-vl"
+  TINY="$OUT/tiny-qwen3-vl"; TINY_ARGS=()
+  # vLLM's CPU attention rejects the default head size (16): the vLLM demo trains a head_dim-64 variant.
+  if [ "${INFER_BACKEND:-}" = vllm ]; then TINY="$OUT/tiny-qwen3-vl-head64"; TINY_ARGS=(--head-dim 64); fi
+  MODEL="$TINY"
+  [ -f "$MODEL/config.json" ] || coord-make-tiny-model "$MODEL" ${TINY_ARGS[@]+"${TINY_ARGS[@]}"}
   export CPU="${CPU:-1}"   # shell/train.sh's CPU recipe (fp32); the flags below make the run small
-  [ -f "$MODEL/config.json" ] || coord-make-tiny-model "$MODEL"
   GT="$ROOT/assets/coco_sample/instances.json"
   # At most 6 objects per image (the largest) so that the tiny model can over-fit its 9 images within
   # the time of a demo; coord-eval still scores against every ground-truth box of those images.
@@ -65,4 +70,4 @@ for g in a b c; do
 done
 ABLATION="$OUT" bash shell/compare.sh
 echo "[demo] done in $(( $(date +%s) - T0 ))s: $OUT/compare/summary.md and $OUT/compare/index.html"
-[ "$MODEL" != "$OUT/tiny-qwen3-vl" ] || echo "[demo] (tiny random model: the numbers show the pipeline working, not detection quality)"
+[ "$MODEL" != "${TINY:-}" ] || echo "[demo] (tiny random model: the numbers show the pipeline working, not detection quality)"

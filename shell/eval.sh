@@ -16,6 +16,8 @@
 #   GT         COCO instances JSON with the ground truth  (required)
 #   DECODING   free | constrained | coordexp              (constrained; how swift infer generates, COORD_DECODING)
 #   INFER_BACKEND transformers | vllm                     (transformers)
+#              vllm runs the swift of the vLLM environment .venv-vllm (COORD_VLLM=1 bash shell/setup.sh);
+#   VLLM_ARGS  its extra flags                 (--vllm_max_model_len 8192 --vllm_enforce_eager true)
 #   DECODE     argmax | coordexp                          (argmax; how coord-eval reads the coordinate tokens)
 #   SCORE      logprob | constant                         (logprob)
 #   MAX_DETS   detections per image                       (100, COCO's default)
@@ -79,6 +81,15 @@ if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARG
 PIX=$(python -m swift_coord_plugin.cli.infer_settings write --checkpoint "$CKPT" --out "$EVAL_DIR/infer_settings.json" \
       --max-pixels "${INFER_MAX_PIXELS:-}" -- "$@")
 [ -z "$PIX" ] || ARGS+=(--max_pixels "$PIX")
+SWIFT=(swift)
+if [ "$INFER_BACKEND" = vllm ]; then
+  # The vLLM environment's swift (COORD_VLLM=1 bash shell/setup.sh); VLLM_ARGS are its extra flags.
+  VLLM_VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
+  [ -x "$VLLM_VENV/bin/swift" ] || { echo "[eval] INFER_BACKEND=vllm needs $VLLM_VENV: COORD_VLLM=1 bash shell/setup.sh" >&2; exit 2; }
+  SWIFT=("$VLLM_VENV/bin/swift")
+  read -r -a VA <<< "${VLLM_ARGS:---vllm_max_model_len 8192 --vllm_enforce_eager true}"
+  ARGS+=("${VA[@]}")
+fi
 # --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
 export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
 VAL_DATA="${VAL_DATA:-$COORD_DATA_ROOT/data/coco/val2017.jsonl}"
@@ -92,8 +103,8 @@ SHARDS=(python -m swift_coord_plugin.cli.shards)
 RESULT="$EVAL_DIR/infer_result.jsonl"
 rm -f "$RESULT"
 if [ "$NSHARDS" = "1" ]; then
-  echo "[eval] swift infer ${ARGS[*]} --val_dataset coord:$VAL_DATA --result_path $RESULT $*"
-  swift infer "${ARGS[@]}" --val_dataset "coord:$VAL_DATA" --result_path "$RESULT" "$@"
+  echo "[eval] COORD_DECODING=$DECODING ${SWIFT[*]} infer ${ARGS[*]} --val_dataset coord:$VAL_DATA --result_path $RESULT $*"
+  "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:$VAL_DATA" --result_path "$RESULT" "$@"
   "${SHARDS[@]}" check --val "$VAL_DATA" "$RESULT"
 else
   rm -rf "$EVAL_DIR/shards"
@@ -110,8 +121,8 @@ else
     if [ "$NGPU" -gt 0 ]; then
       dev=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${DEVICES[*]:$((i * GPUS_PER_SHARD)):$GPUS_PER_SHARD}")")
     fi
-    echo "[eval] shard $i: ${dev[*]:-} swift infer ... --val_dataset coord:${SHARD_FILES[$i]} --result_path $part (log: $EVAL_DIR/shards/infer_$i.log)"
-    env ${dev[@]+"${dev[@]}"} swift infer "${ARGS[@]}" --val_dataset "coord:${SHARD_FILES[$i]}" --result_path "$part" "$@" \
+    echo "[eval] shard $i: ${dev[*]:-} ${SWIFT[*]} infer ... --val_dataset coord:${SHARD_FILES[$i]} --result_path $part (log: $EVAL_DIR/shards/infer_$i.log)"
+    env ${dev[@]+"${dev[@]}"} "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:${SHARD_FILES[$i]}" --result_path "$part" "$@" \
       > "$EVAL_DIR/shards/infer_$i.log" 2>&1 &
     PIDS+=($!)
   done

@@ -11,6 +11,7 @@
 # Versions: shell/constraints.txt holds the versions the test suite passed with (pip -c); COORD_CONSTRAINTS=<file>
 #   uses another file, COORD_CONSTRAINTS=none installs the newest releases the requirements allow.
 # COORD_SETUP_DRY_RUN=1: resolve only (pip --dry-run), print what would be installed, change nothing else.
+# COORD_VLLM=1 also builds the optional vLLM environment .venv-vllm (shell/setup_vllm.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -63,6 +64,7 @@ STAMP="$VENV/.coord-setup-stamp"
 WANT="$( (cat "$ROOT/shell/setup.sh" "$ROOT/setup.py"; [ "$CONSTRAINTS" = "none" ] || cat "$CONSTRAINTS"; echo "skip=$SKIP_TORCH") | sha1sum | cut -d' ' -f1)"
 if [ "$DRY_RUN" != "1" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   echo "[setup] $VENV is up to date"
+  [ "${COORD_VLLM:-0}" != "1" ] || exec bash "$ROOT/shell/setup_vllm.sh"
   exit 0
 fi
 if [ "$DRY_RUN" = "1" ]; then
@@ -105,3 +107,4 @@ fi
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 echo "$WANT" > "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, swift, transformers; print("torch", torch.__version__, "ms-swift", swift.__version__, "transformers", transformers.__version__)')"
+[ "${COORD_VLLM:-0}" != "1" ] || exec bash "$ROOT/shell/setup_vllm.sh"

@@ -12,7 +12,7 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # Qwen2/2.5/3/3-VL pre-tokenizer split (applied before byte-level mapping).
 QWEN_SPLIT_PATTERN = (
@@ -146,13 +146,19 @@ MOE_EXPERTS_PER_TOKEN = 2
 
 
 def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_word_embeddings: bool = True,
-                moe: bool = False):
+                moe: bool = False, head_dim: Optional[int] = None):
     """A ``Qwen3VLConfig``, or with ``moe`` a ``Qwen3VLMoeConfig`` (every text layer a sparse block of
-    ``MOE_EXPERTS`` experts, ``MOE_EXPERTS_PER_TOKEN`` routed per token, as Qwen3-VL-30B-A3B has 128 and 8)."""
+    ``MOE_EXPERTS`` experts, ``MOE_EXPERTS_PER_TOKEN`` routed per token, as Qwen3-VL-30B-A3B has 128 and 8);
+    4 attention heads of ``head_dim`` (default ``hidden // 4``) each.
+
+    Qwen3 projects the hidden state to ``heads * head_dim`` for attention, so ``head_dim`` need not be
+    ``hidden // heads``. vLLM's CPU attention accepts only some head sizes (16 is rejected, 64 works):
+    ``head_dim=64`` gives a model vLLM serves on CPU at the size of the default one.
+    """
     from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
     heads = 4
-    head_dim = hidden // heads
+    head_dim = head_dim or hidden // heads
     # mrope sections (t, h, w) must sum to head_dim // 2.
     half = head_dim // 2
     h = w = max(1, half * 3 // 8)
@@ -179,9 +185,13 @@ def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_wo
 
 
 def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_depth: int = 2,
-                     tie_word_embeddings: bool = True, seed: int = 0, moe: bool = False) -> str:
+                     tie_word_embeddings: bool = True, seed: int = 0, moe: bool = False,
+                     head_dim: Optional[int] = None) -> str:
     """Write a tiny random ``Qwen3VLForConditionalGeneration`` (with ``moe``: ``Qwen3VLMoeForConditionalGeneration``)
-    + processor + tokenizer to ``out_dir``."""
+    + processor + tokenizer to ``out_dir``.
+
+    ``head_dim``: attention head size of the language model (default ``hidden // 4``; 64 for vLLM on CPU).
+    """
     import torch
     from transformers import (GenerationConfig, Qwen2VLImageProcessor, Qwen3VLForConditionalGeneration,
                               Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor)
@@ -189,7 +199,7 @@ def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_dep
 
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings, moe=moe)
+    config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings, moe=moe, head_dim=head_dim)
     model_cls = Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration
     model = model_cls(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643],

@@ -50,6 +50,22 @@ def tiny_model_moe_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_head64_dir(tmp_path_factory) -> str:
+    """The tiny model with head_dim 64 (tied head): vLLM's CPU attention rejects the default 16."""
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl_head64")), head_dim=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_head64_untied_dir(tmp_path_factory) -> str:
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl_head64_untied")), head_dim=64,
+                            tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
 def sample_jsonl(tmp_path_factory) -> str:
     """The shipped COCO samples with absolute image paths."""
     return absolute_samples(SAMPLE_JSONL, tmp_path_factory.mktemp("samples") / "samples.jsonl")

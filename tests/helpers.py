@@ -98,3 +98,19 @@ def shared_data_or_skip(*parts) -> Path:
             raise AssertionError(f"CI needs the shared COCO data at {path}")
         pytest.skip(f"needs the shared COCO data at {path} (present in CI)")
     return path
+
+
+# The optional vLLM environment (shell/setup_vllm.sh; COORD_VLLM=1 bash shell/setup.sh).
+VLLM_VENV = Path(os.environ.get("VLLM_VENV", str(REPO / ".venv-vllm")))
+
+
+def vllm_venv_or_skip() -> Path:
+    """The vLLM environment's bin/ folder; skip outside CI when it was not built, fail under CI."""
+    import pytest
+
+    bin_dir = VLLM_VENV / "bin"
+    if not (VLLM_VENV / ".coord-setup-stamp").is_file() or not (bin_dir / "swift").is_file():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise AssertionError(f"CI needs the vLLM environment at {VLLM_VENV} (shell/test.sh builds it)")
+        pytest.skip(f"needs the vLLM environment at {VLLM_VENV}: COORD_VLLM=1 bash shell/setup.sh (CI builds it)")
+    return bin_dir

@@ -92,3 +92,14 @@ def test_moe_directory_builds_the_moe_class(tiny_model_moe_dir):
     assert len(AutoTokenizer.from_pretrained(tiny_model_moe_dir)) == 151669
     out = model(input_ids=torch.tensor([[151644, 9707, 151645]]), output_router_logits=True)
     assert out.aux_loss is not None and torch.isfinite(out.aux_loss)
+
+
+@pytest.mark.parametrize("hidden,head_dim", [(64, None), (64, 64), (256, None)])
+def test_head_dim_option(hidden, head_dim):
+    # vLLM's CPU attention needs head_dim 64; mrope sections must sum to head_dim / 2.
+    from swift_coord_plugin.tiny_model import tiny_config
+
+    text = tiny_config(hidden=hidden, head_dim=head_dim).text_config
+    want = head_dim or hidden // 4
+    assert text.head_dim == want and text.hidden_size == hidden and text.num_attention_heads == 4
+    assert sum(text.rope_parameters["mrope_section"]) == want // 2

@@ -15,12 +15,15 @@ def main(argv=None) -> None:
     p.add_argument("--moe", action="store_true",
                    help="mixture-of-experts text model (Qwen3VLMoeForConditionalGeneration, like Qwen3-VL-30B-A3B)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-dim", type=int, default=None,
+                   help="attention head size (default hidden/4); vLLM on CPU needs 64 (it rejects 16)")
     a = p.parse_args(argv)
     from swift_coord_plugin.tiny_model import build_tiny_model
 
     t0 = time.time()
     build_tiny_model(a.out, hidden=a.hidden, layers=a.layers, vision_depth=a.vision_depth,
-                     tie_word_embeddings=not a.untied, seed=a.seed, moe=a.moe)
+                     tie_word_embeddings=not a.untied, seed=a.seed, moe=a.moe,
+                     head_dim=a.head_dim)
     print(f"[coord-make-tiny-model] wrote {a.out} in {time.time() - t0:.1f}s")
 
 

@@ -29,6 +29,8 @@ The template
 * renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token;
 * at inference on the transformers backend, decodes under ``COORD_DECODING`` (``free | constrained |
   coordexp``, see ``decoding.py``) by wrapping ``generate`` with the answer grammar's logits processor;
+* under ``swift infer --infer_backend vllm``, installs the answer grammar of ``COORD_DECODING`` in the
+  vLLM engine (``prepare_engine_kwargs``, see ``vllm_decoding.py``);
 * with the lean loss path (``COORDEXP_LEAN=1``), runs the training forward without the LM head
   (``compute_sft_loss``, see ``lean.py``).
 * loads each image itself (``core.images.load_rgb``): fully decoded, in the stored pixel frame (no EXIF
@@ -256,6 +258,14 @@ def _template_cls():
             if lean_requested(trainer):
                 return lean_forward(model, inputs)
             return super().compute_sft_loss(model, inputs, num_items_in_batch=num_items_in_batch, trainer=trainer)
+
+        # -- vLLM decoding (``swift infer --infer_backend vllm``) ------------------------------------
+        def prepare_engine_kwargs(self):
+            # ms-swift's VllmEngine merges these into vLLM's EngineArgs: the answer grammar as a logits
+            # processor and processed log-probabilities under COORD_DECODING=constrained|coordexp.
+            from .vllm_decoding import engine_kwargs
+
+            return {**super().prepare_engine_kwargs(), **engine_kwargs()}
 
         # -- objects -----------------------------------------------------------------------------
         def normalize_bbox(self, inputs) -> None:

@@ -1,0 +1,180 @@
+"""The vLLM backend, end to end, in the vLLM environment (.venv-vllm; skipped when it was not built,
+failing under CI).
+
+* ``swift sft`` (main environment) on the tiny model with head_dim 64 (vLLM's CPU attention rejects 16),
+  full fine-tuning, tied and untied heads;
+* the vLLM logits processor driven as vLLM's sampler drives it (``vllm_env_processor_checks.py``, run
+  with the vLLM environment's pytest): every answer decoded under the grammar from random logits parses
+  completely, and the recorded distribution is the restricted one;
+* ``swift infer --infer_backend vllm`` (vLLM environment) with ``COORD_DECODING=constrained`` on the tied
+  checkpoint -> ``coord-eval``: every answer parses completely, coordinate slots carry the restricted
+  log-probabilities; the greedy tokens equal those of ``--infer_backend transformers`` (fp32 on both);
+* the untied checkpoint loads into vLLM and answers with coordinate tokens under ``coordexp``,
+  token-identical to the transformers backend (the CoordExp bins agree, so the trained head rows were
+  loaded: a wrong head would move the expectations).
+
+Each vLLM run loads the model once (about 45 s on 2 cores). Measured under a load average of about 13 on
+the 2-core test machine: 14.5 min for the first two tests, 33 min for the last two (both swift sft runs
+included); most of that is start-up and model load slowed by the load.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import (REPO, base_infer_args, base_sft_args, last_checkpoint, read_jsonl, run_swift, swift_env,
+                     vllm_venv_or_skip)
+
+from swift_coord_plugin.core import codec
+from swift_coord_plugin.eval.decoding_info import record_path
+from swift_coord_plugin.eval.results import END_OF_TURN_TOKENS
+
+pytestmark = pytest.mark.e2e
+
+GT = REPO / "assets" / "coco_sample" / "instances.json"
+IMAGE_IDS = (30, 92)  # two samples with two objects each: short sequences
+STEPS = 24            # enough at lr 1e-2 for the tiny model to write objects
+MAX_NEW_TOKENS = 40
+TOP_K = 5
+
+
+@pytest.fixture(scope="module")
+def vllm_bin() -> Path:
+    return vllm_venv_or_skip()
+
+
+@pytest.fixture(scope="module")
+def two_samples(sample_jsonl, tmp_path_factory) -> str:
+    rows = [r for r in read_jsonl(sample_jsonl) if r["image_id"] in IMAGE_IDS]
+    path = tmp_path_factory.mktemp("vllm_data") / "two.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _train(model_dir, data, tmp) -> str:
+    out = str(tmp / "sft")
+    extra = ["--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+             "--weight_decay", "0", "--freeze_vit", "true", "--freeze_aligner", "true"]
+    run_swift("sft", base_sft_args(model_dir, data, out, steps=STEPS, extra=extra), tmp)
+    return last_checkpoint(out)
+
+
+@pytest.fixture(scope="module")
+def tied_ckpt(vllm_bin, tiny_model_head64_dir, two_samples, tmp_path_factory) -> str:
+    return _train(tiny_model_head64_dir, two_samples, tmp_path_factory.mktemp("vllm_tied"))
+
+
+@pytest.fixture(scope="module")
+def untied_ckpt(vllm_bin, tiny_model_head64_untied_dir, two_samples, tmp_path_factory) -> str:
+    return _train(tiny_model_head64_untied_dir, two_samples, tmp_path_factory.mktemp("vllm_untied"))
+
+
+def _infer_args(ckpt, data, result, backend, top_k=TOP_K):
+    args = base_infer_args(ckpt, data, str(result), max_new_tokens=MAX_NEW_TOKENS,
+                           extra=["--torch_dtype", "float32", "--logprobs", "true", "--top_logprobs", str(top_k)])
+    args[args.index("--infer_backend") + 1] = backend
+    if backend == "vllm":
+        args += ["--vllm_max_model_len", "4096", "--vllm_enforce_eager", "true"]
+    return args
+
+
+def infer_vllm(vllm_bin, ckpt, data, result, decoding, cwd):
+    """``swift infer --infer_backend vllm`` with the vLLM environment's swift; returns the result rows."""
+    env = swift_env({"COORD_DECODING": decoding, "COORD_DECODING_RECORD": record_path(str(result)),
+                     "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO),
+                     "VIRTUAL_ENV": str(vllm_bin.parent), "PATH": f"{vllm_bin}{os.pathsep}{os.environ['PATH']}"})
+    cmd = [str(vllm_bin / "swift"), "infer", *map(str, _infer_args(ckpt, data, result, "vllm"))]
+    proc = subprocess.run(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    Path(cwd, f"swift-infer-vllm-{decoding}.log").write_text(proc.stdout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n...{proc.stdout[-6000:]}"
+    return read_jsonl(result)
+
+
+def infer_transformers(ckpt, data, result, decoding, cwd):
+    run_swift("infer", _infer_args(ckpt, data, result, "transformers"), cwd, env={"COORD_DECODING": decoding})
+    return read_jsonl(result)
+
+
+def tokens(row):
+    return [t["token"] for t in row["logprobs"]["content"]]
+
+
+def assert_same_greedy_answers(vllm_rows, hf_rows, coordexp=False):
+    """Token-identical answers; on a mismatch say where and by how much the two backends' log-probabilities
+    of the diverging tokens differ. Under coordexp, vLLM records the emitted coordinate token with the
+    restricted mode's log-probability (the two bins exchanged, see vllm_decoding.py)."""
+    assert len(vllm_rows) == len(hf_rows)
+    by_id = {r["chat_template_kwargs"]["coord_meta"]["image_id"]: r for r in hf_rows}
+    for v in vllm_rows:
+        h = by_id[v["chat_template_kwargs"]["coord_meta"]["image_id"]]
+        tv, th = tokens(v), tokens(h)
+        if tv != th:
+            i = next(i for i, (a, b) in enumerate(zip(tv + [None], th + [None])) if a != b)
+            lv = {t["token"]: t["logprob"] for t in v["logprobs"]["content"][i]["top_logprobs"]}
+            lh = {t["token"]: t["logprob"] for t in h["logprobs"]["content"][i]["top_logprobs"]}
+            pytest.fail(f"backends diverge at token {i}: vllm {tv[i:i + 3]} vs transformers {th[i:i + 3]}; "
+                        f"top log-probabilities there: vllm {lv}, transformers {lh}")
+        for a, b in zip(v["logprobs"]["content"], h["logprobs"]["content"]):
+            want = b["logprob"]
+            if coordexp and codec.coord_bin_of(b["token"]) is not None:
+                want = max(t["logprob"] for t in b["top_logprobs"])
+            assert math.isclose(a["logprob"], want, abs_tol=1e-3), (a, b)
+        assert v["response"] == h["response"]
+
+
+def test_processor_in_vllm_env(vllm_bin, tied_ckpt, tmp_path):
+    env = swift_env({"COORD_TEST_CKPT": tied_ckpt, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([str(vllm_bin / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(REPO / "tests" / "vllm_env_processor_checks.py")], cwd=str(REPO), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+def test_constrained_vllm_to_coord_eval_and_same_tokens_as_transformers(vllm_bin, tied_ckpt, two_samples,
+                                                                        tmp_path):
+    rows = infer_vllm(vllm_bin, tied_ckpt, two_samples, tmp_path / "vllm.jsonl", "constrained", tmp_path)
+    assert len(rows) == len(IMAGE_IDS)
+    n_objects = 0
+    for row in rows:
+        content = row["logprobs"]["content"]
+        parsed = codec.parse_pieces([t["token"] for t in content if t["token"] not in END_OF_TURN_TOKENS])
+        assert set(parsed.counts) <= {"repaired_reversed_coordinates"}, (row["response"], parsed.counts)
+        n_objects += len(parsed.objects)
+        for t in content:
+            if codec.coord_bin_of(t["token"]) is None:
+                continue
+            # The restricted distribution: every alternative is a coordinate token, the emitted one the mode.
+            top = t["top_logprobs"]
+            assert top and all(codec.coord_bin_of(a["token"]) is not None for a in top), top
+            assert t["logprob"] >= max(a["logprob"] for a in top) - 1e-6
+            assert sum(math.exp(a["logprob"]) for a in top) <= 1 + 1e-4
+    assert n_objects > 0, [r["response"] for r in rows]
+
+    exe = Path(sys.executable).parent / "coord-eval"
+    proc = subprocess.run([str(exe), "--results", str(tmp_path / "vllm.jsonl"), "--gt", str(GT),
+                           "--out", str(tmp_path / "eval"), "--no-progress"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    settings = report["settings"]
+    assert (settings["decoding"], settings["infer_backend"]) == ("constrained", "vllm"), settings
+    assert settings["logprobs_distribution"].startswith("grammar"), settings
+    assert report["counts"]["objects"]["parsed"] == n_objects
+    assert not any(n for k, n in report["counts"]["parser"].items() if k.startswith("dropped_")), report["counts"]
+
+    hf = infer_transformers(tied_ckpt, two_samples, tmp_path / "hf.jsonl", "constrained", tmp_path)
+    assert_same_greedy_answers(rows, hf)
+
+
+def test_untied_checkpoint_coordexp_in_vllm_like_transformers(vllm_bin, untied_ckpt, two_samples, tmp_path):
+    config = json.loads(Path(untied_ckpt, "config.json").read_text())
+    assert config.get("tie_word_embeddings") is False or config["text_config"].get("tie_word_embeddings") is False
+    rows = infer_vllm(vllm_bin, untied_ckpt, two_samples, tmp_path / "vllm.jsonl", "coordexp", tmp_path)
+    assert all(codec.COORD_TOKEN_RE.search(r["response"]) for r in rows), [r["response"] for r in rows]
+    hf = infer_transformers(untied_ckpt, two_samples, tmp_path / "hf.jsonl", "coordexp", tmp_path)
+    assert_same_greedy_answers(rows, hf, coordexp=True)
