@@ -67,7 +67,7 @@ def test_report_records_gt_images_and_inference(tmp_path):
     res.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ck = _ckpt(tmp_path)
     pv.write_inference_settings(str(tmp_path / "infer_settings.json"), ck, 65536, "test", environ={"COORD_X": "1"})
-    s = evaluate_results(str(res), GT, EvalSettings(), progress=False).report["settings"]
+    s = evaluate_results(str(res), GT, EvalSettings(subset_from_results=True), progress=False).report["settings"]
     assert s["gt_sha256"] == pv.file_sha256(GT)
     assert s["image_set"] == pv.image_set_digest(i["id"] for i in gt["images"][:5])
     assert s["inference"]["checkpoint_step"] == 20 and s["inference"]["env"] == {"COORD_X": "1"}
@@ -80,7 +80,8 @@ def test_eval_script_ckpt_all_reuses_finished_reports(tmp_path):
         d = out / "eval" / f"checkpoint-{step}"
         d.mkdir(parents=True)
         (d / "report.json").write_text(json.dumps({"settings": {"decode": "argmax", "score": "logprob",
-                                                                "max_dets": 100}}))
+                                                                "max_dets": 100, "decoding": "constrained",
+                                                                "infer_backend": "transformers"}}))
     env = swift_env({"GROUP": "a", "OUT": str(out), "GT": GT, "CKPT": "all", "PYTHONPATH": str(REPO),
                      "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
     proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
@@ -88,6 +89,12 @@ def test_eval_script_ckpt_all_reuses_finished_reports(tmp_path):
     assert proc.returncode == 0, proc.stdout
     assert [line.split()[1] for line in proc.stdout.splitlines() if "reusing" in line] == \
         ["checkpoint-5:", "checkpoint-25:", "checkpoint-100:"]
+    # A report generated another way (here: free decoding) is not reused.
+    rep = out / "eval" / "checkpoint-25" / "report.json"
+    rep.write_text(rep.read_text().replace('"constrained"', '"free"'))
+    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode != 0 and "checkpoint-25: reusing" not in proc.stdout
     assert "swift infer" not in proc.stdout
     # Another score rule is not reused: the script goes on to run inference (stopped here by a bad VAL_DATA).
     env.update({"SCORE": "constant", "VAL_DATA": str(tmp_path / "missing.jsonl")})
