@@ -9,6 +9,7 @@ a tiny random model is built (its constrained answers are short).
 
     python bench/bench_decode.py [--model CKPT] [--backend transformers] [--modes free constrained coordexp]
                                  [--max-new-tokens 200] [--batch 9] [--repeat 3] [--logprobs]
+    python bench/bench_decode.py --grammar-only --threads 1      # the grammar step alone, no model
 
 ``--backend`` selects the engine (``make_engine``); a backend adds a branch there and nothing else.
 ``--backend vllm`` runs with the vLLM environment's python (``.venv-vllm/bin/python``) on a model vLLM's CPU
@@ -88,6 +89,39 @@ def run_mode(engine, reqs, mode: str, max_new_tokens: int, logprobs: bool, repea
     return best
 
 
+def grammar_only(batch: int, vocab: int = 152704, n: int = 30) -> None:
+    """Time ``apply_grammar`` alone per state kind, next to transformers' own per-step logits work."""
+    import torch
+
+    from swift_coord_plugin.core import grammar as G
+
+    gv = G.GrammarVocab(coord_start=151669, obj_start=152669, obj_end=152670, sep=220, post=(220,),
+                        end_ids=(151643, 151645), desc_ids=tuple(range(150000)), vocab_size=152671)
+    x = torch.randn(batch, vocab)
+
+    def ms(fn) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1000
+
+    print("| decoding | state | logprobs | ms per step |")
+    print("|---|---|---|---|")
+    for mode in (G.CONSTRAINED, G.COORDEXP):
+        g = G.AnswerGrammar(gv, mode)
+        start = g.initial_state()
+        desc = g.advance(g.advance(start, gv.obj_start), 5)
+        coord = g.advance(desc, gv.sep)
+        for name, st in (("start", start), ("description", desc), ("coordinate", coord)):
+            for lp in (False, True):
+                t = ms(lambda: G.apply_grammar(g, x, [st] * batch, with_logprobs=lp, remaining=100))
+                print(f"| {mode} | {name} | {'yes' if lp else 'no'} | {t:.2f} |")
+    print(f"| (transformers' own: float32 copy + argmax) | | | {ms(lambda: x.to(copy=True).argmax(-1)):.2f} |")
+    w, h = torch.randn(vocab, 64), torch.randn(batch, 64)
+    print(f"| (tiny model's LM head, hidden 64) | | | {ms(lambda: h @ w.T):.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint (default: a tiny random Qwen3-VL, built here)")
@@ -100,6 +134,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="passes per mode; the fastest is reported")
     p.add_argument("--logprobs", action="store_true", help="also record log-probabilities (top 20)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--grammar-only", action="store_true",
+                   help="time core.grammar.apply_grammar alone ([batch, 152704] logits), no model")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MAX_PIXELS", MAX_PIXELS)
@@ -110,6 +146,12 @@ def main() -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.grammar_only:
+        print(f"command: python bench/bench_decode.py {' '.join(sys.argv[1:])}")
+        print(f"machine: {torch_machine()}, torch threads {torch.get_num_threads()}, "
+              f"load average {os.getloadavg()[0]:.1f}; batch {a.batch}")
+        grammar_only(a.batch)
+        return
     from swift_coord_plugin.swift_ext.register import register
 
     register()

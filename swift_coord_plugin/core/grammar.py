@@ -465,7 +465,6 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
         bins = bins.clamp(0, v.num_bins - 1)
         ids = bins + v.coord_start
         chosen[rows] = ids
-        forced = torch.full((rows.numel(), V), float("-inf"), dtype=processed.dtype, device=device)
-        forced[torch.arange(rows.numel(), device=device), ids] = 0.0
-        processed[rows] = forced
+        processed.index_fill_(0, rows, float("-inf"))
+        processed[rows, ids] = 0.0
     return GrammarStep(processed, chosen, lp, coord_slot, coord_logprobs)
