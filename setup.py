@@ -23,6 +23,7 @@ setup(
             "coord-eval=swift_coord_plugin.cli.evaluate:main",
             "coord-compare=swift_coord_plugin.cli.compare:main",
             "coord-plugin-path=swift_coord_plugin.cli.plugin_path:main",
+            "coord-export-vllm=swift_coord_plugin.cli.export_vllm:main",
         ]
     },
 )

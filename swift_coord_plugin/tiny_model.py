@@ -139,8 +139,10 @@ def build_tokenizer():
     return fast
 
 
-# The tiny mixture-of-experts text model: experts per layer and experts routed per token (each expert as wide as
-# the hidden size).
+# The tiny mixture-of-experts text model: experts per layer and experts routed per token. Each expert's
+# intermediate size is 3/4 of the hidden size (30B-A3B: 768 of 2048): neither ``moe_intermediate_size`` nor twice it
+# equals the hidden size, so the fused expert matrices are not square and the two layouts they are stored in
+# (see ``vllm_export``) can be told apart by their shapes.
 MOE_EXPERTS = 4
 MOE_EXPERTS_PER_TOKEN = 2
 
@@ -171,7 +173,7 @@ def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_wo
         tie_word_embeddings=tie_word_embeddings,
     )
     if moe:
-        text.update(moe_intermediate_size=hidden, num_experts=MOE_EXPERTS, num_experts_per_tok=MOE_EXPERTS_PER_TOKEN,
+        text.update(moe_intermediate_size=max(1, hidden * 3 // 4), num_experts=MOE_EXPERTS, num_experts_per_tok=MOE_EXPERTS_PER_TOKEN,
                     decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=0.001)
     vision = dict(
         depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3, patch_size=16,

@@ -1,0 +1,26 @@
+"""coord-export-vllm CKPT OUT: write a copy of a checkpoint that vLLM loads (mixture-of-experts Qwen3-VL saved by
+transformers 5: fused expert weights in the published layout, text_config.norm_topk_prob). The copy loads in
+transformers with identical weights. A dense checkpoint is copied unchanged (vLLM loads it as it is)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="coord-export-vllm", description=__doc__)
+    p.add_argument("ckpt", help="checkpoint folder (fully fine-tuned or merged; not a LoRA adapter)")
+    p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty output folder")
+    a = p.parse_args(argv)
+    from swift_coord_plugin.vllm_export import ExportError, export_for_vllm, summary
+
+    try:
+        report = export_for_vllm(a.ckpt, a.out, overwrite=a.overwrite)
+    except ExportError as e:
+        sys.exit(f"[coord-export-vllm] error: {e}")
+    print(f"[coord-export-vllm] {a.out}: {summary(report)}")
+
+
+if __name__ == "__main__":
+    main()
