@@ -17,6 +17,7 @@
 #   DECODING   free | constrained | coordexp              (constrained; how swift infer generates, COORD_DECODING)
 #   INFER_BACKEND transformers | vllm                     (transformers)
 #              vllm runs the swift of the vLLM environment .venv-vllm (COORD_VLLM=1 bash shell/setup.sh);
+#              a mixture-of-experts checkpoint first goes through coord-export-vllm CKPT COPY, then CKPT=COPY;
 #   VLLM_ARGS  its extra flags                 (--vllm_max_model_len 8192 --vllm_enforce_eager true)
 #   DECODE     argmax | coordexp                          (argmax; how coord-eval reads the coordinate tokens)
 #   SCORE      logprob | constant                         (logprob)
@@ -68,6 +69,11 @@ if [ -z "${CKPT:-}" ]; then
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
+if [ "$INFER_BACKEND" = vllm ]; then
+  # A mixture-of-experts checkpoint saved by transformers 5 needs the copy coord-export-vllm writes.
+  python -m swift_coord_plugin.cli.export_vllm --check "$CKPT" >&2 \
+    || { echo "[eval] INFER_BACKEND=vllm: set CKPT to that copy (its args.json comes along)" >&2; exit 2; }
+fi
 command -v coord-plugin-path >/dev/null \
   || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 EVAL_DIR="${EVAL_DIR:-$OUT/eval}"

@@ -174,6 +174,41 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
     return report
 
 
+def vllm_export_needed(ckpt_dir: str) -> Optional[str]:
+    """Why the checkpoint folder ``ckpt_dir`` must go through ``export_for_vllm`` before vLLM loads it, or
+    ``None`` (dense, or already exported). Reads ``config.json`` and the safetensors headers only (no weights).
+
+    Raises ``ExportError`` for a folder without a readable ``config.json`` (an adapter folder is ``None``:
+    vLLM is not given adapters here).
+    """
+    from safetensors import safe_open
+
+    config_path = os.path.join(ckpt_dir, "config.json")
+    if not os.path.isfile(config_path):
+        if os.path.isfile(os.path.join(ckpt_dir, "adapter_config.json")):
+            return None
+        raise ExportError(f"{config_path}: not found (not a model checkpoint folder)")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{config_path}: not valid JSON ({e})") from e
+    if config.get("model_type") != MOE_MODEL_TYPE:
+        return None
+    text = _text_config(config, config_path)
+    if "norm_topk_prob" not in text:
+        return f"{config_path}: text_config.norm_topk_prob missing (vLLM reads it)"
+    layouts = expert_layouts(text["hidden_size"], text["moe_intermediate_size"], _num_experts(text, config_path))
+    for name in sorted(os.listdir(ckpt_dir)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(ckpt_dir, name), framework="pt") as f:
+                for key in f.keys():
+                    suffix = next((s for s in layouts if key.endswith(s)), None)
+                    if suffix and tuple(f.get_slice(key).get_shape()) == layouts[suffix][0]:
+                        return f"{name}: {key} in transformers' layout, not vLLM's"
+    return None
+
+
 def summary(report: ExportReport) -> str:
     """One paragraph for the command line."""
     if not report.moe:

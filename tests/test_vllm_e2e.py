@@ -11,7 +11,10 @@ failing under CI).
   log-probabilities; the greedy tokens equal those of ``--infer_backend transformers`` (fp32 on both);
 * the untied checkpoint loads into vLLM and answers with coordinate tokens under ``coordexp``,
   token-identical to the transformers backend (the CoordExp bins agree, so the trained head rows were
-  loaded: a wrong head would move the expectations).
+  loaded: a wrong head would move the expectations);
+* a mixture-of-experts checkpoint (untied, head_dim 64), trained by ``swift sft`` and copied by
+  ``coord-export-vllm`` (vLLM's expert layout and ``norm_topk_prob``), loads into vLLM and answers with
+  coordinate tokens under ``constrained``, token-identical to the transformers backend on the trained checkpoint.
 
 Each vLLM run loads the model once (about 45 s on 2 cores). Measured under a load average of about 13 on
 the 2-core test machine: 14.5 min for the first two tests, 33 min for the last two (both swift sft runs
@@ -70,6 +73,15 @@ def tied_ckpt(vllm_bin, tiny_model_head64_dir, two_samples, tmp_path_factory) ->
 @pytest.fixture(scope="module")
 def untied_ckpt(vllm_bin, tiny_model_head64_untied_dir, two_samples, tmp_path_factory) -> str:
     return _train(tiny_model_head64_untied_dir, two_samples, tmp_path_factory.mktemp("vllm_untied"))
+
+
+@pytest.fixture(scope="module")
+def moe_ckpt(vllm_bin, two_samples, tmp_path_factory) -> str:
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    model = build_tiny_model(str(tmp_path_factory.mktemp("tiny_moe_head64")), moe=True, head_dim=64,
+                             tie_word_embeddings=False)
+    return _train(model, two_samples, tmp_path_factory.mktemp("vllm_moe"))
 
 
 def _infer_args(ckpt, data, result, backend, top_k=TOP_K):
@@ -178,3 +190,17 @@ def test_untied_checkpoint_coordexp_in_vllm_like_transformers(vllm_bin, untied_c
     assert all(codec.COORD_TOKEN_RE.search(r["response"]) for r in rows), [r["response"] for r in rows]
     hf = infer_transformers(untied_ckpt, two_samples, tmp_path / "hf.jsonl", "coordexp", tmp_path)
     assert_same_greedy_answers(rows, hf, coordexp=True)
+
+
+def test_moe_checkpoint_exported_for_vllm_like_transformers(vllm_bin, moe_ckpt, two_samples, tmp_path):
+    assert "norm_topk_prob" not in json.loads(Path(moe_ckpt, "config.json").read_text())["text_config"]
+    copy = tmp_path / "for_vllm"
+    proc = subprocess.run([sys.executable, "-m", "swift_coord_plugin.cli.export_vllm", moe_ckpt, str(copy)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+                          env=swift_env({"PYTHONPATH": str(REPO)}))
+    assert proc.returncode == 0 and "transposed 4 fused expert weights" in proc.stdout, proc.stdout[-3000:]
+    rows = infer_vllm(vllm_bin, str(copy), two_samples, tmp_path / "vllm.jsonl", "constrained", tmp_path)
+    assert len(rows) == len(IMAGE_IDS)
+    assert all(codec.COORD_TOKEN_RE.search(r["response"]) for r in rows), [r["response"] for r in rows]
+    hf = infer_transformers(moe_ckpt, two_samples, tmp_path / "hf.jsonl", "constrained", tmp_path)
+    assert_same_greedy_answers(rows, hf)

@@ -8,7 +8,8 @@ import pytest
 
 from swift_coord_plugin import tiny_model
 from swift_coord_plugin.cli import export_vllm as cli
-from swift_coord_plugin.vllm_export import DOWN, GATE_UP, ExportError, expert_layouts, export_for_vllm
+from swift_coord_plugin.vllm_export import (DOWN, GATE_UP, ExportError, expert_layouts, export_for_vllm,
+                                            vllm_export_needed)
 
 
 def _tensors(folder):
@@ -153,3 +154,34 @@ def test_bad_inputs(tmp_path, capsys):
     _fake_moe_ckpt(tmp_path / "ckpt", 8, 6)
     cli.main([str(tmp_path / "ckpt"), str(tmp_path / "o3")])
     assert "transposed 2 fused expert weights" in capsys.readouterr().out
+
+
+def test_check_says_which_checkpoints_need_the_copy(tiny_model_moe_dir, tiny_model_dir, exported, tmp_path):
+    assert "norm_topk_prob missing" in vllm_export_needed(tiny_model_moe_dir)
+    assert vllm_export_needed(exported[0]) is None
+    assert vllm_export_needed(tiny_model_dir) is None  # dense: vLLM loads it as saved
+    # norm_topk_prob alone does not make a checkpoint loadable: the expert layout is checked too.
+    half = tmp_path / "half"
+    _fake_moe_ckpt(half, 8, 6)
+    config = json.load(open(half / "config.json"))
+    config["text_config"]["norm_topk_prob"] = True
+    json.dump(config, open(half / "config.json", "w"))
+    assert "experts.down_proj in transformers' layout" in vllm_export_needed(str(half))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--check", str(half)])
+    assert e.value.code == 1
+
+
+def test_eval_script_stops_on_moe_checkpoint_for_vllm(tiny_model_moe_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO, swift_env
+
+    env = swift_env({"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(REPO),
+                     "CKPT": tiny_model_moe_dir, "OUT": str(tmp_path / "out"), "INFER_BACKEND": "vllm",
+                     "GT": str(REPO / "assets" / "coco_sample" / "instances.json")})
+    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert f"coord-export-vllm {tiny_model_moe_dir} OUT" in proc.stdout and "set CKPT to that copy" in proc.stdout
