@@ -23,9 +23,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from .core.moe import MOE_MODEL_TYPE, is_moe_checkpoint
+
 GATE_UP = "mlp.experts.gate_up_proj"
 DOWN = "mlp.experts.down_proj"
-MOE_MODEL_TYPE = "qwen3_vl_moe"
 # Written by a trainer, not needed to load the model: not copied.
 TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "latest",
                         "zero_to_fp32.py")
@@ -148,7 +149,7 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
     if not shards:
         raise ExportError(f"{ckpt_dir}: no *.safetensors weights")
 
-    report = ExportReport(moe=config.get("model_type") == MOE_MODEL_TYPE)
+    report = ExportReport(moe=is_moe_checkpoint(config))
     layouts = None
     if report.moe:
         text = _text_config(config, config_path)
@@ -170,7 +171,7 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
             shutil.copy2(src, dst)
             report.copied.append(name)
     if report.moe and not (report.transposed or report.already_published):
-        raise ExportError(f"{ckpt_dir}: model_type {MOE_MODEL_TYPE} but no '*.{GATE_UP}' / '*.{DOWN}' weights")
+        raise ExportError(f"{ckpt_dir}: a {MOE_MODEL_TYPE} checkpoint but no '*.{GATE_UP}' / '*.{DOWN}' weights")
     return report
 
 
@@ -193,7 +194,7 @@ def vllm_export_needed(ckpt_dir: str) -> Optional[str]:
             config = json.load(f)
     except json.JSONDecodeError as e:
         raise ExportError(f"{config_path}: not valid JSON ({e})") from e
-    if config.get("model_type") != MOE_MODEL_TYPE:
+    if not is_moe_checkpoint(config):
         return None
     text = _text_config(config, config_path)
     if "norm_topk_prob" not in text:
