@@ -69,13 +69,13 @@ if [ -z "${CKPT:-}" ]; then
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
+command -v coord-plugin-path >/dev/null \
+  || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 if [ "$INFER_BACKEND" = vllm ]; then
   # A mixture-of-experts checkpoint saved by transformers 5 needs the copy coord-export-vllm writes.
   python -m swift_coord_plugin.cli.export_vllm --check "$CKPT" >&2 \
     || { echo "[eval] INFER_BACKEND=vllm: set CKPT to that copy (its args.json comes along)" >&2; exit 2; }
 fi
-command -v coord-plugin-path >/dev/null \
-  || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 EVAL_DIR="${EVAL_DIR:-$OUT/eval}"
 mkdir -p "$EVAL_DIR"
 ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --infer_backend "$INFER_BACKEND")

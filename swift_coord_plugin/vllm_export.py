@@ -124,7 +124,8 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
 
     Raises ``ExportError`` for: a missing/unreadable ``config.json``, ``.bin`` weights, no safetensors file,
     an expert weight whose shape matches neither layout, a square expert matrix (see ``expert_layouts``), an
-    ``out_dir`` that exists and is not empty (unless ``overwrite``) or equals ``ckpt_dir``.
+    ``out_dir`` that exists and is not empty (unless ``overwrite``) or equals ``ckpt_dir``. An ``out_dir`` this
+    call created is removed again when it fails.
     """
     ckpt_dir, out_dir = os.path.abspath(ckpt_dir), os.path.abspath(out_dir)
     config_path = os.path.join(ckpt_dir, "config.json")
@@ -154,24 +155,30 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
     if report.moe:
         text = _text_config(config, config_path)
         layouts = expert_layouts(text["hidden_size"], text["moe_intermediate_size"], _num_experts(text, config_path))
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    for name in names:
-        src, dst = os.path.join(ckpt_dir, name), os.path.join(out_dir, name)
-        if os.path.isdir(src) or name in TRAINING_STATE_FILES or name.startswith("rng_state"):
-            report.left_out.append(name)
-        elif name == "config.json" and report.moe:
-            config["text_config"]["norm_topk_prob"] = True
-            report.config_set["text_config.norm_topk_prob"] = True
-            with open(dst, "w") as f:
-                json.dump(config, f, indent=2, sort_keys=True)
-                f.write("\n")
-        elif name in shards and report.moe:
-            _convert_shard(src, dst, layouts, report)
-        else:
-            shutil.copy2(src, dst)
-            report.copied.append(name)
-    if report.moe and not (report.transposed or report.already_published):
-        raise ExportError(f"{ckpt_dir}: a {MOE_MODEL_TYPE} checkpoint but no '*.{GATE_UP}' / '*.{DOWN}' weights")
+    try:
+        for name in names:
+            src, dst = os.path.join(ckpt_dir, name), os.path.join(out_dir, name)
+            if os.path.isdir(src) or name in TRAINING_STATE_FILES or name.startswith("rng_state"):
+                report.left_out.append(name)
+            elif name == "config.json" and report.moe:
+                config["text_config"]["norm_topk_prob"] = True
+                report.config_set["text_config.norm_topk_prob"] = True
+                with open(dst, "w") as f:
+                    json.dump(config, f, indent=2, sort_keys=True)
+                    f.write("\n")
+            elif name in shards and report.moe:
+                _convert_shard(src, dst, layouts, report)
+            else:
+                shutil.copy2(src, dst)
+                report.copied.append(name)
+        if report.moe and not (report.transposed or report.already_published):
+            raise ExportError(f"{ckpt_dir}: a {MOE_MODEL_TYPE} checkpoint but no '*.{GATE_UP}' / '*.{DOWN}' weights")
+    except BaseException:
+        if created:  # no half-written copy left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return report
 
 

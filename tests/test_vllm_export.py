@@ -111,6 +111,7 @@ def test_expert_shape_matching_neither_layout_names_file_and_key(tmp_path):
     key = _fake_moe_ckpt(tmp_path / "ckpt", 8, 6, shape=(2, 5, 8))
     with pytest.raises(ExportError, match=rf"model\.safetensors: {key} has shape \[2, 5, 8\]"):
         export_for_vllm(str(tmp_path / "ckpt"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # no half-written copy
 
 
 def test_training_state_left_out_and_others_copied(tmp_path):
