@@ -366,7 +366,11 @@ def test_fast_step_equals_the_plain_mask(gvocab, mode, inplace):
             step = apply_grammar(g, x, states, remaining=remaining, inplace=inplace, with_masked_logits=True)
             assert torch.equal(step.logits, want) and torch.equal(step.chosen, want_chosen)
             assert torch.equal(step.masked_logits, want_masked)
-            assert (step.logits is x) == inplace and (inplace or torch.equal(x, logits))
+            if inplace:  # x is what the backend keeps: the masked logits
+                assert torch.equal(x, want_masked)
+                assert (step.logits is x) == (mode == CONSTRAINED or not any(map(g.is_coord_slot, states)))
+            else:
+                assert torch.equal(x, logits)
             torch.testing.assert_close(step.logprobs, torch.log_softmax(want_masked, -1), atol=1e-5, rtol=0)
             slot = torch.tensor([g.is_coord_slot(s) for s in states])
             assert torch.equal(step.coord_slot, slot)

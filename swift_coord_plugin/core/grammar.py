@@ -516,17 +516,20 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
     """One decoding step under ``grammar`` for ``logits`` ``[B, V]`` and the ``B`` rows' ``states``.
 
     ``remaining``: tokens each row may still generate, this one included (one int for all rows, one per
-    row, or None: unlimited); see ``AnswerGrammar.allowed_ids``. ``inplace``: mask ``logits`` itself (the
-    returned ``logits`` is then that tensor) instead of a copy; for a backend that hands over a tensor of
-    its own (transformers' float32 copy of the step's logits, vLLM's logits). ``with_masked_logits``:
-    also return ``GrammarStep.masked_logits``.
+    row, or None: unlimited); see ``AnswerGrammar.allowed_ids``. ``inplace``: mask ``logits`` itself
+    instead of a copy, for a backend that hands over a tensor of its own (transformers' float32 copy of
+    the step's logits, vLLM's logits); the returned ``logits`` is then that tensor, except under coordexp
+    at a step with a coordinate slot when ``logprobs`` or ``masked_logits`` are asked for (``logits`` then
+    holds the masked logits and the returned ``GrammarStep.logits`` is a new tensor).
+    ``with_masked_logits``: also return ``GrammarStep.masked_logits``.
 
     The same function serves every inference backend. Cost: rows in the same kind of state are masked
     together, in place, touching only what the kind needs (a coordinate slot: fill the columns outside
     the ``NUM_BINS`` coordinate tokens; start/post: save the few allowed logits, fill the row, write them
     back; a free description: fill the few forbidden columns), plus a ``[B, V]`` copy when not
-    ``inplace`` and a ``[B, V]`` log-softmax with ``with_logprobs``; under coordexp a ``[B, V]`` copy when
-    the masked logits are asked for at a step with a coordinate slot. Plans and row indices are cached.
+    ``inplace`` and a ``[B, V]`` log-softmax with ``with_logprobs``; under coordexp a new ``[B, V]`` tensor
+    for the decision when the masked logits are asked for at a step with a coordinate slot. Plans and row
+    indices are cached.
     Raises ``GrammarError`` when ``len(states) != B``.
     """
     if logits.ndim != 2 or logits.shape[0] != len(states):
@@ -568,10 +571,17 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
         if decide:
             from .coordexp import expected_bins
 
-            if with_logprobs or with_masked_logits:
-                masked = x.clone()
             bins = round_half_up(expected_bins(block)).clamp(0, v.num_bins - 1)
             ids = bins + v.coord_start
+            if with_logprobs or with_masked_logits:
+                # Keep ``x`` as the masked logits; the decision goes to a new tensor (a fill, not a copy,
+                # of the coordinate rows).
+                out = torch.full_like(x, float("-inf"))
+                other = tuple(i for i in range(B) if i not in set(coord_rows))
+                if other:
+                    o = _row_index(grammar, other, B, device)
+                    out[o] = x[o]
+                x = out
             if isinstance(cr, slice):
                 x.fill_(float("-inf"))
                 x.scatter_(1, ids.unsqueeze(1), 0.0)
