@@ -25,10 +25,12 @@ max_desc_tokens=DEFAULT_MAX_DESC_TOKENS)``
     ``is_coord_slot(state)``. ``remaining`` (optional) is the number of tokens the backend will still
     generate, this one included (``max_new_tokens`` minus those written): with it, an object is only
     opened when it can be finished, and a description ends in time, so a length limit never cuts a box.
-``apply_grammar(grammar, logits, states, with_logprobs=True, remaining=None)`` -> ``GrammarStep``
+``apply_grammar(grammar, logits, states, with_logprobs=True, remaining=None, *, inplace=False,
+with_masked_logits=False)`` -> ``GrammarStep``
     the one torch function both inference backends call on a ``[batch, vocab]`` logits tensor:
-    processed logits, the token the grammar decides (coordexp), the log-probabilities to record, and
-    the restricted coordinate distribution.
+    processed logits, the token the grammar decides (coordexp), the log-probabilities to record (or
+    the masked logits whose log-softmax they are), and the restricted coordinate distribution. The
+    backends call it in place on their own copy of the step's logits.
 
 Modes
 -----
