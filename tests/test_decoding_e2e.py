@@ -76,7 +76,9 @@ def test_b_writes_boxes_only_under_the_grammar(b_checkpoint, tmp_path):
         assert n >= 8
         if mode == "constrained":
             out = tmp_path / "eval"
-            assert coord_eval(["--results", str(result), "--gt", str(GT), "--out", str(out), "--no-progress"]) == 0
+            # Scored on the two inferred images (coord-eval's coverage rule: name the subset).
+            assert coord_eval(["--results", str(result), "--gt", str(GT), "--val-data", str(b_checkpoint[1]),
+                               "--out", str(out), "--no-progress"]) == 0
             report = json.loads((out / "report.json").read_text())
             s, parser = report["settings"], report["counts"]["parser"]
             assert (s["decoding"], s["infer_backend"]) == ("constrained", "transformers")

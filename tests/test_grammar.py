@@ -311,3 +311,72 @@ def test_a_length_limit_never_cuts_a_box(coord_tokenizer, gvocab, max_new_tokens
         res = parse_complete(coord_tokenizer, ids)
         assert len(res.objects) == ids.count(gvocab.obj_start) >= 1
         assert set(res.counts) <= {codec.REPAIR_REVERSED}, res.counts
+
+
+# ------------------------------------------------------------------------------------------ fast path
+def _reference_step(g, logits, states, remaining):
+    """The grammar step written the plain way (one full boolean mask per row from ``allowed_mask``, a
+    ``[B, V]`` select, coordexp's decision on the masked coordinate columns), to check ``apply_grammar``'s
+    in-place, per-kind masking against."""
+    v = g.vocab
+    B, n = logits.shape
+    mask = torch.stack([g.allowed_mask(s, n, remaining=r) for s, r in zip(states, remaining)])
+    masked = torch.where(mask, logits, torch.tensor(float("-inf")))
+    processed = masked.clone()
+    chosen = torch.full((B,), -1, dtype=torch.long)
+    for b, s in enumerate(states):
+        if g.mode == COORDEXP and g.is_coord_slot(s):
+            p = torch.softmax(masked[b, v.coord_start:v.coord_end].double(), -1)
+            k = math.floor(float((p * torch.arange(codec.NUM_BINS, dtype=torch.float64)).sum()) + 0.5)
+            chosen[b] = v.coord_start + k
+            processed[b] = float("-inf")
+            processed[b, v.coord_start + k] = 0.0
+    return processed, chosen, masked
+
+
+@pytest.mark.parametrize("mode", [CONSTRAINED, COORDEXP])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_fast_step_equals_the_plain_mask(gvocab, mode, inplace):
+    """Mixed batches (every kind of state, a finished row, length limits, ordered boxes, categories): the
+    processed logits, decisions, recorded log-probabilities and masked logits equal the plain computation."""
+    names = ["dog", "hot dog", "traffic light"]
+    grammars = [AnswerGrammar(gvocab, mode, max_objects=2, max_desc_tokens=3),
+                AnswerGrammar(gvocab, mode, ordered_boxes=True, categories=names)]
+    gen = torch.Generator().manual_seed(5)
+    checked = 0
+    for g in grammars:
+        # A walk through every kind of state: start, description (first / later / at its bound), coordinate
+        # slots (with a lower bound under ordered boxes), post, the object cap, done.
+        walk = [g.initial_state()]
+        desc = list(gvocab.desc_tokens("hot dog"))
+        obj = [gvocab.obj_start, *desc, gvocab.sep, gvocab.coord_start + 700, gvocab.coord_start + 5,
+               gvocab.coord_start + 999, gvocab.coord_start + 900, *gvocab.post, gvocab.obj_end]
+        for t in obj + obj + [END_IDS[0]]:
+            walk.append(g.advance(walk[-1], t))
+        for trial in range(6):
+            B = 1 if trial == 0 else 7
+            pick = torch.randint(len(walk), (B,), generator=gen).tolist()
+            if trial == 1:
+                pick = [pick[0]] * B  # every row in the same state (the whole-batch fast path)
+            states = [walk[i] for i in pick]
+            remaining = [None if trial % 2 else int(r) for r in torch.randint(1, 12, (B,), generator=gen)]
+            logits = torch.randn(B, V, generator=gen) * 3
+            want, want_chosen, want_masked = _reference_step(g, logits, states, remaining)
+            x = logits.clone()
+            step = apply_grammar(g, x, states, remaining=remaining, inplace=inplace, with_masked_logits=True)
+            assert torch.equal(step.logits, want) and torch.equal(step.chosen, want_chosen)
+            assert torch.equal(step.masked_logits, want_masked)
+            if inplace:  # x is what the backend keeps: the masked logits
+                assert torch.equal(x, want_masked)
+                assert (step.logits is x) == (mode == CONSTRAINED or not any(map(g.is_coord_slot, states)))
+            else:
+                assert torch.equal(x, logits)
+            torch.testing.assert_close(step.logprobs, torch.log_softmax(want_masked, -1), atol=1e-5, rtol=0)
+            slot = torch.tensor([g.is_coord_slot(s) for s in states])
+            assert torch.equal(step.coord_slot, slot)
+            if slot.any():
+                torch.testing.assert_close(
+                    step.coord_logprobs[slot],
+                    torch.log_softmax(want_masked[slot, gvocab.coord_start:gvocab.coord_end], -1))
+            checked += B
+    assert checked == 2 * (1 + 5 * 7)

@@ -25,10 +25,12 @@ max_desc_tokens=DEFAULT_MAX_DESC_TOKENS)``
     ``is_coord_slot(state)``. ``remaining`` (optional) is the number of tokens the backend will still
     generate, this one included (``max_new_tokens`` minus those written): with it, an object is only
     opened when it can be finished, and a description ends in time, so a length limit never cuts a box.
-``apply_grammar(grammar, logits, states, with_logprobs=True, remaining=None)`` -> ``GrammarStep``
+``apply_grammar(grammar, logits, states, with_logprobs=True, remaining=None, *, inplace=False,
+with_masked_logits=False)`` -> ``GrammarStep``
     the one torch function both inference backends call on a ``[batch, vocab]`` logits tensor:
-    processed logits, the token the grammar decides (coordexp), the log-probabilities to record, and
-    the restricted coordinate distribution.
+    processed logits, the token the grammar decides (coordexp), the log-probabilities to record (or
+    the masked logits whose log-softmax they are), and the restricted coordinate distribution. The
+    backends call it in place on their own copy of the step's logits.
 
 Modes
 -----
@@ -411,7 +413,11 @@ class GrammarStep:
     float32 log-probabilities to record (``None`` unless asked for): the full-vocabulary ones in free
     mode, else those of the softmax over the allowed tokens. ``coord_slot``: ``BoolTensor[B]``.
     ``coord_logprobs``: ``[B, NUM_BINS]`` float32 log-softmax over the (allowed) coordinate tokens at
-    coordinate-slot rows, ``nan`` in the other rows.
+    coordinate-slot rows, ``nan`` in the other rows. ``masked_logits`` (``None`` unless asked for with
+    ``with_masked_logits``): ``[B, V]`` logits after the grammar's mask and before the coordexp decision,
+    i.e. the logits whose log-softmax is ``logprobs`` (the same tensor as ``logits`` except under
+    coordexp at a coordinate slot); a backend that log-softmaxes what it records can record these
+    instead of ``logprobs`` and skip one ``[B, V]`` log-softmax per step.
     """
 
     logits: Tensor
@@ -419,6 +425,7 @@ class GrammarStep:
     logprobs: Optional[Tensor]
     coord_slot: Tensor
     coord_logprobs: Tensor
+    masked_logits: Optional[Tensor] = None
 
 
 def round_half_up(x: Tensor) -> Tensor:
@@ -426,16 +433,105 @@ def round_half_up(x: Tensor) -> Tensor:
     return torch.floor(x + 0.5).to(torch.int64)
 
 
+# How a kind of state masks one row in place (cached per kind, vocabulary size and device):
+# ("all",) nothing forbidden; ("range", a, b) only the columns a..b-1 allowed (the coordinate slots);
+# ("keep", ids) few allowed: save them, fill the row with -inf, write them back;
+# ("drop", ids) few forbidden: fill those columns with -inf (a free description).
+_PlanT = tuple
+
+
+def _mask_plan(grammar: "AnswerGrammar", state: GrammarState, vocab_size: int, device,
+               remaining: Optional[int]) -> _PlanT:
+    key = ("plan",) + grammar._mask_key(state, remaining) + (int(vocab_size), str(device))
+    plan = grammar._masks.get(key)
+    if plan is not None:
+        return plan
+    ids = grammar.allowed_ids(state, remaining)
+    if ids is None:
+        plan = ("all",)
+    else:
+        ids = [i for i in ids if i < vocab_size]
+        if ids and ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) > 1:
+            plan = ("range", ids[0], ids[-1] + 1)
+        elif 2 * len(ids) <= vocab_size:
+            plan = ("keep", torch.tensor(ids, dtype=torch.long, device=device))
+        else:
+            allowed = torch.zeros(vocab_size, dtype=torch.bool)
+            allowed[torch.tensor(ids, dtype=torch.long)] = True
+            plan = ("drop", (~allowed).nonzero().flatten().to(device))
+    grammar._masks[key] = plan
+    return plan
+
+
+def _row_index(grammar: "AnswerGrammar", rows: Tuple[int, ...], batch: int, device):
+    """Rows ``rows`` of a ``[batch, V]`` tensor as an indexer: a slice when they are all rows, else a cached
+    ``LongTensor`` (cached so that a step does not copy a fresh index list to the device)."""
+    if len(rows) == batch:
+        return slice(None)
+    key = ("rows", rows, str(device))
+    t = grammar._masks.get(key)
+    if t is None:
+        if len(grammar._masks) > 4096:  # bound the cache (row patterns of large batches)
+            for k in [k for k in grammar._masks if k[0] == "rows"]:
+                del grammar._masks[k]
+        t = torch.tensor(rows, dtype=torch.long, device=device)
+        grammar._masks[key] = t
+    return t
+
+
+def _apply_plan(x: Tensor, r, plan: _PlanT) -> None:
+    """Mask rows ``r`` (slice or LongTensor) of ``x`` ``[B, V]`` in place by ``plan``."""
+    kind = plan[0]
+    if kind == "all":
+        return
+    neg = float("-inf")
+    if kind == "range":
+        a, b = plan[1], plan[2]
+        if isinstance(r, slice):
+            x[:, :a] = neg
+            x[:, b:] = neg
+        else:
+            x[r, :a] = neg
+            x[r, b:] = neg
+    elif kind == "keep":
+        ids = plan[1]
+        if isinstance(r, slice):
+            kept = x.index_select(1, ids)
+            x.fill_(neg)
+            x.index_copy_(1, ids, kept)
+        else:
+            kept = x[r.unsqueeze(1), ids.unsqueeze(0)]
+            x.index_fill_(0, r, neg)
+            x[r.unsqueeze(1), ids.unsqueeze(0)] = kept
+    else:  # drop
+        ids = plan[1]
+        if isinstance(r, slice):
+            x.index_fill_(1, ids, neg)
+        else:
+            x[r.unsqueeze(1), ids.unsqueeze(0)] = neg
+
+
 def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[GrammarState],
                   with_logprobs: bool = True,
-                  remaining: Union[None, int, Sequence[Optional[int]]] = None) -> GrammarStep:
+                  remaining: Union[None, int, Sequence[Optional[int]]] = None, *,
+                  inplace: bool = False, with_masked_logits: bool = False) -> GrammarStep:
     """One decoding step under ``grammar`` for ``logits`` ``[B, V]`` and the ``B`` rows' ``states``.
 
     ``remaining``: tokens each row may still generate, this one included (one int for all rows, one per
-    row, or None: unlimited); see ``AnswerGrammar.allowed_ids``.
+    row, or None: unlimited); see ``AnswerGrammar.allowed_ids``. ``inplace``: mask ``logits`` itself
+    instead of a copy, for a backend that hands over a tensor of its own (transformers' float32 copy of
+    the step's logits, vLLM's logits); the returned ``logits`` is then that tensor, except under coordexp
+    at a step with a coordinate slot when ``logprobs`` or ``masked_logits`` are asked for (``logits`` then
+    holds the masked logits and the returned ``GrammarStep.logits`` is a new tensor).
+    ``with_masked_logits``: also return ``GrammarStep.masked_logits``.
 
-    The same function serves every inference backend. Costs one ``[B, V]`` select (plus one
-    ``[B, V]`` log-softmax with ``with_logprobs``); masks are cached per kind of state.
+    The same function serves every inference backend. Cost: rows in the same kind of state are masked
+    together, in place, touching only what the kind needs (a coordinate slot: fill the columns outside
+    the ``NUM_BINS`` coordinate tokens; start/post: save the few allowed logits, fill the row, write them
+    back; a free description: fill the few forbidden columns), plus a ``[B, V]`` copy when not
+    ``inplace`` and a ``[B, V]`` log-softmax with ``with_logprobs``; under coordexp a new ``[B, V]`` tensor
+    for the decision when the masked logits are asked for at a step with a coordinate slot. Plans and row
+    indices are cached.
     Raises ``GrammarError`` when ``len(states) != B``.
     """
     if logits.ndim != 2 or logits.shape[0] != len(states):
@@ -445,26 +541,56 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
     B, V = logits.shape
     device = logits.device
     chosen = torch.full((B,), -1, dtype=torch.long, device=device)
-    coord_slot = torch.tensor([grammar.is_coord_slot(s) for s in states], dtype=torch.bool, device=device)
     coord_logprobs = torch.full((B, v.num_bins), float("nan"), dtype=torch.float32, device=device)
+    coord_rows = tuple(i for i, s in enumerate(states) if s.phase == COORD)
+    coord_slot = torch.zeros(B, dtype=torch.bool, device=device)
+    if coord_rows:
+        coord_slot[_row_index(grammar, coord_rows, B, device)] = True
     if grammar.mode == FREE:
         lp = torch.log_softmax(logits.float(), dim=-1) if with_logprobs else None
-        return GrammarStep(logits, chosen, lp, coord_slot, coord_logprobs)
+        return GrammarStep(logits, chosen, lp, coord_slot, coord_logprobs,
+                           logits if with_masked_logits else None)
     if remaining is None or isinstance(remaining, int):
         remaining = [remaining] * B
-    mask = torch.stack([grammar.allowed_mask(s, V, device, r) for s, r in zip(states, remaining)])
-    processed = torch.where(mask, logits, torch.full((), float("-inf"), dtype=logits.dtype, device=device))
-    rows = coord_slot.nonzero().flatten()
-    if rows.numel():
-        coord_logprobs[rows] = torch.log_softmax(processed[rows, v.coord_start:v.coord_end].float(), dim=-1)
-    lp = torch.log_softmax(processed.float(), dim=-1) if with_logprobs else None
-    if grammar.mode == COORDEXP and rows.numel():
-        from .coordexp import expected_bins
+    x = logits if inplace else logits.clone()
+    decide = grammar.mode == COORDEXP and bool(coord_rows)
+    groups: Dict[_PlanT, List[int]] = {}
+    plans: Dict[int, _PlanT] = {}
+    for i, (s, r) in enumerate(zip(states, remaining)):
+        if s.phase in (FREE_PHASE, DONE):
+            continue
+        plan = _mask_plan(grammar, s, V, device, r)
+        key = (plan[0], plan[1], plan[2]) if plan[0] == "range" else (plan[0], id(plan[1]))
+        plans[key] = plan
+        groups.setdefault(key, []).append(i)
+    for key, rows in groups.items():
+        _apply_plan(x, _row_index(grammar, tuple(rows), B, device), plans[key])
+    masked = x
+    if coord_rows:
+        cr = _row_index(grammar, coord_rows, B, device)
+        block = x[cr, v.coord_start:v.coord_end]
+        coord_logprobs[cr] = torch.log_softmax(block.float(), dim=-1)
+        if decide:
+            from .coordexp import expected_bins
 
-        bins = round_half_up(expected_bins(processed[rows, v.coord_start:v.coord_end]))
-        bins = bins.clamp(0, v.num_bins - 1)
-        ids = bins + v.coord_start
-        chosen[rows] = ids
-        processed.index_fill_(0, rows, float("-inf"))
-        processed[rows, ids] = 0.0
-    return GrammarStep(processed, chosen, lp, coord_slot, coord_logprobs)
+            bins = round_half_up(expected_bins(block)).clamp(0, v.num_bins - 1)
+            ids = bins + v.coord_start
+            if with_logprobs or with_masked_logits:
+                # Keep ``x`` as the masked logits; the decision goes to a new tensor (a fill, not a copy,
+                # of the coordinate rows).
+                out = torch.full_like(x, float("-inf"))
+                other = tuple(i for i in range(B) if i not in set(coord_rows))
+                if other:
+                    o = _row_index(grammar, other, B, device)
+                    out[o] = x[o]
+                x = out
+            if isinstance(cr, slice):
+                x.fill_(float("-inf"))
+                x.scatter_(1, ids.unsqueeze(1), 0.0)
+                chosen.copy_(ids)
+            else:
+                x.index_fill_(0, cr, float("-inf"))
+                x[cr, ids] = 0.0
+                chosen[cr] = ids
+    lp = torch.log_softmax(masked.float(), dim=-1) if with_logprobs else None
+    return GrammarStep(x, chosen, lp, coord_slot, coord_logprobs, masked if with_masked_logits else None)

@@ -18,9 +18,11 @@ key                             meaning                                         
 Hook: ``Template.generate`` (the template calls ``generate_with_grammar``), which the transformers engine
 calls around ``model.generate``. The grammar runs as the last logits processor. ms-swift computes the
 ``logprobs`` of a result row from ``output.logits``, which transformers fills with the RAW logits (before
-any processor); under ``constrained``/``coordexp`` this module replaces them with the log-probabilities of
-the grammar-restricted distribution (at a coordinate slot: the softmax over the coordinate tokens), so the
-recorded log-probabilities of the emitted token and its top-k are those the answer was decoded from.
+any processor); under ``constrained``/``coordexp`` this module replaces them with the grammar-masked logits
+(``-inf`` where the grammar forbids a token; under coordexp those before the CoordExp decision), whose
+log-softmax, which ms-swift takes, is the grammar-restricted distribution (at a coordinate slot: the softmax
+over the coordinate tokens), so the recorded log-probabilities of the emitted token and its top-k are those
+the answer was decoded from.
 ms-swift's streaming path (``--stream true``) records its own copy of the scores and is not covered.
 """
 from __future__ import annotations
@@ -131,7 +133,8 @@ def _processor_cls():
         """Applies ``core.grammar.apply_grammar`` to every step of ``model.generate``.
 
         Keeps one grammar state per row (advanced with the token the previous step appended) and, with
-        ``record``, the log-probabilities to report per step (``[batch, vocab]`` float32 each).
+        ``record``, the masked logits to report per step (``[batch, vocab]`` float32 each; their
+        log-softmax is the distribution the step was decoded from).
         """
 
         def __init__(self, grammar: G.AnswerGrammar, max_new_tokens: Optional[int], record: bool):
@@ -158,10 +161,13 @@ def _processor_cls():
             remaining = None
             if self.max_new_tokens is not None:
                 remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
-            step = G.apply_grammar(self.grammar, scores, self.states, with_logprobs=self.record,
-                                   remaining=remaining)
+            # In place: ``scores`` is transformers' own float32 copy of the step's logits. ms-swift
+            # log-softmaxes what ``output.logits`` holds, so recording the masked logits (before the
+            # coordexp decision) records the grammar-restricted distribution without a log-softmax here.
+            step = G.apply_grammar(self.grammar, scores, self.states, with_logprobs=False,
+                                   remaining=remaining, inplace=True, with_masked_logits=self.record)
             if self.record:
-                self.recorded.append(step.logprobs)
+                self.recorded.append(step.masked_logits)
             STATS["steps"] += 1
             STATS["seconds"] += time.perf_counter() - t0
             return step.logits

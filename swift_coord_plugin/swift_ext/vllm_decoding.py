@@ -198,14 +198,17 @@ if LogitsProcessor is not None:
                 states.append(row.state if row is not None else done)
                 remaining.append(None if row is None or row.max_tokens is None
                                  else row.max_tokens - len(row.output_ids))
-            step = G.apply_grammar(self.grammar, logits, states, with_logprobs=False, remaining=remaining)
+            # In place, like vLLM's own processors: this step's logits are the engine's to overwrite.
+            step = G.apply_grammar(self.grammar, logits, states, with_logprobs=False, remaining=remaining,
+                                   inplace=True)
             if self.grammar.mode != G.COORDEXP:
                 return step.logits
             # coordexp: step.logits keeps only the chosen token; record the restricted distribution instead.
             v = self.grammar.vocab
-            rows = step.coord_slot.nonzero().flatten()
+            coord_rows = [i for i, s in enumerate(states) if self.grammar.is_coord_slot(s)]
             out = step.logits
-            if rows.numel():
+            if coord_rows:
+                rows = torch.tensor(coord_rows, dtype=torch.long, device=out.device)
                 block = torch.full_like(out[rows], float("-inf"))
                 block[:, v.coord_start:v.coord_end] = step.coord_logprobs[rows].to(out.dtype)
                 swap_in_coordexp_bins(block, torch.arange(rows.numel(), device=out.device), step.chosen[rows],
