@@ -207,17 +207,26 @@ def _end_ids(template, generation_config) -> List[int]:
 _ANNOUNCED = set()
 
 
+def write_record(rec: dict) -> None:
+    """Print the run's decoding record and write it to ``COORD_DECODING_RECORD`` when that names a file
+    (atomically: the shards of a sharded run write the same record to one path)."""
+    print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
+    path = os.environ.get(ENV_RECORD, "").strip()
+    if path:
+        path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(rec, f, indent=1)
+        os.replace(tmp, path)
+
+
 def _announce(config: DecodingConfig, record: bool) -> None:
     rec = config.record(record)
     key = json.dumps(rec, sort_keys=True)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
-        path = os.environ.get(ENV_RECORD, "").strip()
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(rec, f, indent=1)
+        write_record(rec)
 
 
 def generate_with_grammar(template, base_generate, model, *args, **kwargs):

@@ -28,15 +28,13 @@ recorded probability is the mode's. When the CoordExp bin is the mode nothing mo
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Dict, List, Optional
 
 import torch
 
 from ..core import grammar as G
-from .decoding import ENV_RECORD, LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, build_grammar
+from .decoding import LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, build_grammar, write_record
 
 PROCESSOR_FQCN = "swift_coord_plugin.swift_ext.vllm_decoding:CoordGrammarLogitsProcessor"
 BACKEND = "vllm"
@@ -64,12 +62,7 @@ def engine_kwargs(config: Optional[DecodingConfig] = None) -> Dict[str, object]:
     """
     config = config or DecodingConfig.from_env()
     rec = decoding_record(config)
-    print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
-    path = os.environ.get(ENV_RECORD, "").strip()
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(rec, f, indent=1)
+    write_record(rec)
     if config.mode == G.FREE:
         return {}
     return {"logits_processors": [PROCESSOR_FQCN], "logprobs_mode": "processed_logprobs"}
