@@ -169,8 +169,9 @@ def test_constrained_vllm_to_coord_eval_and_same_tokens_as_transformers(vllm_bin
     assert n_objects > 0, [r["response"] for r in rows]
 
     exe = Path(sys.executable).parent / "coord-eval"
+    # Scored on the two inferred images (coord-eval's coverage rule: the subset is named).
     proc = subprocess.run([str(exe), "--results", str(tmp_path / "vllm.jsonl"), "--gt", str(GT),
-                           "--out", str(tmp_path / "eval"), "--no-progress"],
+                           "--val-data", two_samples, "--out", str(tmp_path / "eval"), "--no-progress"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
