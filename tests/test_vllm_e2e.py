@@ -156,7 +156,10 @@ def test_constrained_vllm_to_coord_eval_and_same_tokens_as_transformers(vllm_bin
     for row in rows:
         content = row["logprobs"]["content"]
         parsed = codec.parse_pieces([t["token"] for t in content if t["token"] not in END_OF_TURN_TOKENS])
-        assert set(parsed.counts) <= {"repaired_reversed_coordinates"}, (row["response"], parsed.counts)
+        # Every object complete; a repeated object (the model's choice, dropped by the parser's duplicate rule)
+        # and a reversed pair (repaired) are not grammar failures.
+        assert set(parsed.counts) <= {"repaired_reversed_coordinates", "dropped_duplicate"}, \
+            (row["response"], parsed.counts)
         n_objects += len(parsed.objects)
         for t in content:
             if codec.coord_bin_of(t["token"]) is None:
@@ -179,7 +182,8 @@ def test_constrained_vllm_to_coord_eval_and_same_tokens_as_transformers(vllm_bin
     assert (settings["decoding"], settings["infer_backend"]) == ("constrained", "vllm"), settings
     assert settings["logprobs_distribution"].startswith("grammar"), settings
     assert report["counts"]["objects"]["parsed"] == n_objects
-    assert not any(n for k, n in report["counts"]["parser"].items() if k.startswith("dropped_")), report["counts"]
+    assert not any(n for k, n in report["counts"]["parser"].items()
+                   if k.startswith("dropped_") and k != "dropped_duplicate"), report["counts"]
 
     hf = infer_transformers(tied_ckpt, two_samples, tmp_path / "hf.jsonl", "constrained", tmp_path)
     assert_same_greedy_answers(rows, hf)
