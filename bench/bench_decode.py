@@ -10,6 +10,14 @@ a tiny random model is built (its constrained answers are short).
     python bench/bench_decode.py [--model CKPT] [--backend transformers] [--modes free constrained coordexp]
                                  [--max-new-tokens 200] [--batch 9] [--repeat 3] [--logprobs]
     python bench/bench_decode.py --grammar-only --threads 1      # the grammar step alone, no model
+    python bench/bench_decode.py --shape qwen3-vl-2b --n 2 --batch 2 --max-new-tokens 48 --repeat 1
+                                 # a randomly initialised model with Qwen3-VL-2B's language-model dimensions
+
+The grammar's cost per step barely depends on the model (it works on the ``[batch, vocab]`` logits), the
+model's cost does: on the tiny model (hidden 64, 2 layers) a step is little more than its LM head, so the
+share there is an upper bound. ``--shape qwen3-vl-2b`` measures the share at a real model's size (weights
+random: what is timed does not depend on them; the grammar forces answers of the real form). The column
+"share of the decode steps" subtracts the prefill (a ``max_tokens=1`` pass over the same rows, timed alone).
 
 ``--backend`` selects the engine (``make_engine``); a backend adds a branch there and nothing else.
 ``--backend vllm`` runs with the vLLM environment's python (``.venv-vllm/bin/python``) on a model vLLM's CPU
@@ -52,6 +60,39 @@ def make_engine(backend: str, model: str, batch: int):
     raise SystemExit(f"--backend {backend}: not available in this script yet")
 
 
+# The language model of Qwen3-VL-2B-Instruct (its config.json ``text_config``): hidden 2048, 28 layers, 16 query
+# and 8 key/value heads of 128, MLP 6144, tied head. The vision tower stays tiny (it runs in the prefill only).
+SHAPES = {"qwen3-vl-2b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                              num_attention_heads=16, num_key_value_heads=8, head_dim=128)}
+
+
+def build_shaped_model(out_dir: str, shape: str) -> str:
+    """A randomly initialised Qwen3-VL with the language-model dimensions of ``shape`` (``SHAPES``), fp32, with
+    the tiny model's processor and tokenizer, written to ``out_dir``."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from swift_coord_plugin.tiny_model import build_tiny_model
+
+    build_tiny_model(out_dir)  # processor, tokenizer, generation config
+    config = Qwen3VLConfig.from_pretrained(out_dir)
+    dims = SHAPES[shape]
+    for k, v in dims.items():
+        setattr(config.text_config, k, v)
+    half = dims["head_dim"] // 2  # mrope sections (t, h, w) sum to head_dim // 2, as Qwen3-VL's [24, 20, 20]
+    config.text_config.rope_parameters["mrope_section"] = [half - 2 * (half * 5 // 16), half * 5 // 16,
+                                                           half * 5 // 16]
+    config.vision_config.out_hidden_size = dims["hidden_size"]
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    for f in os.listdir(out_dir):
+        if f.endswith(".safetensors") or f == "model.safetensors.index.json":
+            os.remove(os.path.join(out_dir, f))
+    model.save_pretrained(out_dir)
+    del model
+    return out_dir
+
+
 def requests(samples_path: str, n: int):
     from swift.infer_engine import InferRequest
 
@@ -73,6 +114,11 @@ def run_mode(engine, reqs, mode: str, max_new_tokens: int, logprobs: bool, repea
     cfg = RequestConfig(max_tokens=max_new_tokens, temperature=0, logprobs=logprobs,
                         top_logprobs=20 if logprobs else None)
     engine.infer(reqs[:1], cfg, use_tqdm=False)  # warm-up
+    # The prefill alone (one new token) over the same rows: subtracted for the share of the decode steps.
+    one = RequestConfig(max_tokens=1, temperature=0, logprobs=logprobs, top_logprobs=20 if logprobs else None)
+    t0 = time.perf_counter()
+    engine.infer(reqs, one, use_tqdm=False)
+    prefill = time.perf_counter() - t0
     best = None
     for _ in range(repeat):
         decoding.reset_stats()
@@ -85,7 +131,8 @@ def run_mode(engine, reqs, mode: str, max_new_tokens: int, logprobs: bool, repea
         if best is None or wall < best["wall_s"]:
             best = run
     best.update(mode=mode, tokens_per_s=best["tokens"] / best["wall_s"], images_per_s=len(reqs) / best["wall_s"],
-                grammar_share=best["grammar_s"] / best["wall_s"])
+                grammar_share=best["grammar_s"] / best["wall_s"], prefill_s=prefill,
+                step_share=best["grammar_s"] / max(best["wall_s"] - prefill, 1e-9))
     return best
 
 
@@ -155,6 +202,8 @@ def grammar_only(batch: int, vocab: int = 152704, n: int = 40) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint (default: a tiny random Qwen3-VL, built here)")
+    p.add_argument("--shape", default=None, choices=sorted(SHAPES),
+                   help="instead of --model: a random model with these language-model dimensions, built here")
     p.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
     p.add_argument("--modes", nargs="+", default=["free", "constrained", "coordexp"])
     p.add_argument("--samples", default=str(REPO / "assets" / "coco_sample" / "samples.jsonl"))
@@ -186,7 +235,9 @@ def main() -> None:
 
     register()
     model = a.model
-    if model is None:
+    if model is None and a.shape:
+        model = build_shaped_model(os.path.join(tempfile.mkdtemp(), a.shape), a.shape)
+    elif model is None:
         from swift_coord_plugin.tiny_model import build_tiny_model
 
         model = build_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny"), head_dim=64 if a.backend == "vllm" else None)
@@ -212,11 +263,12 @@ def main() -> None:
     free = next((r for r in rows if r["mode"] == "free"), None)
     print()
     print("| backend | decoding | tokens | wall s | tokens/s | images/s | grammar s | grammar share of decode time |"
-          + (" tokens/s vs free |" if free else ""))
-    print("|---|---|---|---|---|---|---|---|" + ("---|" if free else ""))
+          " prefill s | share of the decode steps |" + (" tokens/s vs free |" if free else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if free else ""))
     for r in rows:
         line = (f"| {a.backend} | {r['mode']} | {r['tokens']} | {r['wall_s']:.2f} | {r['tokens_per_s']:.1f} | "
-                f"{r['images_per_s']:.2f} | {r['grammar_s']:.3f} | {100 * r['grammar_share']:.1f}% |")
+                f"{r['images_per_s']:.2f} | {r['grammar_s']:.3f} | {100 * r['grammar_share']:.1f}% | "
+                f"{r['prefill_s']:.2f} | {100 * r['step_share']:.1f}% |")
         if free:
             line += f" {r['tokens_per_s'] / free['tokens_per_s']:.3f} |"
         print(line)

@@ -12,9 +12,10 @@ failing under CI).
 * the untied checkpoint loads into vLLM and answers with coordinate tokens under ``coordexp``,
   token-identical to the transformers backend (the CoordExp bins agree, so the trained head rows were
   loaded: a wrong head would move the expectations);
-* a mixture-of-experts checkpoint (untied, head_dim 64), trained by ``swift sft`` and copied by
-  ``coord-export-vllm`` (vLLM's expert layout and ``norm_topk_prob``), loads into vLLM and answers with
-  coordinate tokens under ``constrained``, token-identical to the transformers backend on the trained checkpoint.
+* a mixture-of-experts checkpoint (untied, head_dim 64), trained by ``swift sft`` with LoRA (embedding and head
+  in ``modules_to_save``), merged by ``swift export --merge_lora`` and copied by ``coord-export-vllm`` (vLLM's
+  expert layout and ``norm_topk_prob``), loads into vLLM and answers with coordinate tokens under
+  ``constrained``, token-identical to the transformers backend on the merged checkpoint.
 
 Each vLLM run loads the model once (about 45 s on 2 cores). Measured under a load average of about 13 on
 the 2-core test machine: 14.5 min for the first two tests, 33 min for the last two (both swift sft runs
@@ -77,12 +78,23 @@ def untied_ckpt(vllm_bin, tiny_model_head64_untied_dir, two_samples, tmp_path_fa
 
 
 @pytest.fixture(scope="module")
-def moe_ckpt(vllm_bin, two_samples, tmp_path_factory) -> str:
+def moe_merged(vllm_bin, two_samples, tmp_path_factory) -> str:
+    """A MoE model trained with LoRA (``modules_to_save`` embedding and head) and merged by ``swift export
+    --merge_lora``: the merged checkpoint is what a LoRA user serves (full fine-tuning of the MoE reloads in
+    test_vocab_paths_e2e.py; the exporter's path is the same for both)."""
     from swift_coord_plugin.tiny_model import build_tiny_model
 
-    model = build_tiny_model(str(tmp_path_factory.mktemp("tiny_moe_head64")), moe=True, head_dim=64,
-                             tie_word_embeddings=False)
-    return _train(model, two_samples, tmp_path_factory.mktemp("vllm_moe"))
+    tmp = tmp_path_factory.mktemp("vllm_moe")
+    model = build_tiny_model(str(tmp / "tiny_moe_head64"), moe=True, head_dim=64, tie_word_embeddings=False)
+    out = str(tmp / "sft")
+    extra = ["--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+             "--weight_decay", "0", "--freeze_vit", "true", "--freeze_aligner", "true",
+             "--modules_to_save", "embed_tokens", "lm_head", "--lora_rank", "4"]
+    run_swift("sft", base_sft_args(model, two_samples, out, steps=STEPS, tuner="lora", extra=extra), tmp)
+    merged = tmp / "merged"
+    run_swift("export", ["--adapters", last_checkpoint(out), "--merge_lora", "true", "--output_dir", str(merged)],
+              tmp)
+    return str(merged)
 
 
 def _infer_args(ckpt, data, result, backend, top_k=TOP_K):
@@ -198,15 +210,17 @@ def test_untied_checkpoint_coordexp_in_vllm_like_transformers(vllm_bin, untied_c
     assert_same_greedy_answers(rows, hf, coordexp=True)
 
 
-def test_moe_checkpoint_exported_for_vllm_like_transformers(vllm_bin, moe_ckpt, two_samples, tmp_path):
-    assert "norm_topk_prob" not in json.loads(Path(moe_ckpt, "config.json").read_text())["text_config"]
+def test_merged_moe_checkpoint_exported_for_vllm_like_transformers(vllm_bin, moe_merged, two_samples, tmp_path):
+    config = json.loads(Path(moe_merged, "config.json").read_text())
+    assert config["architectures"] == ["Qwen3VLMoeForConditionalGeneration"]
+    assert "norm_topk_prob" not in config["text_config"]
     copy = tmp_path / "for_vllm"
-    proc = subprocess.run([sys.executable, "-m", "swift_coord_plugin.cli.export_vllm", moe_ckpt, str(copy)],
+    proc = subprocess.run([sys.executable, "-m", "swift_coord_plugin.cli.export_vllm", moe_merged, str(copy)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
                           env=swift_env({"PYTHONPATH": str(REPO)}))
     assert proc.returncode == 0 and "transposed 4 fused expert weights" in proc.stdout, proc.stdout[-3000:]
     rows = infer_vllm(vllm_bin, str(copy), two_samples, tmp_path / "vllm.jsonl", "constrained", tmp_path)
     assert len(rows) == len(IMAGE_IDS)
     assert all(codec.COORD_TOKEN_RE.search(r["response"]) for r in rows), [r["response"] for r in rows]
-    hf = infer_transformers(moe_ckpt, two_samples, tmp_path / "hf.jsonl", "constrained", tmp_path)
+    hf = infer_transformers(moe_merged, two_samples, tmp_path / "hf.jsonl", "constrained", tmp_path)
     assert_same_greedy_answers(rows, hf)

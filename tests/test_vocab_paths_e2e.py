@@ -1,6 +1,8 @@
 """The coordinate vocabulary through every path, end to end with the real ms-swift CLI on the tiny models:
-initial rows under DDP / ZeRO-2 / ZeRO-3, full fine-tuning and reload, resume, a moved checkpoint, LoRA with
-``modules_to_save`` and ``swift export --merge_lora``, and the mixture-of-experts model (router loss, lean path).
+initial rows under DDP / ZeRO-2 / ZeRO-3, full fine-tuning and reload (dense tied, MoE), resume, a moved
+checkpoint, LoRA with ``modules_to_save`` and ``swift export --merge_lora`` (dense tied, dense untied, MoE), and
+the mixture-of-experts model (router loss, lean path). Loading into vLLM (full fine-tuning dense tied and untied,
+a merged MoE) is in test_vllm_e2e.py.
 
 Each run is 1-2 steps on the 9 shipped samples; inference compares 2 samples. The runs are module fixtures
 shared by the tests that read them.
@@ -163,23 +165,46 @@ def tied_full(tiny_model_dir, sample_jsonl, work):
     return out, proc.stdout
 
 
-def test_full_finetune_trains_the_rows_and_the_checkpoint_reloads_them(tied_full, tiny_model_dir, infer_jsonl, work):
-    out, _ = tied_full
-    ckpt = out / "checkpoint-2"
-    init = _initial(tiny_model_dir)["embed_tokens.weight"]
-    saved = _matrix(_weights(ckpt), "embed_tokens.weight")[FIRST_NEW:]
+def _check_full_reload(ckpt, base_dir, infer_jsonl, work, name, untied: bool):
+    """Full fine-tuning trained the coordinate rows (embedding, and the separate head when untied); the
+    checkpoint reloads with exactly the saved rows (no token added, nothing re-initialised), and ``swift infer``
+    on it answers as the checkpoint loaded in this process."""
+    init = _initial(base_dir)
+    saved_w = _weights(ckpt)
     coord_rows = slice(0, 1002)
-    changed = (saved[coord_rows] != init[coord_rows]).any(1)
-    assert changed.float().mean() > 0.5, "most coordinate rows should have been trained"
-    # Reloading adds nothing and re-initialises nothing: exactly the saved rows.
+    for key in ("embed_tokens.weight",) + (("lm_head.weight",) if untied else ()):
+        saved = _matrix(saved_w, key)[FIRST_NEW:]
+        changed = (saved[coord_rows] != init[key][coord_rows]).any(1)
+        assert changed.float().mean() > 0.5, f"{key}: most coordinate rows should have been trained"
     model, processor = _load(ckpt)
     assert len(processor.tokenizer) == FIRST_NEW + 1002
-    assert torch.equal(model.get_input_embeddings().weight.detach()[FIRST_NEW:], saved)
+    assert torch.equal(model.get_input_embeddings().weight.detach()[FIRST_NEW:],
+                       _matrix(saved_w, "embed_tokens.weight")[FIRST_NEW:])
+    if untied:
+        assert torch.equal(model.get_output_embeddings().weight.detach()[FIRST_NEW:],
+                           _matrix(saved_w, "lm_head.weight")[FIRST_NEW:])
     del model
     # swift infer on the checkpoint (plugin, model type, template from its args.json) = in-process answers.
-    answers = _infer(work, "full_ckpt", ["--model", str(ckpt)], infer_jsonl)
-    rows = read_jsonl(work / "full_ckpt.jsonl")
+    answers = _infer(work, name, ["--model", str(ckpt)], infer_jsonl)
+    rows = read_jsonl(work / f"{name}.jsonl")
     assert _in_process_answers(ckpt, rows) == answers
+
+
+def test_full_finetune_trains_the_rows_and_the_checkpoint_reloads_them(tied_full, tiny_model_dir, infer_jsonl, work):
+    out, _ = tied_full
+    _check_full_reload(out / "checkpoint-2", tiny_model_dir, infer_jsonl, work, "full_ckpt", untied=False)
+
+
+def test_moe_full_finetune_reloads_with_its_class_and_rows(tiny_model_moe_dir, sample_jsonl, infer_jsonl, work):
+    """The mixture-of-experts model (untied head), fully fine-tuned with the router loss: saved under its own
+    architecture, trained embedding and head rows, reloaded intact."""
+    out = work / "moe_full"
+    _sft(tiny_model_moe_dir, sample_jsonl, out, work, steps=2,
+         extra=["--learning_rate", "1e-3", "--router_aux_loss_coef", "0.001"])
+    ckpt = out / "checkpoint-2"
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen3VLMoeForConditionalGeneration"] and cfg["model_type"] == "qwen3_vl_moe"
+    _check_full_reload(ckpt, tiny_model_moe_dir, infer_jsonl, work, "moe_full_ckpt", untied=True)
 
 
 def test_resume_gives_the_uninterrupted_run(tied_full, tiny_model_dir, sample_jsonl, work):
@@ -247,17 +272,19 @@ def _lora_args(*more):
     return ["--modules_to_save", "embed_tokens", "lm_head", "--lora_rank", "4", "--learning_rate", "1e-3", *more]
 
 
-def test_lora_merge_keeps_the_trained_rows_tied_model(tiny_model_dir, sample_jsonl, infer_jsonl, work):
-    """The tied (2B/4B-like) model: ``modules_to_save`` trains separate embedding and head copies; the merge
-    must keep both (ms-swift unties the merged config)."""
-    out = work / "tied_lora"
-    _sft(tiny_model_dir, sample_jsonl, out, work, tuner="lora", extra=_lora_args())
-    merged = work / "tied_lora_merged"
+@pytest.mark.parametrize("which", ["tied", "untied"])
+def test_lora_merge_keeps_the_trained_rows(request, which, sample_jsonl, infer_jsonl, work):
+    """Tied (2B/4B-like) and untied (8B-like) dense models: ``modules_to_save`` trains separate embedding and
+    head copies; the merge must keep both (for the tied model ms-swift unties the merged config)."""
+    base = request.getfixturevalue(_FIXTURE[which])
+    out = work / f"{which}_lora"
+    _sft(base, sample_jsonl, out, work, tuner="lora", extra=_lora_args())
+    merged = work / f"{which}_lora_merged"
     run_swift("export", ["--adapters", str(out / "checkpoint-2"), "--merge_lora", "true", "--output_dir",
                          str(merged)], work)
     cfg = json.loads((merged / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is False
-    _check_merge(out / "checkpoint-2", merged, tiny_model_dir, work, "tied_lora", infer_jsonl)
+    _check_merge(out / "checkpoint-2", merged, base, work, f"{which}_lora", infer_jsonl)
 
 
 # ---------------------------------------------------------------- mixture of experts

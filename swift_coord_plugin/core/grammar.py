@@ -479,36 +479,32 @@ def _row_index(grammar: "AnswerGrammar", rows: Tuple[int, ...], batch: int, devi
     return t
 
 
-def _apply_plan(x: Tensor, r, plan: _PlanT) -> None:
-    """Mask rows ``r`` (slice or LongTensor) of ``x`` ``[B, V]`` in place by ``plan``."""
+def _apply_plan(x: Tensor, rows: Optional[Tuple[int, ...]], plan: _PlanT) -> None:
+    """Mask ``rows`` of ``x`` ``[B, V]`` (``None``: all rows) in place by ``plan``.
+
+    A subset of rows is masked row by row through basic slicing (each row a contiguous view, filled like a
+    ``memset``): on CPU that is 3-6x faster than one advanced-index assignment over the same rows
+    (``bench/results_decode.md``)."""
     kind = plan[0]
     if kind == "all":
         return
     neg = float("-inf")
+    targets = [x] if rows is None else [x[i:i + 1] for i in rows]
     if kind == "range":
         a, b = plan[1], plan[2]
-        if isinstance(r, slice):
-            x[:, :a] = neg
-            x[:, b:] = neg
-        else:
-            x[r, :a] = neg
-            x[r, b:] = neg
+        for t in targets:
+            t[:, :a].fill_(neg)
+            t[:, b:].fill_(neg)
     elif kind == "keep":
         ids = plan[1]
-        if isinstance(r, slice):
-            kept = x.index_select(1, ids)
-            x.fill_(neg)
-            x.index_copy_(1, ids, kept)
-        else:
-            kept = x[r.unsqueeze(1), ids.unsqueeze(0)]
-            x.index_fill_(0, r, neg)
-            x[r.unsqueeze(1), ids.unsqueeze(0)] = kept
+        for t in targets:
+            kept = t.index_select(1, ids)
+            t.fill_(neg)
+            t.index_copy_(1, ids, kept)
     else:  # drop
         ids = plan[1]
-        if isinstance(r, slice):
-            x.index_fill_(1, ids, neg)
-        else:
-            x[r.unsqueeze(1), ids.unsqueeze(0)] = neg
+        for t in targets:
+            t.index_fill_(1, ids, neg)
 
 
 def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[GrammarState],
@@ -564,7 +560,7 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
         plans[key] = plan
         groups.setdefault(key, []).append(i)
     for key, rows in groups.items():
-        _apply_plan(x, _row_index(grammar, tuple(rows), B, device), plans[key])
+        _apply_plan(x, None if len(rows) == B else tuple(rows), plans[key])
     masked = x
     if coord_rows:
         cr = _row_index(grammar, coord_rows, B, device)
@@ -579,17 +575,18 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
                 # Keep ``x`` as the masked logits; the decision goes to a new tensor (a fill, not a copy,
                 # of the coordinate rows).
                 out = torch.full_like(x, float("-inf"))
-                other = tuple(i for i in range(B) if i not in set(coord_rows))
-                if other:
-                    o = _row_index(grammar, other, B, device)
-                    out[o] = x[o]
+                coord_set = set(coord_rows)
+                for i in range(B):
+                    if i not in coord_set:
+                        out[i].copy_(x[i])
                 x = out
             if isinstance(cr, slice):
                 x.fill_(float("-inf"))
                 x.scatter_(1, ids.unsqueeze(1), 0.0)
                 chosen.copy_(ids)
             else:
-                x.index_fill_(0, cr, float("-inf"))
+                for i in coord_rows:
+                    x[i].fill_(float("-inf"))
                 x[cr, ids] = 0.0
                 chosen[cr] = ids
     lp = torch.log_softmax(masked.float(), dim=-1) if with_logprobs else None
