@@ -455,6 +455,13 @@ class Section:
     def image(self, caption: str, rel: str) -> None:
         self.blocks.append(("image", (caption, rel)))
 
+    def figure(self, drawn: bool, png: str, key: str, caption: str, plots: Dict[str, str]) -> bool:
+        """Show ``png`` (and list it in ``plots`` under ``key``) if the plotting call ``drawn`` it."""
+        if drawn:
+            plots[key] = os.path.basename(png)
+            self.image(caption, plots[key])
+        return drawn
+
     @property
     def images(self) -> List[Tuple[str, str]]:
         return [b for k, b in self.blocks if k == "image"]
@@ -502,14 +509,14 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
             sec.text(f"- {i}")
     else:
         sec.text("All runs share every compared setting: args.json outside the loss flags, the environment "
-                        "settings (coord_env.json), and for the evaluations " +
-                        ", ".join(w for _, w in EVAL_SETTINGS) + ".")
+                 "settings (coord_env.json), and for the evaluations " +
+                 ", ".join(w for _, w in EVAL_SETTINGS) + ".")
     if unrecorded:
         sec.text("Not recorded by any run (unchecked): " + "; ".join(unrecorded) + ".")
-    sec.table(*(["group", "runs", "seeds", "loss_type", "path(s)"],
-                       [[g, str(len(rs)), ", ".join(str(r.args.get("seed", "?")) for r in rs),
-                         str(rs[0].args.get("loss_type") or "cross_entropy"), ", ".join(r.path for r in rs)]
-                        for g, rs in by_group.items()]))
+    sec.table(["group", "runs", "seeds", "loss_type", "path(s)"],
+              [[g, str(len(rs)), ", ".join(str(r.args.get("seed", "?")) for r in rs),
+                str(rs[0].args.get("loss_type") or "cross_entropy"), ", ".join(r.path for r in rs)]
+               for g, rs in by_group.items()])
     sections.append(sec)
 
     # 2. Detection metrics and differences.
@@ -525,10 +532,10 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     sec = Section("Detection metrics")
     if any(r.report for r in runs):
         sec.text("COCO bbox metrics (pycocotools) of the scored checkpoint; mean ± std over the runs (seeds) "
-                        "of a group. AR100 is the recall at the evaluation's max detections.")
-        sec.table(*(["group", "n"] + list(DETECTION_METRICS),
-                           [[g, str(sum(1 for r in by_group[g] if r.report))]
-                            + [_pm(metric_mean[g][m], metric_std[g][m]) for m in DETECTION_METRICS] for g in groups]))
+                 "of a group. AR100 is the recall at the evaluation's max detections.")
+        sec.table(["group", "n"] + list(DETECTION_METRICS),
+                  [[g, str(sum(1 for r in by_group[g] if r.report))]
+                   + [_pm(metric_mean[g][m], metric_std[g][m]) for m in DETECTION_METRICS] for g in groups])
         if boot:
             b = boot["groups"]
             sec.text(f"Differences to the baseline group **{boot['baseline']}** (then between the other groups), "
@@ -548,17 +555,16 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                     verdict.append(f"{m}: {'yes' if d['excludes_zero'] else 'no'}")
                 rows.append(row + ["; ".join(verdict)])
             if rows:
-                sec.table(*(["difference", "ΔAP", "95% CI", "ΔAP50", "95% CI", "ΔAP75", "95% CI",
-                                    "larger than the noise?"], rows))
-            sec.table(*(["group", "AP", "AP 95% CI", "AP50", "AP50 95% CI", "AP75", "AP75 95% CI"],
-                               [[g, _fmt(b[g]["AP"]["value"]), _ci(b[g]["AP"]["ci"]), _fmt(b[g]["AP50"]["value"]),
-                                 _ci(b[g]["AP50"]["ci"]), _fmt(b[g]["AP75"]["value"]), _ci(b[g]["AP75"]["ci"])]
-                                for g in groups if g in b]))
+                sec.table(["difference", "ΔAP", "95% CI", "ΔAP50", "95% CI", "ΔAP75", "95% CI",
+                           "larger than the noise?"], rows)
+            sec.table(["group", "AP", "AP 95% CI", "AP50", "AP50 95% CI", "AP75", "AP75 95% CI"],
+                      [[g, _fmt(b[g]["AP"]["value"]), _ci(b[g]["AP"]["ci"]), _fmt(b[g]["AP50"]["value"]),
+                        _ci(b[g]["AP50"]["ci"]), _fmt(b[g]["AP75"]["value"]), _ci(b[g]["AP75"]["ci"])]
+                       for g in groups if g in b])
         png = os.path.join(out_dir, "detection_metrics.png")
-        if figures.plot_metric_bars(groups, colors, DETECTION_METRICS, metric_mean, metric_std, png,
-                                    "detection metrics (pycocotools), mean ± std over seeds", "COCO metric"):
-            plots["detection_metrics"] = os.path.basename(png)
-            sec.image(*("detection metrics", plots["detection_metrics"]))
+        drawn = figures.plot_metric_bars(groups, colors, DETECTION_METRICS, metric_mean, metric_std, png,
+                                         "detection metrics (pycocotools), mean ± std over seeds", "COCO metric")
+        sec.figure(drawn, png, "detection_metrics", "detection metrics", plots)
     else:
         sec.text("No run has an evaluation (report.json): run shell/eval.sh first.")
     sections.append(sec)
@@ -568,18 +574,17 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     steps = sorted({s for r in runs for s, _, _ in r.checkpoint_reports})
     if steps:
         sec.text("Every scored checkpoint (`CKPT=all bash shell/eval.sh`); one line per run.")
-        sec.table(*(["run"] + [f"AP @ {s}" for s in steps],
-                           [[r.name] + [_fmt(next((rep["metrics"].get("AP") for st, _, rep in r.checkpoint_reports
-                                                   if st == s), None)) for s in steps] for r in runs]))
+        sec.table(["run"] + [f"AP @ {s}" for s in steps],
+                  [[r.name] + [_fmt(next((rep["metrics"].get("AP") for st, _, rep in r.checkpoint_reports
+                                          if st == s), None)) for s in steps] for r in runs])
         series = [(r.name, r.group, colors[r.group],
                    {m: ([s for s, _, _ in r.checkpoint_reports],
                         [max(float(rep["metrics"].get(m, 0.0)), 0.0) for _, _, rep in r.checkpoint_reports])
                     for m in ("AP", "AP50", "AP75")}) for r in runs]
         png = os.path.join(out_dir, "ap_vs_step.png")
-        if figures.plot_curves(series, [("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75")], png,
-                               "COCO AP of each scored checkpoint", ncols=3):
-            plots["ap_vs_step"] = os.path.basename(png)
-            sec.image(*("AP, AP50, AP75 against step", plots["ap_vs_step"]))
+        drawn = figures.plot_curves(series, [("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75")], png,
+                                    "COCO AP of each scored checkpoint", ncols=3)
+        sec.figure(drawn, png, "ap_vs_step", "AP, AP50, AP75 against step", plots)
     else:
         sec.text("No checkpoint was scored.")
     sections.append(sec)
@@ -587,8 +592,8 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     # 4. Common yardsticks and convergence.
     sec = Section("Common yardsticks (the same measure for every group)")
     sec.text("Teacher-forced on the eval set at every eval step, whatever the loss: IoU of the argmax box and "
-                    "of the CoordExp box with the target box (mean, fraction with IoU >= 0.5 / 0.75), coordinate "
-                    "accuracy and mean bin error (core/yardsticks.py).")
+             "of the CoordExp box with the target box (mean, fraction with IoU >= 0.5 / 0.75), coordinate "
+             "accuracy and mean bin error (core/yardsticks.py).")
     final_rows = []
     for g, rs in by_group.items():
         row = [g]
@@ -596,34 +601,32 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
             mean, std, _ = _mean_std([(common_curve(r, name)[1] or [None])[-1] for r in rs])
             row.append(_pm(mean, std, 3))
         final_rows.append(row)
-    sec.table(*(["group (final value)"] + [n for n, _ in COMMON_CURVES], final_rows))
+    sec.table(["group (final value)"] + [n for n, _ in COMMON_CURVES], final_rows)
     conv = convergence(runs, fraction)
     if conv:
         sec.text(f"Convergence: the first step at which a run reaches {fraction:.0%} of the best value any run "
-                        f"reached (for the bin error: best / {fraction:g}); 'never' = not within the run. Next to it "
-                        "the best level the run reached.")
-        sec.table(*(["yardstick", "best (run)", "target"] + [f"{r.name}: step (best)" for r in runs],
-                           [[c["curve"], f"{c['best']:.3f} ({c['best_run']})",
-                             "- (no run above 0)" if c["target"] is None else f"{c['target']:.3f}"]
-                            + [("-" if c["target"] is None else _fmt(c["runs"][r.name]["step"])
-                                if c["runs"][r.name]["step"] is not None else "never")
-                               + f" ({_fmt(c['runs'][r.name]['best'], 3)})" for r in runs] for c in conv]))
+                 f"reached (for the bin error: best / {fraction:g}); 'never' = not within the run. Next to it "
+                 "the best level the run reached.")
+        sec.table(["yardstick", "best (run)", "target"] + [f"{r.name}: step (best)" for r in runs],
+                  [[c["curve"], f"{c['best']:.3f} ({c['best_run']})",
+                    "- (no run above 0)" if c["target"] is None else f"{c['target']:.3f}"]
+                   + [("-" if c["target"] is None else _fmt(c["runs"][r.name]["step"])
+                       if c["runs"][r.name]["step"] is not None else "never")
+                      + f" ({_fmt(c['runs'][r.name]['best'], 3)})" for r in runs] for c in conv])
     series = [(r.name, r.group, colors[r.group], {n: common_curve(r, n)[:2] for n, _ in COMMON_CURVES}) for r in runs]
     png = os.path.join(out_dir, "yardsticks.png")
-    if figures.plot_curves(series, [(n, n + (" (lower is better)" if not h else "")) for n, h in COMMON_CURVES], png,
-                           "common yardsticks (eval, teacher-forced)"):
-        plots["yardsticks"] = os.path.basename(png)
-        sec.image(*("common yardsticks against step", plots["yardsticks"]))
-    else:
+    drawn = figures.plot_curves(series, [(n, n + (" (lower is better)" if not h else "")) for n, h in COMMON_CURVES],
+                                png, "common yardsticks (eval, teacher-forced)")
+    if not sec.figure(drawn, png, "yardsticks", "common yardsticks against step", plots):
         sec.text("No run logged the yardsticks (runs trained before they existed, or not with a coordexp_* loss).")
     sections.append(sec)
 
     # 5. Why answers failed.
     sec = Section("Why answers failed")
     sec.text("Per run: result rows, rows with no object, parsed objects, descriptions that matched no "
-                    "category, zero-area boxes, the last eval coordinate mass (probability the model puts on "
-                    "coordinate tokens at coordinate slots), and the parser's counts by reason "
-                    "(docs/evaluation.md).")
+             "category, zero-area boxes, the last eval coordinate mass (probability the model puts on "
+             "coordinate tokens at coordinate slots), and the parser's counts by reason "
+             "(docs/evaluation.md).")
     sec.table(*_failure_rows(runs))
     top_unmatched = []
     for r in runs:
@@ -651,19 +654,16 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                 cmean[g][c], cstd[g][c], _ = _mean_std([((r.report or {}).get("per_category") or {}).get(c, {})
                                                         .get("AP") for r in rs])
         png = os.path.join(out_dir, "per_category_ap.png")
-        if figures.plot_metric_bars(groups, colors, cats, cmean, cstd, png,
-                                    f"AP per category ({len(cats)} with most GT boxes)", "AP"):
-            plots["per_category_ap"] = os.path.basename(png)
-            sec.image(*("AP per category", plots["per_category_ap"]))
+        drawn = figures.plot_metric_bars(groups, colors, cats, cmean, cstd, png,
+                                         f"AP per category ({len(cats)} with most GT boxes)", "AP")
+        sec.figure(drawn, png, "per_category_ap", "AP per category", plots)
     png = os.path.join(out_dir, "iou_histograms.png")
     hists = [(r.name, colors[r.group], (r.report.get("matched_iou") or {}).get("histogram_edges") or [],
               (r.report.get("matched_iou") or {}).get("histogram") or []) for r in runs if r.report]
-    if figures.plot_iou_histograms(hists, png):
-        plots["iou_histograms"] = os.path.basename(png)
-        sec.image(*("IoU of matched detections", plots["iou_histograms"]))
+    sec.figure(figures.plot_iou_histograms(hists, png), png, "iou_histograms", "IoU of matched detections", plots)
     gallery = _gallery(runs, groups, colors, out_dir, gallery_images, seed, notes)
     for caption, rel in gallery:
-        sec.image(*(caption, rel))
+        sec.image(caption, rel)
     if not sec.images:
         sec.text("No evaluation to draw.")
     sections.append(sec)
@@ -671,27 +671,27 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     # 7. Own losses, last.
     sec = Section("Own losses (NOT comparable across groups)")
     sec.text("Each group optimises its own objective (B has no coordinate CE, C adds a geometric term), so "
-                    "a lower total loss does not mean better boxes; compare groups on the sections above.")
+             "a lower total loss does not mean better boxes; compare groups on the sections above.")
     rows = []
     for r in runs:
         _, tr = curve(r.train, "loss")
         _, ev = curve(r.eval, "eval_loss")
         rows.append([r.name, str(r.args.get("loss_type") or "cross_entropy"), _fmt(tr[-1] if tr else None),
                      _fmt(ev[-1] if ev else None), _fmt(r.train[-1]["_step"] if r.train else None)])
-    sec.table(*(["run", "loss_type", "final train loss (own)", "final eval loss (own)", "steps"], rows))
+    sec.table(["run", "loss_type", "final train loss (own)", "final eval loss (own)", "steps"], rows)
     flag_keys = sorted({k for r in runs for k in (r.loss_config or {})})
     if flag_keys:
-        sec.table(*(["run"] + flag_keys, [[r.name] + [_fmt((r.loss_config or {}).get(k)) for k in flag_keys]
-                                                 for r in runs]))
+        sec.table(["run"] + flag_keys, [[r.name] + [_fmt((r.loss_config or {}).get(k)) for k in flag_keys]
+                  for r in runs])
     for which in ("train", "eval"):
         prefix = "eval_" if which == "eval" else ""
         series = [(r.name, r.group, colors[r.group], {prefix + k: curve(getattr(r, which), prefix + k)
                                                       for k, _ in LOSS_CURVES}) for r in runs]
         png = os.path.join(out_dir, f"{which}_losses.png")
-        if figures.plot_curves(series, [(prefix + k, f"{which}: {t} [{prefix + k}]") for k, t in LOSS_CURVES], png,
-                               f"{which}: each group's own loss terms (not comparable across groups)", ncols=2):
-            plots[f"{which}_losses"] = os.path.basename(png)
-            sec.image(*(f"{which} loss terms (own objectives)", plots[f"{which}_losses"]))
+        drawn = figures.plot_curves(series, [(prefix + k, f"{which}: {t} [{prefix + k}]") for k, t in LOSS_CURVES],
+                                    png, f"{which}: each group's own loss terms (not comparable across groups)",
+                                    ncols=2)
+        sec.figure(drawn, png, f"{which}_losses", f"{which} loss terms (own objectives)", plots)
     sections.append(sec)
     if notes:
         sections.append(Section("Notes", blocks=[("text", f"- {n}") for n in notes]))
