@@ -138,11 +138,7 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
         raise ExportError(f"{out_dir}: the output folder must differ from the checkpoint")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise ExportError(f"{out_dir}: exists and is not empty (pass overwrite)")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{config_path}: not valid JSON ({e})") from e
+    config = _read_config(config_path)
     names = sorted(os.listdir(ckpt_dir))
     shards = [n for n in names if n.endswith(".safetensors")]
     if any(n.endswith(".bin") and n.startswith("pytorch_model") for n in names):
@@ -182,6 +178,15 @@ def export_for_vllm(ckpt_dir: str, out_dir: str, overwrite: bool = False) -> Exp
     return report
 
 
+def _read_config(config_path: str) -> dict:
+    """``config.json`` as a dict; raises ``ExportError`` naming the file when it is not valid JSON."""
+    try:
+        with open(config_path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{config_path}: not valid JSON ({e})") from e
+
+
 def vllm_export_needed(ckpt_dir: str) -> Optional[str]:
     """Why the checkpoint folder ``ckpt_dir`` must go through ``export_for_vllm`` before vLLM loads it, or
     ``None`` (dense, or already exported). Reads ``config.json`` and the safetensors headers only (no weights).
@@ -196,11 +201,7 @@ def vllm_export_needed(ckpt_dir: str) -> Optional[str]:
         if os.path.isfile(os.path.join(ckpt_dir, "adapter_config.json")):
             return None
         raise ExportError(f"{config_path}: not found (not a model checkpoint folder)")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{config_path}: not valid JSON ({e})") from e
+    config = _read_config(config_path)
     if not is_moe_checkpoint(config):
         return None
     text = _text_config(config, config_path)
