@@ -21,7 +21,7 @@
 #   DEEPSPEED   "" | zero2 | zero3 | zero2_offload | zero3_offload   ("")
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT: passed to torchrun by ms-swift.
 #     DeepSpeed needs a launcher even for one process: with DEEPSPEED set, NPROC_PER_NODE defaults to 1.
-# Plugin settings (COORDEXP_*, COORD_ORDER, COORD_ORDER_SEED; docs/losses.md "Setting a switch") set in the
+# Plugin settings (COORDEXP_*, COORD_ORDER, COORD_ORDER_SEED, COORD_INPUT_NOISE_*; docs/losses.md "Setting a switch") set in the
 # shell are passed on and beat the configuration's ENV block; each one is printed. The plugin checks every
 # key when swift starts, before the model loads: a misspelt COORDEXP_* key stops the run there.
 set -euo pipefail
@@ -67,7 +67,7 @@ if [ -n "$DEEPSPEED" ]; then
   ARGS+=(--deepspeed "$DEEPSPEED")
   export NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
 fi
-for v in $(env | grep -oE '^(COORDEXP_[A-Za-z0-9_]*|COORD_ORDER|COORD_ORDER_SEED)=' | tr -d '=' || true); do
+for v in $(env | grep -oE '^(COORDEXP_[A-Za-z0-9_]*|COORD_ORDER|COORD_ORDER_SEED|COORD_INPUT_NOISE_BINS|COORD_INPUT_NOISE_PROB)=' | tr -d '=' || true); do
   echo "[train] $v=${!v} from the shell (beats the configuration's ENV block)"
 done
 # --- resume, CPU dry run (cluster set-up) -------------------------------------------------------------

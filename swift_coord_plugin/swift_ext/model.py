@@ -43,6 +43,7 @@ import torch
 from ..core.codec import new_tokens
 from ..core.moe import MOE_ARCHITECTURE, MOE_MODEL_TYPE, is_moe_checkpoint  # noqa: F401 (one definition, re-exported)
 from ..core.vocab import CoordVocab
+from ..core.input_noise import noise_settings, perturb_coord_inputs
 
 MODEL_TYPE = "qwen3_vl_coord"
 TEMPLATE_TYPE = "qwen3_vl_coord"
@@ -155,6 +156,31 @@ def keep_router_logits(inner) -> None:
     inner._coord_router_logits = True
 
 
+def add_coord_input_noise(model, tokenizer) -> None:
+    """With ``COORD_INPUT_NOISE_BINS`` > 0: in training mode, the model's forward receives ``input_ids`` whose
+    coordinate tokens were moved by ``core.input_noise.perturb_coord_inputs`` (the labels are untouched, so every
+    loss targets the true bins). Wraps ``model.forward`` (the module DeepSpeed, PEFT and the trainer call);
+    evaluation and inference (``model.training`` False) see the ids unchanged."""
+    max_shift, prob = noise_settings()
+    if max_shift == 0 or getattr(model, "_coord_input_noise", False):
+        return
+    base_forward = model.forward
+    coord_start = []
+
+    def forward(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        if model.training and ids is not None:
+            if not coord_start:  # the tokens are added after the model is built
+                coord_start.append(CoordVocab.from_tokenizer(tokenizer).coord_start)
+            kwargs["input_ids"] = perturb_coord_inputs(ids, coord_start[0], max_shift, prob)
+        return base_forward(*args, **kwargs)
+
+    model.forward = forward
+    model._coord_input_noise = True
+    print(f"[swift-coord] coordinate input noise: in training, each input coordinate token moved by up to "
+          f"{max_shift} bins with probability {prob} (labels unchanged)", flush=True)
+
+
 def register() -> None:
     from swift.model import MODEL_MAPPING, ModelArch, ModelMeta, register_model
     from swift.model.models.qwen import Qwen3VLLoader, Qwen3VLMoeLoader
@@ -179,8 +205,10 @@ def register() -> None:
             if self.is_moe:
                 model = Qwen3VLMoeLoader.get_model(self, model_dir, config, processor, model_kwargs)
                 keep_router_logits(model.model)
-                return model
-            return Qwen3VLLoader.get_model(self, model_dir, config, processor, model_kwargs)
+            else:
+                model = Qwen3VLLoader.get_model(self, model_dir, config, processor, model_kwargs)
+            add_coord_input_noise(model, self._get_tokenizer(processor))
+            return model
 
         def _add_new_special_tokens(self, model, processor, config):
             tokenizer = self._get_tokenizer(processor)

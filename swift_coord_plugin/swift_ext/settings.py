@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Dict, Mapping, Optional
 
-from ..core import codec
+from ..core import codec, input_noise
 from ..core.losses import ENV_PREFIX, LossConfig, LossConfigError
 
 # --loss_type -> loss group (the classes in loss.py carry the same mapping; this one needs no ms-swift import).
@@ -44,11 +44,13 @@ def check_settings(environ: Optional[Mapping[str, str]] = None, loss_type: Optio
         LossConfig.check_env(environ, LOSS_GROUPS.get(loss_type or ""))
         codec.order_policy(environ=environ)
         codec.order_seed(environ)
+        input_noise.noise_settings(environ)
     except (LossConfigError, ValueError) as e:
         where = f" (--loss_type {loss_type})" if loss_type in LOSS_GROUPS else ""
         raise SettingsError(f"swift-coord settings{where}: {e}") from None
     return {k: v for k, v in environ.items()
-            if k.startswith(ENV_PREFIX) or k in (codec.ORDER_ENV, codec.ORDER_SEED_ENV)}
+            if k.startswith(ENV_PREFIX) or k in (codec.ORDER_ENV, codec.ORDER_SEED_ENV, input_noise.BINS_ENV,
+                                                 input_noise.PROB_ENV)}
 
 
 def arguments_being_built():

@@ -1,0 +1,73 @@
+"""Coordinate input noise: training on slightly wrong previous coordinates (exposure to self-fed bins).
+
+A model trained teacher-forced only ever sees the ground-truth bins as its *inputs*; decoding feeds back its own
+bins. When these differ from every bin seen in training (a CoordExp decision ``round(E[k])`` usually does), a model
+that keyed on exact previous tokens loses the box (``bench/diagnose_self_feeding.py`` measures both). The remedy
+is the one of scheduled sampling (Bengio et al., 2015, "Scheduled Sampling for Sequence Prediction with Recurrent
+Neural Networks"), in its cheapest form: during training, each coordinate token of the *input* is, with
+probability ``prob``, replaced by a bin up to ``max_shift`` bins away (uniform over the non-zero shifts, clamped to
+the bin range); the *labels* stay the ground truth, so every loss still targets the true box.
+
+Environment keys (all groups alike, off by default so that the spec's losses are reproduced bit for bit):
+``COORD_INPUT_NOISE_BINS`` (``max_shift``; 0 = off), ``COORD_INPUT_NOISE_PROB`` (``prob``, default 0.5).
+No ms-swift import here; the glue is ``swift_ext/model.py``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .codec import NUM_BINS
+
+BINS_ENV = "COORD_INPUT_NOISE_BINS"
+PROB_ENV = "COORD_INPUT_NOISE_PROB"
+DEFAULT_PROB = 0.5
+
+
+def noise_settings(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, float]:
+    """``(max_shift in bins, prob)`` from ``environ`` (default ``os.environ``); ``max_shift`` 0 means off.
+
+    Raises ``ValueError`` naming the key for a value that is not an integer in 0..999 / a number in (0, 1].
+    """
+    environ = os.environ if environ is None else environ
+    raw_bins = str(environ.get(BINS_ENV, "0")).strip() or "0"
+    raw_prob = str(environ.get(PROB_ENV, str(DEFAULT_PROB))).strip() or str(DEFAULT_PROB)
+    try:
+        max_shift = int(raw_bins)
+    except ValueError:
+        raise ValueError(f"{BINS_ENV}={raw_bins!r}: expected an integer number of bins (0 = off)") from None
+    if not 0 <= max_shift < NUM_BINS:
+        raise ValueError(f"{BINS_ENV}={max_shift}: expected 0..{NUM_BINS - 1} bins")
+    try:
+        prob = float(raw_prob)
+    except ValueError:
+        raise ValueError(f"{PROB_ENV}={raw_prob!r}: expected a probability") from None
+    if not 0.0 < prob <= 1.0:
+        raise ValueError(f"{PROB_ENV}={prob}: expected a probability in (0, 1]")
+    return max_shift, prob
+
+
+def perturb_coord_inputs(input_ids: Tensor, coord_start: int, max_shift: int, prob: float,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+    """A copy of ``input_ids`` (``LongTensor[...]``, any shape) in which each coordinate token
+    (ids ``coord_start .. coord_start + NUM_BINS - 1``) is, with probability ``prob``, moved by a shift drawn
+    uniformly from ``{-max_shift..max_shift} \\ {0}`` bins and clamped to ``0..NUM_BINS-1``. Other tokens are
+    untouched; ``max_shift`` 0 returns ``input_ids`` itself. Random draws from ``generator`` (default: torch's
+    global generator, which the trainer seeds and saves with each checkpoint).
+    """
+    if max_shift <= 0:
+        return input_ids
+    k = input_ids - coord_start
+    is_coord = (k >= 0) & (k < NUM_BINS)
+    if not bool(is_coord.any()):
+        return input_ids
+    device = input_ids.device
+    hit = torch.rand(input_ids.shape, generator=generator, device="cpu").to(device) < prob
+    # 2*max_shift non-zero shifts: draw 0..2*max_shift-1, map the upper half to 1..max_shift.
+    draw = torch.randint(0, 2 * max_shift, input_ids.shape, generator=generator, device="cpu").to(device)
+    shift = torch.where(draw < max_shift, draw - max_shift, draw - max_shift + 1)
+    moved = (k + shift).clamp(0, NUM_BINS - 1) + coord_start
+    return torch.where(is_coord & hit, moved, input_ids)
