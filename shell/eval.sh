@@ -19,6 +19,7 @@
 #              vllm runs the swift of the vLLM environment .venv-vllm (COORD_VLLM=1 bash shell/setup.sh);
 #              a mixture-of-experts checkpoint first goes through coord-export-vllm CKPT COPY, then CKPT=COPY;
 #   VLLM_ARGS  its extra flags                 (--vllm_max_model_len 8192 --vllm_enforce_eager true)
+#   VLLM_CPU_KVCACHE_SPACE  KV cache of vLLM's CPU build, GiB (2; ignored on GPUs)
 #   DECODE     argmax | coordexp                          (argmax; how coord-eval reads the coordinate tokens)
 #   SCORE      logprob | constant                         (logprob)
 #   MAX_DETS   detections per image                       (100, COCO's default)
@@ -95,6 +96,10 @@ if [ "$INFER_BACKEND" = vllm ]; then
   SWIFT=("$VLLM_VENV/bin/swift")
   read -r -a VA <<< "${VLLM_ARGS:---vllm_max_model_len 8192 --vllm_enforce_eager true}"
   ARGS+=("${VA[@]}")
+  # vLLM's CPU build otherwise reserves gpu_memory_utilization (0.9) of the machine's memory for its KV cache and
+  # refuses to start when less than that is free ("Available memory ... is less than desired CPU memory
+  # utilization"). A fixed KV cache skips that check; GPU builds ignore the variable.
+  export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
 fi
 # --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
 export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
