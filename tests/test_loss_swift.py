@@ -207,14 +207,17 @@ def test_cli_group_c_two_ranks_equal_one_process(tiny_model_dir, four_samples, t
 
 @pytest.mark.e2e
 def test_cli_switches_lean_path_and_random_order(tiny_model_dir, four_samples, tmp_path):
-    """Every switch at once through swift sft (the lean path, two epochs of the random order): the flags reach
-    coordexp_config.json, the switches' components are logged, each epoch draws its own orders."""
+    """Every switch at once through swift sft (the lean path, two epochs of the random order, coordinate input
+    noise): the flags reach coordexp_config.json, the switches' components are logged, each epoch draws its own
+    orders, the input noise is on."""
     out = tmp_path / "sw"
     switches = {"COORDEXP_LAMBDA_SOFT_CE": 0.5, "COORDEXP_SOFT_CE_SIGMA": 3, "COORDEXP_LAMBDA_W1": 2,
                 "COORDEXP_LAMBDA_BOX_ORDER": 1, "COORDEXP_BOX_LOSS": "ciou", "COORDEXP_LEAN": True}
     proc = _sft(tiny_model_dir, four_samples, out, "coordexp_hybrid", steps=4, batch_size=2,
-                extra=["--model_kwargs", json.dumps({**switches, "COORD_ORDER": "random", "COORD_ORDER_SEED": 5})])
+                extra=["--model_kwargs", json.dumps({**switches, "COORD_ORDER": "random", "COORD_ORDER_SEED": 5,
+                                                     "COORD_INPUT_NOISE_BINS": 4})])
     assert "drawing the object orders of epoch 1" in proc.stdout
+    assert "coordinate input noise: in training, each input coordinate token moved by up to 4 bins" in proc.stdout
     cfg = json.load(open(os.path.join(str(out), coord_loss.CONFIG_FILE)))
     assert cfg["object_order"] == {"policy": "random", "seed": 5}
     f = cfg["flags"]
