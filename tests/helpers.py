@@ -19,10 +19,19 @@ SWIFT = str(Path(sys.executable).parent / "swift")
 MAX_PIXELS = "65536"
 
 
+def _worker_port() -> str:
+    """torchrun's rendezvous port for this test process: pytest-xdist workers (``gw0``, ``gw1``, ...) run
+    multi-process launches at the same time, so each gets its own (tests that pass ``MASTER_PORT`` keep theirs)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    return str(29500 + 37 * n)
+
+
 def swift_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "PYTHONUNBUFFERED": "1", "MAX_PIXELS": MAX_PIXELS})
+    env.setdefault("MASTER_PORT", _worker_port())
     env.update(extra or {})
     return env
 
