@@ -8,7 +8,7 @@
 #   DECODING=free bash shell/demo.sh           # stock decoding (group B then writes no box); also coordexp
 #   MODEL=/path/to/Qwen3-VL-2B-Instruct COCO=/data/coco bash shell/demo.sh    # the real thing, on a GPU
 #
-#   INFER_BACKEND=vllm bash shell/demo.sh     # inference on vLLM (builds .venv-vllm; tiny model with head_dim 64)
+#   INFER_BACKEND=vllm bash shell/demo.sh     # inference on vLLM (builds .venv-vllm; same tiny model and training)
 #
 # With MODEL set, the group configurations in templates/ are used as they are (bf16, their batch, steps
 # and schedule) on $COCO/annotations/instances_{train,val}2017.json; STEPS overrides max_steps.
@@ -25,11 +25,11 @@ T0=$(date +%s)
 
 if [ -z "${MODEL:-}" ]; then
   echo "[demo] NOTE: a tiny randomly initialised model shows the pipeline working, not detection quality."
-  TINY="$OUT/tiny-qwen3-vl"; TINY_ARGS=()
-  # vLLM's CPU attention rejects the default head size (16): the vLLM demo trains a head_dim-64 variant.
-  if [ "${INFER_BACKEND:-}" = vllm ]; then TINY="$OUT/tiny-qwen3-vl-head64"; TINY_ARGS=(--head-dim 64); fi
+  # Attention heads of 64 (not the tiny default 16, which vLLM's CPU attention rejects): the same model and
+  # checkpoints serve the transformers and the vLLM demo.
+  TINY="$OUT/tiny-qwen3-vl-head64"
   MODEL="$TINY"
-  [ -f "$MODEL/config.json" ] || coord-make-tiny-model "$MODEL" ${TINY_ARGS[@]+"${TINY_ARGS[@]}"}
+  [ -f "$MODEL/config.json" ] || coord-make-tiny-model "$MODEL" --head-dim 64
   export CPU="${CPU:-1}"   # shell/train.sh's CPU recipe (fp32); the flags below make the run small
   GT="$ROOT/assets/coco_sample/instances.json"
   # At most 6 objects per image (the largest) so that the tiny model can over-fit its 9 images within
