@@ -76,28 +76,66 @@ def _sft(model_dir, dataset, out, cwd, *, steps=2, tuner="full", extra=(), launc
                                           loss_type=loss_type, extra=list(extra)), cwd, launcher_env=launcher_env)
 
 
-def _infer(cwd, name, model_args, dataset) -> list:
-    """``swift infer`` greedy responses on ``dataset`` (``model_args``: ``--model X`` or ``--adapters Y``)."""
+def _infer(cwd, name, model_args, dataset, logprobs: bool = False) -> list:
+    """``swift infer`` greedy responses on ``dataset`` (``model_args``: ``--model X`` or ``--adapters Y``); with
+    ``logprobs`` the result rows (responses with the top-2 log-probabilities of every token)."""
     result = str(Path(cwd) / f"{name}.jsonl")
-    args = base_infer_args("unused", dataset, result, max_new_tokens=INFER_TOKENS)
+    extra = ["--logprobs", "true", "--top_logprobs", "2"] if logprobs else None
+    args = base_infer_args("unused", dataset, result, max_new_tokens=INFER_TOKENS, extra=extra)
     i = args.index("--model")
     args[i:i + 2] = list(model_args)
     run_swift("infer", args, cwd)
-    return [r["response"] for r in read_jsonl(result)]
+    rows = read_jsonl(result)
+    return rows if logprobs else [r["response"] for r in rows]
 
 
-def _in_process_answers(ckpt, result_rows) -> list:
-    """Greedy answers of the checkpoint loaded in this process, for the requests ``swift infer`` answered."""
+def _in_process_answers(ckpt, result_rows, logprobs: bool = False) -> list:
+    """Greedy answers of the checkpoint loaded in this process, for the requests ``swift infer`` answered; with
+    ``logprobs`` each answer's token log-probabilities (top 2), as ``swift infer`` writes them."""
     from swift.infer_engine import InferRequest, RequestConfig, TransformersEngine
     from swift.template import get_template
 
-    model, processor = _load(ckpt)
-    template = get_template(processor, template_type="qwen3_vl_coord", max_pixels=int(MAX_PIXELS))
-    engine = TransformersEngine(model, template=template, max_batch_size=4)
-    requests = [InferRequest(messages=r["messages"][:-1], images=[im["path"] for im in r["images"]])
-                for r in result_rows]
-    resp = engine.infer(requests, RequestConfig(max_tokens=INFER_TOKENS, temperature=0), use_tqdm=False)
+    # The image resolution as `swift infer` had it: ms-swift's Qwen3-VL template reads MAX_PIXELS from the
+    # environment (without it the images are resized to its default: other visual tokens, other log-probabilities).
+    saved = os.environ.get("MAX_PIXELS")
+    os.environ["MAX_PIXELS"] = MAX_PIXELS
+    try:
+        model, processor = _load(ckpt)
+        template = get_template(processor, template_type="qwen3_vl_coord", max_pixels=int(MAX_PIXELS))
+        engine = TransformersEngine(model, template=template, max_batch_size=4)
+        requests = [InferRequest(messages=r["messages"][:-1], images=[im["path"] for im in r["images"]])
+                    for r in result_rows]
+        cfg = RequestConfig(max_tokens=INFER_TOKENS, temperature=0, logprobs=logprobs,
+                            top_logprobs=2 if logprobs else None)
+        resp = engine.infer(requests, cfg, use_tqdm=False)
+    finally:
+        if saved is None:
+            del os.environ["MAX_PIXELS"]
+        else:
+            os.environ["MAX_PIXELS"] = saved
+    if logprobs:
+        return [r.choices[0].logprobs["content"] for r in resp]
     return [r.choices[0].message.content for r in resp]
+
+
+def _assert_same_greedy_answers(swift_rows, in_process, tol=1e-3):
+    """Token by token the same answers with the same log-probabilities (within ``tol``); a divergence is accepted
+    only at a near tie (the two top candidates of that step within ``tol`` of each other, the other run's token
+    one of them), after which the answers are no longer comparable. A wrong row in the reloaded model moves the
+    log-probabilities of every step, far beyond ``tol``."""
+    assert len(swift_rows) == len(in_process)
+    for row, theirs in zip(swift_rows, in_process):
+        ours = row["logprobs"]["content"]
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            if a["token"] == b["token"]:
+                assert abs(a["logprob"] - b["logprob"]) < tol, (i, a, b)
+                continue
+            top = sorted(a["top_logprobs"], key=lambda t: -t["logprob"])[:2]
+            assert len(top) == 2 and top[0]["logprob"] - top[1]["logprob"] < tol and \
+                b["token"] in {t["token"] for t in top}, f"diverge at token {i} without a tie: {a} vs {b}"
+            break
+        else:
+            assert len(ours) == len(theirs), (len(ours), len(theirs))
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +223,8 @@ def _check_full_reload(ckpt, base_dir, infer_jsonl, work, name, untied: bool):
                            _matrix(saved_w, "lm_head.weight")[FIRST_NEW:])
     del model
     # swift infer on the checkpoint (plugin, model type, template from its args.json) = in-process answers.
-    answers = _infer(work, name, ["--model", str(ckpt)], infer_jsonl)
-    rows = read_jsonl(work / f"{name}.jsonl")
-    assert _in_process_answers(ckpt, rows) == answers
+    rows = _infer(work, name, ["--model", str(ckpt)], infer_jsonl, logprobs=True)
+    _assert_same_greedy_answers(rows, _in_process_answers(ckpt, rows, logprobs=True))
 
 
 def test_full_finetune_trains_the_rows_and_the_checkpoint_reloads_them(tied_full, tiny_model_dir, infer_jsonl, work):
