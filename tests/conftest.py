@@ -5,10 +5,14 @@ import os
 
 import pytest
 
-from helpers import SAMPLE_JSONL, absolute_samples
+from helpers import MAX_PIXELS, SAMPLE_JSONL, absolute_samples
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The image resolution of every `swift` run of the tests (helpers.swift_env), also in this process: ms-swift's
+# Qwen3-VL template takes MAX_PIXELS from the environment when it is first imported, so a model loaded here
+# sees the images as the CLI did.
+os.environ.setdefault("MAX_PIXELS", MAX_PIXELS)
 
 
 @pytest.fixture(scope="session", autouse=True)

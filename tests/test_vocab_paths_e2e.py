@@ -95,24 +95,15 @@ def _in_process_answers(ckpt, result_rows, logprobs: bool = False) -> list:
     from swift.infer_engine import InferRequest, RequestConfig, TransformersEngine
     from swift.template import get_template
 
-    # The image resolution as `swift infer` had it: ms-swift's Qwen3-VL template reads MAX_PIXELS from the
-    # environment (without it the images are resized to its default: other visual tokens, other log-probabilities).
-    saved = os.environ.get("MAX_PIXELS")
-    os.environ["MAX_PIXELS"] = MAX_PIXELS
-    try:
-        model, processor = _load(ckpt)
-        template = get_template(processor, template_type="qwen3_vl_coord", max_pixels=int(MAX_PIXELS))
-        engine = TransformersEngine(model, template=template, max_batch_size=4)
-        requests = [InferRequest(messages=r["messages"][:-1], images=[im["path"] for im in r["images"]])
-                    for r in result_rows]
-        cfg = RequestConfig(max_tokens=INFER_TOKENS, temperature=0, logprobs=logprobs,
-                            top_logprobs=2 if logprobs else None)
-        resp = engine.infer(requests, cfg, use_tqdm=False)
-    finally:
-        if saved is None:
-            del os.environ["MAX_PIXELS"]
-        else:
-            os.environ["MAX_PIXELS"] = saved
+    # The image resolution is the CLI's: conftest.py sets MAX_PIXELS for this process before ms-swift is imported.
+    assert os.environ.get("MAX_PIXELS") == MAX_PIXELS
+    model, processor = _load(ckpt)
+    template = get_template(processor, template_type="qwen3_vl_coord", max_pixels=int(MAX_PIXELS))
+    engine = TransformersEngine(model, template=template, max_batch_size=4)
+    requests = [InferRequest(messages=r["messages"][:-1], images=[im["path"] for im in r["images"]])
+                for r in result_rows]
+    cfg = RequestConfig(max_tokens=INFER_TOKENS, temperature=0, logprobs=logprobs, top_logprobs=2 if logprobs else None)
+    resp = engine.infer(requests, cfg, use_tqdm=False)
     if logprobs:
         return [r.choices[0].logprobs["content"] for r in resp]
     return [r.choices[0].message.content for r in resp]
