@@ -62,6 +62,7 @@ def sensitivity(ckpt: str, train_path: str, shift: int, n: int):
     template.set_mode("train")
     tokenizer = template.tokenizer
     coord_ids = torch.tensor(tokenizer.convert_tokens_to_ids([coord_token(k) for k in range(1000)]))
+    coord_set = set(coord_ids.tolist())
     base = os.path.dirname(os.path.abspath(train_path))
 
     def expected_x2(image: str, desc: str, bins) -> float:
@@ -72,7 +73,7 @@ def sensitivity(ckpt: str, train_path: str, shift: int, n: int):
         with torch.no_grad():
             logits = engine.model(**batch).logits[0]
         ids = batch["input_ids"][0]
-        pos = [i for i in range(len(ids)) if int(ids[i]) in set(coord_ids.tolist())]
+        pos = [i for i, t in enumerate(ids.tolist()) if t in coord_set]
         p = logits[pos[2] - 1, coord_ids].float().softmax(-1)  # the position that predicts x2
         return float((p * torch.arange(1000)).sum())
 
