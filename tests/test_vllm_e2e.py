@@ -6,9 +6,10 @@ failing under CI).
 * the vLLM logits processor driven as vLLM's sampler drives it (``vllm_env_processor_checks.py``, run
   with the vLLM environment's pytest): every answer decoded under the grammar from random logits parses
   completely, and the recorded distribution is the restricted one;
-* ``swift infer --infer_backend vllm`` (vLLM environment) with ``COORD_DECODING=constrained`` on the tied
-  checkpoint -> ``coord-eval``: every answer parses completely, coordinate slots carry the restricted
-  log-probabilities; the greedy tokens equal those of ``--infer_backend transformers`` (fp32 on both);
+* ``INFER_BACKEND=vllm DECODING=constrained bash shell/eval.sh`` on the tied checkpoint (the vLLM environment's
+  ``swift infer``, eval.sh's KV-cache default, its row check, ``coord-eval``): every answer parses completely,
+  coordinate slots carry the restricted log-probabilities; the greedy tokens equal those of
+  ``--infer_backend transformers`` (fp32 on both);
 * the untied checkpoint loads into vLLM and answers with coordinate tokens under ``coordexp``,
   token-identical to the transformers backend (the CoordExp bins agree, so the trained head rows were
   loaded: a wrong head would move the expectations);
@@ -162,13 +163,29 @@ def test_processor_in_vllm_env(vllm_bin, tied_ckpt, tmp_path):
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 
-def test_constrained_vllm_to_coord_eval_and_same_tokens_as_transformers(vllm_bin, tied_ckpt, two_samples,
-                                                                        tmp_path):
-    rows = infer_vllm(vllm_bin, tied_ckpt, two_samples, tmp_path / "vllm.jsonl", "constrained", tmp_path)
+def test_eval_script_on_vllm_constrained_same_tokens_as_transformers(vllm_bin, tied_ckpt, two_samples, tmp_path):
+    """``INFER_BACKEND=vllm bash shell/eval.sh`` as a user runs it: the vLLM environment's swift with eval.sh's own
+    KV-cache default (``VLLM_CPU_KVCACHE_SPACE`` unset), the row check against ``VAL_DATA``, then coord-eval."""
+    out = tmp_path / "run"
+    env = swift_env({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OUT": str(out),
+                     "CKPT": tied_ckpt, "GT": str(GT), "VAL_DATA": two_samples, "INFER_BACKEND": "vllm",
+                     "DECODING": "constrained", "VLLM_VENV": str(vllm_bin.parent),
+                     "VLLM_ARGS": "--vllm_max_model_len 4096 --vllm_enforce_eager true"})
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh"), "--torch_dtype", "float32",
+                           "--top_logprobs", str(TOP_K), "--max_new_tokens", str(MAX_NEW_TOKENS)],
+                          cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=900)
+    (tmp_path / "eval.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert f"{vllm_bin / 'swift'} infer" in proc.stdout, proc.stdout[-3000:]
+    assert f"{len(IMAGE_IDS)} result rows = the {len(IMAGE_IDS)} rows" in proc.stdout, proc.stdout[-3000:]
+    rows = read_jsonl(out / "eval" / "infer_result.jsonl")
     assert len(rows) == len(IMAGE_IDS)
     n_objects = 0
     for row in rows:
         content = row["logprobs"]["content"]
+        assert len(content) <= MAX_NEW_TOKENS  # the command line's flags won over the config's
         parsed = codec.parse_pieces([t["token"] for t in content if t["token"] not in END_OF_TURN_TOKENS])
         # Every object complete; a repeated object (the model's choice, dropped by the parser's duplicate rule)
         # and a reversed pair (repaired) are not grammar failures.
@@ -180,21 +197,16 @@ def test_constrained_vllm_to_coord_eval_and_same_tokens_as_transformers(vllm_bin
                 continue
             # The restricted distribution: every alternative is a coordinate token, the emitted one the mode.
             top = t["top_logprobs"]
-            assert top and all(codec.coord_bin_of(a["token"]) is not None for a in top), top
+            assert top and len(top) <= TOP_K and all(codec.coord_bin_of(a["token"]) is not None for a in top), top
             assert t["logprob"] >= max(a["logprob"] for a in top) - 1e-6
             assert sum(math.exp(a["logprob"]) for a in top) <= 1 + 1e-4
     assert n_objects > 0, [r["response"] for r in rows]
 
-    exe = Path(sys.executable).parent / "coord-eval"
-    # Scored on the two inferred images (coord-eval's coverage rule: the subset is named).
-    proc = subprocess.run([str(exe), "--results", str(tmp_path / "vllm.jsonl"), "--gt", str(GT),
-                           "--val-data", two_samples, "--out", str(tmp_path / "eval"), "--no-progress"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    report = json.loads((out / "eval" / "report.json").read_text())
     settings = report["settings"]
     assert (settings["decoding"], settings["infer_backend"]) == ("constrained", "vllm"), settings
     assert settings["logprobs_distribution"].startswith("grammar"), settings
+    assert report["counts"]["rows"]["total"] == len(IMAGE_IDS)
     assert report["counts"]["objects"]["parsed"] == n_objects
     assert not any(n for k, n in report["counts"]["parser"].items()
                    if k.startswith("dropped_") and k != "dropped_duplicate"), report["counts"]
