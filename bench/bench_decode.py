@@ -10,6 +10,8 @@ a tiny random model is built (its constrained answers are short).
     python bench/bench_decode.py [--model CKPT] [--backend transformers] [--modes free constrained coordexp]
                                  [--max-new-tokens 200] [--batch 9] [--repeat 3] [--logprobs]
     python bench/bench_decode.py --grammar-only --threads 1      # the grammar step alone, no model
+    .venv-vllm/bin/python bench/bench_decode.py --backend vllm --model CKPT --modes constrained --vllm-variant noop
+                                 # vLLM's cost of a processor that changes nothing (also: raw-logprobs)
     python bench/bench_decode.py --shape qwen3-vl-2b --n 2 --batch 2 --max-new-tokens 48 --repeat 1
                                  # a randomly initialised model with Qwen3-VL-2B's language-model dimensions
 
@@ -136,6 +138,23 @@ def run_mode(engine, reqs, mode: str, max_new_tokens: int, logprobs: bool, repea
     return best
 
 
+def patch_vllm_processor(variant: str) -> None:
+    """For ``--vllm-variant``: change the plugin's vLLM processor in this process (the engine runs in it)."""
+    from swift_coord_plugin.swift_ext import vllm_decoding
+
+    if variant == "noop":
+        vllm_decoding.CoordGrammarLogitsProcessor.apply = lambda self, logits: logits
+    elif variant == "raw-logprobs":
+        shipped = vllm_decoding.engine_kwargs
+
+        def engine_kwargs(config=None):
+            kwargs = shipped(config)
+            kwargs.pop("logprobs_mode", None)
+            return kwargs
+
+        vllm_decoding.engine_kwargs = engine_kwargs
+
+
 def _former_step(g, x, states, record: bool, remaining: int):
     """The grammar step as first written (kept here for the before/after): one full boolean mask per row
     stacked to ``[B, V]``, a ``[B, V]`` select, and a ``[B, V]`` log-softmax for the recorded distribution;
@@ -213,6 +232,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="passes per mode; the fastest is reported")
     p.add_argument("--logprobs", action="store_true", help="also record log-probabilities (top 20)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--vllm-variant", default=None, choices=("noop", "raw-logprobs"),
+                   help="vLLM only, a diagnosis of the time outside the grammar: 'noop' installs the processor but "
+                        "returns the logits untouched; 'raw-logprobs' keeps vLLM's default logprobs_mode")
     p.add_argument("--grammar-only", action="store_true",
                    help="time core.grammar.apply_grammar alone ([batch, 152704] logits), no model")
     a = p.parse_args()
@@ -234,6 +256,10 @@ def main() -> None:
     from swift_coord_plugin.swift_ext.register import register
 
     register()
+    if a.vllm_variant:
+        if a.backend != "vllm":
+            raise SystemExit("--vllm-variant needs --backend vllm")
+        patch_vllm_processor(a.vllm_variant)
     model = a.model
     if model is None and a.shape:
         model = build_shaped_model(os.path.join(tempfile.mkdtemp(), a.shape), a.shape)
