@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "coord-make-tiny-model=swift_coord_plugin.cli.make_tiny_model:main",
+            "coord-make-shapes=swift_coord_plugin.cli.make_shapes:main",
             "coord-prepare-coco=swift_coord_plugin.cli.prepare_coco:main",
             "coord-eval=swift_coord_plugin.cli.evaluate:main",
             "coord-compare=swift_coord_plugin.cli.compare:main",
