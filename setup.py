@@ -20,6 +20,7 @@ setup(
         "console_scripts": [
             "coord-make-tiny-model=swift_coord_plugin.cli.make_tiny_model:main",
             "coord-make-shapes=swift_coord_plugin.cli.make_shapes:main",
+            "coord-constant-baseline=swift_coord_plugin.cli.constant_baseline:main",
             "coord-prepare-coco=swift_coord_plugin.cli.prepare_coco:main",
             "coord-eval=swift_coord_plugin.cli.evaluate:main",
             "coord-compare=swift_coord_plugin.cli.compare:main",

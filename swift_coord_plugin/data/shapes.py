@@ -36,6 +36,8 @@ class ShapesConfig:
     (uniform). ``min_side``/``max_side``: side of a shape's drawn extent as a fraction of the image side,
     log-uniform between them. ``min_visible``: a layout in which a shape keeps less than this fraction of its
     drawn pixels visible is redrawn. ``noise``: standard deviation of the background's pixel noise (0..255).
+    ``grid``: when > 0, shape centres snap to the cell centres of a ``grid`` x ``grid`` grid (an easy task: a few
+    positions per coordinate, each seen often).
     """
 
     image_size: int = 128
@@ -45,6 +47,7 @@ class ShapesConfig:
     max_side: float = 0.8
     min_visible: float = 0.5
     noise: float = 10.0
+    grid: int = 0
     classes: Tuple[str, ...] = tuple(name for name, _ in CLASSES)
 
     def __post_init__(self):
@@ -118,6 +121,8 @@ def draw_image(rng: np.random.Generator, config: ShapesConfig, max_tries: int = 
             half_w, half_h = side * aspect / 2, side / aspect / 2
             cx = rng.uniform(min(half_w, s / 2), max(s - half_w, s / 2))
             cy = rng.uniform(min(half_h, s / 2), max(s - half_h, s / 2))
+            if config.grid > 0:
+                cx, cy = ((rng.integers(config.grid, size=2) + 0.5) * s / config.grid).tolist()
             mask = _shape_mask(kind, s, cx, cy, side, aspect)
             if mask.sum() < 4:
                 continue
