@@ -4,6 +4,8 @@
 #   ABLATION=output/ablation bash shell/compare.sh [more coord-compare flags]
 # Seeds: runs in $ABLATION/group_<g>_seed<N>/ (e.g. OUT=output/ablation/group_a_seed43 bash shell/train.sh
 # --seed 43 --data_seed 43) join group <g> and are aggregated (mean ± std).
+# Evaluations (shell/eval.sh EVAL_NAME=...): one row each; --eval NAME compares one, --select-on NAME chooses each
+# run's checkpoint on that (held-out) evaluation (docs/comparison.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ABLATION="${ABLATION:-$ROOT/output/ablation}"

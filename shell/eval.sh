@@ -7,7 +7,7 @@
 #   GROUP      a | b | c                                  (a)
 #   OUT        the group's training output directory     (output/ablation/group_$GROUP)
 #   CKPT       checkpoint to evaluate                     (the last checkpoint-* in OUT)
-#              CKPT=all: every checkpoint-* of OUT, each into OUT/eval/checkpoint-N/ (a finished report.json
+#              CKPT=all: every checkpoint-* of OUT, each into EVAL_ROOT/checkpoint-N/ (a finished report.json
 #              with the same DECODE/SCORE/MAX_DETS/DECODING/INFER_BACKEND is reused); coord-compare plots AP against step from them
 #   INFER_MAX_PIXELS  inference image resolution         (the max_pixels the run trained with, from args.json;
 #              a --max_pixels among the extra flags wins); recorded in infer_settings.json and report.json
@@ -30,9 +30,17 @@
 #              each, taken in order from CUDA_VISIBLE_DEVICES (or 0..). Not ms-swift's own NPROC_PER_NODE
 #              launch: its gather keeps only rank 0's rows on a machine without CUDA (eval/shards.py).
 #   COORD_DATA_ROOT  folder that relative coord: paths are resolved against   (the repository root)
-# Writes OUT/eval/infer_result.jsonl and OUT/eval/report.{json,md}, detections.json.
-# Paper table: all of val2017 (no #N), greedy (infer_eval.yaml), DECODE=argmax SCORE=logprob MAX_DETS=100;
-# DECODE=coordexp re-scores the same result file (run coord-eval on it) as a second row.
+#   EVAL_NAME  name of this evaluation: it goes to EVAL_ROOT=OUT/eval/EVAL_NAME/ (with its checkpoint-N/ and
+#              shards/), so several evaluations of one run live side by side and coord-compare shows each as a
+#              row (--eval NAME picks one). Unset or `default`: EVAL_ROOT=OUT/eval/ (the layout before names).
+#   RESULTS_FROM  name of another evaluation of OUT (`default` = OUT/eval/) whose infer_result.jsonl is re-scored
+#              here without running inference (same checkpoint; under CKPT=all the same checkpoint-N/), e.g.
+#              EVAL_NAME=coordexp RESULTS_FROM=argmax DECODE=coordexp. DECODING/INFER_BACKEND must be what that
+#              file was generated with (coord-eval checks them against its record).
+# Writes EVAL_ROOT/infer_result.jsonl and EVAL_ROOT/report.{json,md}, detections.json.
+# Paper table: all of val2017 (no #N), greedy (infer_eval.yaml), DECODE=argmax SCORE=logprob MAX_DETS=100
+# (EVAL_NAME=argmax), then EVAL_NAME=coordexp RESULTS_FROM=argmax DECODE=coordexp re-scores the same result file
+# as a second row (docs/evaluation.md).
 # The plugin is passed from where it is now (`coord-plugin-path`): the path stored in the checkpoint's
 # args.json is where it was at training time, and ms-swift stops if that path no longer exists (a moved
 # repository, another machine).
@@ -47,6 +55,14 @@ INFER_BACKEND="${INFER_BACKEND:-transformers}"
 case "$DECODING" in free|constrained|coordexp) ;; *) echo "[eval] DECODING=$DECODING: expected free|constrained|coordexp" >&2; exit 2;; esac
 case "$INFER_BACKEND" in transformers|vllm) ;; *) echo "[eval] INFER_BACKEND=$INFER_BACKEND: expected transformers|vllm" >&2; exit 2;; esac
 SCORE="${SCORE:-logprob}"
+for v in EVAL_NAME RESULTS_FROM; do   # a folder name under OUT/eval/, not one of the folders eval.sh itself makes
+  n="${!v:-}"
+  if [ -n "$n" ] && { ! [[ "$n" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || [[ "$n" =~ ^(checkpoint-.*|shards)$ ]]; }; then
+    echo "[eval] $v=$n: expected a name of letters, digits, '.', '_', '-' (not checkpoint-* or shards)" >&2; exit 2
+  fi
+done
+EVAL_ROOT="$OUT/eval"
+[ -z "${EVAL_NAME:-}" ] || [ "$EVAL_NAME" = default ] || EVAL_ROOT="$OUT/eval/$EVAL_NAME"
 MAX_DETS="${MAX_DETS:-100}"
 [ -n "${GT:-}" ] || { echo "[eval] set GT to the COCO instances JSON of the evaluated images" >&2; exit 2; }
 [ -f "$GT" ] || { echo "[eval] GT not found: $GT" >&2; exit 2; }
@@ -56,7 +72,7 @@ if [ "${CKPT:-}" = "all" ]; then
                            | sort -n | cut -f2-)
   [ "${#ALL_CKPTS[@]}" -gt 0 ] || { echo "[eval] CKPT=all: no checkpoint-* in $OUT" >&2; exit 2; }
   for c in "${ALL_CKPTS[@]}"; do
-    d="$OUT/eval/$(basename "$c")"
+    d="$EVAL_ROOT/$(basename "$c")"
     if python -m swift_coord_plugin.cli.infer_settings reuse "$d/report.json" "$DECODE" "$SCORE" "$MAX_DETS" "$DECODING" "$INFER_BACKEND"; then
       echo "[eval] $(basename "$c"): reusing $d/report.json"; continue
     fi
@@ -77,8 +93,35 @@ if [ "$INFER_BACKEND" = vllm ]; then
   python -m swift_coord_plugin.cli.export_vllm --check "$CKPT" >&2 \
     || { echo "[eval] INFER_BACKEND=vllm: set CKPT to that copy (its args.json comes along)" >&2; exit 2; }
 fi
-EVAL_DIR="${EVAL_DIR:-$OUT/eval}"
+EVAL_DIR="${EVAL_DIR:-$EVAL_ROOT}"
 mkdir -p "$EVAL_DIR"
+export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
+VAL_DATA="${VAL_DATA:-$COORD_DATA_ROOT/data/coco/val2017.jsonl}"
+[ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
+VAL_DATA="$(realpath "$VAL_DATA")"
+score() {   # coord-eval on $RESULT into $EVAL_DIR
+  read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
+  if ! [[ " ${EVAL_ARGS:-} " =~ \ --(all-gt-images|subset-from-results|val-data)[\ =] ]]; then
+    EXTRA_EVAL+=(--val-data "$VAL_DATA")   # score exactly the images of VAL_DATA
+  fi
+  echo "[eval] coord-eval --results $RESULT --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS --decoding $DECODING --infer-backend $INFER_BACKEND ${EXTRA_EVAL[*]:-}"
+  coord-eval --results "$RESULT" --gt "$GT" --out "$EVAL_DIR" \
+    --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" --decoding "$DECODING" --infer-backend "$INFER_BACKEND" ${EXTRA_EVAL[@]+"${EXTRA_EVAL[@]}"}
+}
+if [ -n "${RESULTS_FROM:-}" ]; then
+  # Re-score another evaluation's answers: no inference, the same checkpoint (checked against its infer_settings.json).
+  SRC="$OUT/eval"
+  [ "$RESULTS_FROM" = default ] || SRC="$OUT/eval/$RESULTS_FROM"
+  SRC="$SRC${EVAL_DIR#"$EVAL_ROOT"}"   # under CKPT=all: its checkpoint-N/
+  RESULT="$SRC/infer_result.jsonl"
+  [ -f "$RESULT" ] || { echo "[eval] RESULTS_FROM=$RESULTS_FROM: no $RESULT (run that evaluation first)" >&2; exit 2; }
+  [ "$(realpath "$SRC")" != "$(realpath "$EVAL_DIR")" ] \
+    || { echo "[eval] RESULTS_FROM=$RESULTS_FROM is this evaluation itself ($EVAL_DIR)" >&2; exit 2; }
+  python -m swift_coord_plugin.cli.infer_settings same-checkpoint "$SRC/infer_settings.json" "$CKPT" >&2
+  [ $# -eq 0 ] || echo "[eval] RESULTS_FROM=$RESULTS_FROM: no inference, the swift infer flags are not used: $*" >&2
+  score
+  exit 0
+fi
 ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --infer_backend "$INFER_BACKEND")
 # The environment wins over the config's ENV block; the plugin records the mode next to the results.
 export COORD_DECODING="$DECODING" COORD_DECODING_RECORD="$EVAL_DIR/infer_result.jsonl.decoding.json"
@@ -102,10 +145,6 @@ if [ "$INFER_BACKEND" = vllm ]; then
   export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
 fi
 # --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
-export COORD_DATA_ROOT="${COORD_DATA_ROOT:-$ROOT}"
-VAL_DATA="${VAL_DATA:-$COORD_DATA_ROOT/data/coco/val2017.jsonl}"
-[ -f "$VAL_DATA" ] || { echo "[eval] VAL_DATA not found: $VAL_DATA" >&2; exit 2; }
-VAL_DATA="$(realpath "$VAL_DATA")"
 NSHARDS="${NPROC_PER_NODE:-1}"
 GPUS_PER_SHARD="${GPUS_PER_SHARD:-1}"
 [[ "$NSHARDS" =~ ^[1-9][0-9]*$ ]] || { echo "[eval] NPROC_PER_NODE must be a positive integer (got '$NSHARDS')" >&2; exit 2; }
@@ -146,11 +185,4 @@ else
   [ ${#FAILED[@]} -eq 0 ] || exit 1
   "${SHARDS[@]}" merge --val "$VAL_DATA" --out "$RESULT" "${PARTS[@]}"
 fi
-read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
-if ! [[ " ${EVAL_ARGS:-} " =~ \ --(all-gt-images|subset-from-results|val-data)[\ =] ]]; then
-  EXTRA_EVAL+=(--val-data "$VAL_DATA")   # score exactly the images of VAL_DATA
-fi
-# -----------------------------------------------------------------------------------------------------
-echo "[eval] coord-eval --results $RESULT --gt $GT --out $EVAL_DIR --decode $DECODE --score $SCORE --max-dets $MAX_DETS --decoding $DECODING --infer-backend $INFER_BACKEND ${EXTRA_EVAL[*]:-}"
-coord-eval --results "$RESULT" --gt "$GT" --out "$EVAL_DIR" \
-  --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" --decoding "$DECODING" --infer-backend "$INFER_BACKEND" ${EXTRA_EVAL[@]+"${EXTRA_EVAL[@]}"}
+score

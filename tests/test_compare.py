@@ -6,6 +6,7 @@ by coord-eval's own pipeline against the real annotations.
 import json
 import os
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -43,13 +44,14 @@ def _score(run_dir, sub, jitter, seed, step, score="logprob", max_pixels=65536, 
     with open(results, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     write_inference_settings(os.path.join(ev_dir, "infer_settings.json"), ckpt, max_pixels, "test", environ={})
-    ev = evaluate_results(results, GT, EvalSettings(score=score), progress=False)
+    ev = evaluate_results(results, GT, EvalSettings(score=score, subset_from_results=image_ids is not None),
+                          progress=False)
     write_outputs(ev_dir, ev)
     return ev.report
 
 
 def _run(tmp_path, name, group, seed=42, jitter=8.0, env=None, score="logprob", max_pixels=65536,
-         image_ids=None, yard_level=0.6, steps=30):
+         image_ids=None, yard_level=0.6, steps=30, evaluation="eval"):
     d = tmp_path / name
     d.mkdir()
     rows = []
@@ -66,8 +68,9 @@ def _run(tmp_path, name, group, seed=42, jitter=8.0, env=None, score="logprob", 
                                              "output_dir": str(d)}))
     (d / "coordexp_config.json").write_text(json.dumps({"flags": {"use_coord_ce": group != "B"}}))
     write_env_settings(str(d), {"COORD_INIT_SEED": "0", **(env or {})})
-    _score(str(d), "eval/checkpoint-10", jitter * 3, seed + 1, 10, score, max_pixels, image_ids)
-    _score(str(d), "eval", jitter, seed, steps, score, max_pixels, image_ids)
+    if evaluation:
+        _score(str(d), f"{evaluation}/checkpoint-10", jitter * 3, seed + 1, 10, score, max_pixels, image_ids)
+        _score(str(d), evaluation, jitter, seed, steps, score, max_pixels, image_ids)
     return str(d)
 
 
@@ -93,6 +96,8 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
         "C: [\"42\"]",
         "`seed` differs (args.json: the set of values of each group): A: [\"42\", \"43\"]; B: [\"42\"]; C: [\"42\"]"]
     assert s["groups"] == {"A": ["A", "A"], "B": ["B"], "C": ["C"]}
+    # The layout without evaluation names (eval/report.json) is the evaluation `default`, the only row.
+    assert s["evaluation"] == "default" and list(s["evaluations"]) == ["default"] and s["selection"]["on"] is None
     md = (out / "summary.md").read_text()
     # The order the reader needs: metrics and differences first, the groups' own losses last.
     titles = re.findall(r"^## (.+)$", md, flags=re.M)
@@ -223,3 +228,116 @@ def test_convergence_on_yardsticks_not_on_own_loss():
     assert err["target"] == pytest.approx(20 / 0.9) and err["runs"]["A"]["step"] == 40 and err["runs"]["B"]["step"] is None
     # Nobody above 0: no target, no step.
     assert conv["box_iou_argmax_at75"]["target"] is None and conv["box_iou_argmax_at75"]["runs"]["A"]["step"] is None
+
+
+def _compare_cli(*args):
+    """coord-compare's entry point in this process: (exit code, stdout + stderr)."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+    from swift_coord_plugin.cli.compare import main
+
+    buf, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=buf.getvalue())
+
+
+def test_named_evaluations_are_rows_each_checked_on_its_own(tmp_path):
+    """shell/eval.sh EVAL_NAME=argmax / EVAL_NAME=coordexp: RUN/eval/argmax/ and RUN/eval/coordexp/ (real coord-eval
+    reports). Each evaluation is a row per group with its own interval and its own comparability; --eval picks one."""
+    a = _run(tmp_path, "a1", "A", jitter=12, evaluation="eval/argmax")
+    b = _run(tmp_path, "b1", "B", jitter=2, evaluation="eval/argmax")
+    _score(a, "eval/coordexp", 20, 7, 30)
+    _score(b, "eval/coordexp", 20, 8, 30, score="constant")   # scored another way: not comparable in that row
+    out = tmp_path / "cmp"
+    s = cmp.compare_runs([a, b], str(out), names=["A", "B"], n_resamples=200, gallery_images=0)
+    assert s["evaluation"] == "argmax" and list(s["evaluations"]) == ["argmax", "coordexp"]
+    ev = s["evaluations"]
+    assert ev["argmax"]["comparable"] and s["comparable"]
+    assert not ev["coordexp"]["comparable"]
+    assert [i.split(" differs")[0] for i in ev["coordexp"]["comparability_issues"]] == ["`score`"]
+    for name in ("argmax", "coordexp"):
+        for run, g in ((a, "A"), (b, "B")):
+            rep = json.load(open(os.path.join(run, "eval", name, "report.json")))
+            assert ev[name]["group_metrics"][g]["AP"]["mean"] == pytest.approx(rep["metrics"]["AP"])
+            lo, hi = ev[name]["bootstrap"]["groups"][g]["AP"]["ci"]
+            assert lo <= rep["metrics"]["AP"] <= hi
+    # The detailed sections show the first evaluation: its AP along training comes from eval/argmax/checkpoint-N.
+    assert [p["step"] for p in s["runs"][0]["ap_along_training"]] == [10, 30]
+    md = (out / "summary.md").read_text()
+    assert "| evaluation | group | n | AP | AP50 | AP75 | AP 95% CI | checkpoint | comparable |" in md
+    assert re.search(r"^\| coordexp \| B \| 1 \| .* \| NO \|$", md, flags=re.M)
+    assert re.search(r"^\| argmax \| A \| 1 \| .* \| yes \|$", md, flags=re.M)
+    assert "evaluation `coordexp`: **NOT COMPARABLE**: `score` differs" in md
+    # --eval through the command: one evaluation, its reports.
+    proc = _compare_cli(a, b, "--names", "A", "B", "--out", tmp_path / "cmp2", "--eval", "coordexp",
+                        "--bootstrap", "0", "--gallery", "0")
+    assert proc.returncode == 0, proc.stdout
+    s2 = json.load(open(tmp_path / "cmp2" / "summary.json"))
+    assert s2["evaluation"] == "coordexp" and list(s2["evaluations"]) == ["coordexp"] and not s2["comparable"]
+    assert s2["runs"][0]["metrics"]["AP"] == json.load(open(os.path.join(a, "eval", "coordexp", "report.json")))["metrics"]["AP"]
+    proc = _compare_cli(a, b, "--out", tmp_path / "cmp3", "--eval", "free")
+    assert proc.returncode == 2 and "--eval free: no run has an evaluation of that name (found: argmax, coordexp" \
+        in proc.stdout, proc.stdout
+
+
+def test_select_on_a_held_out_split_and_test_set_selection(tmp_path):
+    """--select-on NAME chooses each run's checkpoint by its AP in evaluation NAME and reads the scored evaluation at
+    that checkpoint; the summary says which split chose it, and flags a choice made on the scored images."""
+    ids = [i["id"] for i in json.load(open(GT))["images"]]
+    sel_ids, test_ids = ids[:4], ids[4:]
+    runs = []
+    for name, group, seed in (("a1", "A", 1), ("b1", "B", 2)):
+        d = _run(tmp_path, name, group, seed=42, evaluation=None)
+        # Selection split: step 10 is the best (small jitter) for A, step 30 for B. Scored split: CKPT=all at both.
+        _score(d, "eval/select/checkpoint-10", 1 if group == "A" else 30, seed, 10, image_ids=sel_ids)
+        _score(d, "eval/select/checkpoint-30", 30 if group == "A" else 1, seed, 30, image_ids=sel_ids)
+        _score(d, "eval/test/checkpoint-10", 10, seed + 5, 10, image_ids=test_ids)
+        _score(d, "eval/test/checkpoint-30", 12, seed + 6, 30, image_ids=test_ids)
+        runs.append(d)
+    s = cmp.compare_runs(runs, str(tmp_path / "cmp"), names=["A", "B"], n_resamples=0, gallery_images=0,
+                         select_on="select")
+    assert [(x["run"], x["step"]) for x in s["selection"]["runs"]] == [("A", 10), ("B", 30)]
+    assert list(s["evaluations"]) == ["test"]       # the selection split is not a scored row
+    assert s["selection"]["rows"]["test"] == {"images": "held out", "shared_images": 0, "test_set_selection": False}
+    for run, step, row in zip(runs, (10, 30), s["runs"]):
+        rep = json.load(open(os.path.join(run, "eval", "test", f"checkpoint-{step}", "report.json")))
+        assert row["metrics"]["AP"] == rep["metrics"]["AP"]
+    md = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "highest AP in evaluation `select` (A 10, B 30)" in md and "disjoint from the scored ones" in md
+    assert "TEST-SET SELECTION" not in md
+    # Chosen on the images it is scored on: flagged, in the summary and the table.
+    proc = _compare_cli(*runs, "--names", "A", "B", "--out", tmp_path / "cmp2", "--eval", "test", "--select-on", "test",
+                        "--bootstrap", "0", "--gallery", "0")
+    assert proc.returncode == 0, proc.stdout
+    s2 = json.load(open(tmp_path / "cmp2" / "summary.json"))
+    assert s2["evaluations"]["test"]["test_set_selection"] and s2["selection"]["rows"]["test"]["images"] == "same"
+    assert "**TEST-SET SELECTION**: the checkpoint was chosen on the same images it is scored on" in \
+        (tmp_path / "cmp2" / "summary.md").read_text()
+    # No selection: said so; a scored checkpoint before the end of training is named as a possible selection.
+    s3 = cmp.compare_runs(runs, str(tmp_path / "cmp3"), names=["A", "B"], n_resamples=0, gallery_images=0,
+                          eval_name="select")
+    md3 = (tmp_path / "cmp3" / "summary.md").read_text()
+    assert s3["selection"]["on"] is None and "Checkpoint: not chosen by the comparison" in md3
+    assert "Not the last training step" not in md3           # latest scored = step 30 = the last step
+    os.remove(os.path.join(runs[0], "eval", "select", "checkpoint-30", "report.json"))
+    cmp.compare_runs(runs, str(tmp_path / "cmp4"), names=["A", "B"], n_resamples=0, gallery_images=0, eval_name="select")
+    assert "Not the last training step for A (step 10 of 30)" in (tmp_path / "cmp4" / "summary.md").read_text()
+    # A selection split that scored no checkpoint of a run: a clear error.
+    shutil.rmtree(os.path.join(runs[1], "eval", "test"))
+    proc = _compare_cli(*runs, "--out", tmp_path / "cmp6", "--select-on", "test", "--bootstrap", "0")
+    assert proc.returncode == 2 and "b1" in proc.stdout and "evaluation `test` has no scored checkpoint" in proc.stdout
+
+
+def test_selection_overlap_of_the_selection_and_scored_images():
+    from swift_coord_plugin.experiment.provenance import image_set_digest
+    s = lambda gt, ids: {"gt_sha256": gt, "image_set": image_set_digest(ids)}  # noqa: E731
+    assert cmp.selection_overlap(s("g", [1, 2, 3]), s("g", [1, 2, 3])) == ("same", 3)
+    assert cmp.selection_overlap(s("g", [1, 2, 3]), s("g", [3, 4])) == ("overlap", 1)
+    assert cmp.selection_overlap(s("g", [1, 2]), s("g", [3, 4])) == ("held out", 0)
+    assert cmp.selection_overlap(s("train", [1, 2]), s("val", [1, 2])) == ("other GT file", None)
+    assert cmp.selection_overlap({"image_set": {}}, s("g", [1])) == ("unknown", None)

@@ -101,3 +101,54 @@ def test_eval_script_ckpt_all_reuses_finished_reports(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=120)
     assert proc.returncode == 2 and "reusing" not in proc.stdout and "VAL_DATA not found" in proc.stdout
+
+
+def _eval_sh(env, tmp_path):
+    env = swift_env({"PYTHONPATH": str(REPO), **env,
+                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
+    return subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+def test_eval_script_named_evaluations_and_results_from(tmp_path, sample_jsonl):
+    """EVAL_NAME writes OUT/eval/NAME/ (CKPT=all: OUT/eval/NAME/checkpoint-N/, reused there); RESULTS_FROM re-scores
+    another evaluation's answers with coord-eval, without swift infer, and only for the checkpoint they came from."""
+    from swift_coord_plugin.eval.synthetic import rows_from_boxes
+
+    out = tmp_path / "group_a"
+    ck = out / "checkpoint-20"
+    ck.mkdir(parents=True)
+    gt = json.load(open(GT))
+    rows = "".join(json.dumps(r) + "\n" for r in rows_from_boxes(gt, gt["annotations"], top_k=5))
+    for src in (out / "eval" / "argmax", out / "eval" / "argmax" / "checkpoint-20"):   # CKPT=20 and CKPT=all
+        src.mkdir(parents=True)
+        (src / "infer_result.jsonl").write_text(rows)
+        pv.write_inference_settings(str(src / "infer_settings.json"), str(ck), 65536, "test", environ={})
+    base = {"OUT": str(out), "GT": GT, "VAL_DATA": sample_jsonl, "EVAL_NAME": "coordexp", "RESULTS_FROM": "argmax",
+            "DECODE": "coordexp"}
+    proc = _eval_sh(base, tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert "swift infer" not in proc.stdout and "coord-eval --results " + str(out / "eval" / "argmax") in proc.stdout
+    rep = json.loads((out / "eval" / "coordexp" / "report.json").read_text())
+    s = rep["settings"]
+    assert s["decode"] == "coordexp" and s["results"] == str(out / "eval" / "argmax" / "infer_result.jsonl")
+    assert s["inference"]["checkpoint_step"] == 20 and rep["counts"]["rows"]["total"] == 9
+    assert rep["metrics"]["AP50"] > 0.9                     # the GT boxes fed back
+    assert not (out / "eval" / "report.json").exists()      # the unnamed evaluation is untouched
+    # CKPT=all: into OUT/eval/coordexp/checkpoint-N/ from OUT/eval/argmax/checkpoint-N/, then reused.
+    proc = _eval_sh({**base, "CKPT": "all"}, tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert json.loads((out / "eval" / "coordexp" / "checkpoint-20" / "report.json").read_text())["settings"][
+        "results"] == str(out / "eval" / "argmax" / "checkpoint-20" / "infer_result.jsonl")
+    proc = _eval_sh({**base, "CKPT": "all"}, tmp_path)
+    assert proc.returncode == 0 and "checkpoint-20: reusing " + str(out / "eval" / "coordexp") in proc.stdout
+    # Answers of another checkpoint, a missing source, a bad name: stopped, saying why.
+    (out / "checkpoint-40").mkdir()
+    proc = _eval_sh(base, tmp_path)          # CKPT = the last checkpoint, 40; the answers are checkpoint-20's
+    assert proc.returncode == 2 and f"records checkpoint {ck}, not {out / 'checkpoint-40'}" in proc.stdout
+    proc = _eval_sh({**base, "RESULTS_FROM": "free"}, tmp_path)
+    assert proc.returncode == 2 and "RESULTS_FROM=free: no " + str(out / "eval" / "free" / "infer_result.jsonl") \
+        in proc.stdout
+    for bad in ("shards", "checkpoint-3", "../x"):
+        proc = _eval_sh({**base, "EVAL_NAME": bad}, tmp_path)
+        assert proc.returncode == 2 and f"EVAL_NAME={bad}: expected a name" in proc.stdout, proc.stdout

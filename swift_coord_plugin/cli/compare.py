@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def main(argv=None) -> None:
@@ -18,6 +19,13 @@ def main(argv=None) -> None:
                    help="paired bootstrap resamples over images for the AP intervals (1000; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the gallery's image sample (0)")
     p.add_argument("--gallery", type=int, default=6, help="evaluation images drawn side by side per group (6)")
+    p.add_argument("--eval", dest="eval_name", metavar="NAME",
+                   help="compare evaluation NAME of each run (shell/eval.sh EVAL_NAME=NAME: RUN/eval/NAME/; 'default': "
+                        "RUN/eval/ itself); default: every evaluation found, one row each in the metrics table")
+    p.add_argument("--select-on", metavar="NAME",
+                   help="choose each run's checkpoint by its highest AP in evaluation NAME (scored with CKPT=all on a "
+                        "held-out selection split) and read the compared evaluations at that checkpoint; the summary "
+                        "flags a choice made on the scored images as test-set selection")
     a = p.parse_args(argv)
     if a.names and len(a.names) != len(a.runs):
         p.error(f"--names has {len(a.names)} entries for {len(a.runs)} runs")
@@ -27,8 +35,12 @@ def main(argv=None) -> None:
         p.error("--bootstrap and --gallery must be >= 0")
     from swift_coord_plugin.experiment.compare import compare_runs, format_summary
 
-    summary = compare_runs(a.runs, a.out, a.names, a.fraction, n_resamples=a.bootstrap, seed=a.seed,
-                           gallery_images=a.gallery)
+    try:
+        summary = compare_runs(a.runs, a.out, a.names, a.fraction, n_resamples=a.bootstrap, seed=a.seed,
+                               gallery_images=a.gallery, eval_name=a.eval_name, select_on=a.select_on)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"coord-compare: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(format_summary(summary))
     print(f"[coord-compare] wrote {a.out}/summary.md, index.html, summary.json, {len(summary['plots'])} plot(s) and "
           f"{len(summary['gallery'])} gallery image(s)")

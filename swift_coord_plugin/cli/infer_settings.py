@@ -8,10 +8,16 @@
     none is known).
 ``reuse REPORT DECODE SCORE MAX_DETS [DECODING [INFER_BACKEND]]``
     Exit 0 when ``REPORT`` exists and was scored (and generated) with these settings, 1 otherwise.
+``same-checkpoint SETTINGS CKPT``
+    ``RESULTS_FROM``: exit 0 when the ``infer_settings.json`` ``SETTINGS`` records the checkpoint ``CKPT``
+    (the same directory), 2 with a message naming both when it records another one; a missing file is a
+    warning (results not made by eval.sh: the checkpoint cannot be checked) and exit 0.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import List, Optional
 
@@ -25,6 +31,20 @@ def _from_swift_args(argv: List[str]) -> Optional[str]:
         if a.startswith("--max_pixels="):
             return a.split("=", 1)[1]
     return None
+
+
+def _same_checkpoint(settings_path: str, checkpoint: str) -> int:
+    if not os.path.isfile(settings_path):
+        print(f"[eval] warning: no {settings_path}: the checkpoint those results were made with is not "
+              "recorded, not checked", file=sys.stderr)
+        return 0
+    with open(settings_path, encoding="utf-8") as f:
+        recorded = json.load(f).get("checkpoint")
+    if not recorded or os.path.realpath(recorded) != os.path.realpath(checkpoint):
+        print(f"[eval] {settings_path} records checkpoint {recorded}, not {checkpoint}: set CKPT to it, or run "
+              "that evaluation on this checkpoint first", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -47,7 +67,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("max_dets", type=int)
     r.add_argument("decoding", nargs="?")
     r.add_argument("infer_backend", nargs="?")
+    c = sub.add_parser("same-checkpoint")
+    c.add_argument("settings")
+    c.add_argument("checkpoint")
     a = p.parse_args(argv)
+    if a.cmd == "same-checkpoint":
+        return _same_checkpoint(a.settings, a.checkpoint)
     if a.cmd == "reuse":
         return 0 if report_matches(a.report, a.decode, a.score, a.max_dets, a.decoding, a.infer_backend) else 1
     given = _from_swift_args(swift_args)

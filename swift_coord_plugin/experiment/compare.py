@@ -2,7 +2,13 @@
 
 A run is an ms-swift output directory (``--add_version false`` or the ``v<N>-<time>`` folder) holding
 ``logging.jsonl``, ``args.json``, the plugin's ``coordexp_config.json`` and ``coord_env.json`` and, when
-scored, ``eval/report.json`` (``coord-eval``) and, with ``CKPT=all``, ``eval/checkpoint-N/report.json``.
+scored, one or more evaluations (``shell/eval.sh``, ``coord-eval``): the evaluation named ``default`` in
+``eval/`` itself (``eval/report.json`` and, with ``CKPT=all``, ``eval/checkpoint-N/report.json``) and named
+ones in ``eval/NAME/`` (``EVAL_NAME=NAME``, the same layout inside). Each evaluation is a row of the metrics
+table (``--eval NAME`` compares one); the comparability check applies within each evaluation. With
+``select_on`` the checkpoint of each run is the one with the highest AP in that evaluation, and the others
+are read at that checkpoint; the summary says which evaluation (which images) chose it and flags a choice
+made on the scored images themselves.
 
 What ``compare_runs`` writes, in the order a reader needs it (``summary.md``, ``index.html``,
 ``summary.json`` and PNGs):
@@ -34,7 +40,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -73,6 +79,21 @@ GALLERY_IMAGES = 6
 BOOTSTRAP_RESAMPLES = 1000
 
 
+DEFAULT_EVAL = "default"          # the evaluation in eval/ itself (shell/eval.sh without EVAL_NAME)
+_NOT_EVAL_NAMES = re.compile(r"^(checkpoint-\d+|shards)$")   # folders eval.sh makes inside an evaluation
+
+
+@dataclass
+class Evaluation:
+    """One named evaluation of a run: its report (the one compared), the folder holding it, and every
+    scored checkpoint's report ``(step, dir, report)`` in step order."""
+
+    name: str
+    report: Optional[dict] = None
+    report_dir: Optional[str] = None
+    checkpoint_reports: List[Tuple[int, str, dict]] = field(default_factory=list)
+
+
 @dataclass
 class Run:
     path: str
@@ -86,6 +107,8 @@ class Run:
     env: Optional[Dict[str, str]] = None          # coord_env.json (None: not recorded)
     checkpoint_reports: List[Tuple[int, str, dict]] = field(default_factory=list)  # (step, dir, report)
     group: str = ""
+    evaluations: Dict[str, Evaluation] = field(default_factory=dict)  # every evaluation found, by name
+    eval_name: Optional[str] = None                                   # the one in report/report_dir
 
 
 def _step(row: dict) -> Optional[int]:
@@ -103,17 +126,79 @@ def _ckpt_step(path: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def find_report(run_dir: str) -> Optional[str]:
-    """``eval/report.json``, ``report.json``, ``*/report.json``, else the latest ``eval/checkpoint-N/report.json``."""
+def _latest_checkpoint_report(eval_dir: str) -> Optional[str]:
+    per_ckpt = sorted(glob.glob(os.path.join(eval_dir, "checkpoint-*", "report.json")),
+                      key=lambda p: _ckpt_step(os.path.dirname(p)))
+    return per_ckpt[-1] if per_ckpt else None
+
+
+def evaluation_dir(run_dir: str, eval_name: str = DEFAULT_EVAL) -> str:
+    """The folder of evaluation ``eval_name`` of a run: ``eval/`` for ``default``, else ``eval/NAME``."""
+    return os.path.join(run_dir, "eval") if eval_name == DEFAULT_EVAL else os.path.join(run_dir, "eval", eval_name)
+
+
+def evaluation_names(run_dir: str) -> List[str]:
+    """The evaluations of a run that hold a report: ``default`` first (when ``find_report`` finds one), then the
+    named ones (``eval/NAME/`` with ``report.json`` or ``checkpoint-N/report.json``) in alphabetical order."""
+    names = [DEFAULT_EVAL] if find_report(run_dir) else []
+    for d in sorted(glob.glob(os.path.join(run_dir, "eval", "*", ""))):
+        name = os.path.basename(os.path.normpath(d))
+        if name != DEFAULT_EVAL and not _NOT_EVAL_NAMES.match(name) and find_report(run_dir, name):
+            names.append(name)
+    return names
+
+
+def find_report(run_dir: str, eval_name: str = DEFAULT_EVAL) -> Optional[str]:
+    """The report of evaluation ``eval_name`` of a run, or None.
+
+    ``default``: ``eval/report.json``, ``report.json``, ``*/report.json`` (one level down, not a named
+    evaluation's), else the latest ``eval/checkpoint-N/report.json``. A named evaluation: ``eval/NAME/report.json``,
+    else the latest ``eval/NAME/checkpoint-N/report.json``."""
+    if eval_name != DEFAULT_EVAL:
+        d = evaluation_dir(run_dir, eval_name)
+        rep = os.path.join(d, "report.json")
+        return rep if os.path.isfile(rep) else _latest_checkpoint_report(d)
     for cand in [os.path.join(run_dir, "eval", "report.json"), os.path.join(run_dir, "report.json")]:
         if os.path.isfile(cand):
             return cand
     found = sorted(glob.glob(os.path.join(run_dir, "*", "report.json")))
     if found:
         return found[0]
-    per_ckpt = sorted(glob.glob(os.path.join(run_dir, "eval", "checkpoint-*", "report.json")),
-                      key=lambda p: _ckpt_step(os.path.dirname(p)))
-    return per_ckpt[-1] if per_ckpt else None
+    return _latest_checkpoint_report(os.path.join(run_dir, "eval"))
+
+
+def load_evaluation(run_dir: str, eval_name: str = DEFAULT_EVAL) -> Evaluation:
+    """Evaluation ``eval_name`` of a run (``find_report``) with every scored checkpoint's report; an empty
+    ``Evaluation`` (report None) when the run has none of that name."""
+    ev = Evaluation(name=eval_name)
+    rep = find_report(run_dir, eval_name)
+    if rep:
+        with open(rep) as f:
+            ev.report = json.load(f)
+        ev.report_dir = os.path.dirname(rep)
+    seen = set()
+    per_ckpt = sorted(glob.glob(os.path.join(evaluation_dir(run_dir, eval_name), "checkpoint-*", "report.json")))
+    for p in per_ckpt + ([rep] if rep else []):
+        d = os.path.dirname(p)
+        if p == rep:
+            r = ev.report
+        else:
+            with open(p) as f:
+                r = json.load(f)
+        step = _report_step(r, d)
+        if step is not None and step not in seen:
+            seen.add(step)
+            ev.checkpoint_reports.append((step, d, r))
+    ev.checkpoint_reports.sort(key=lambda t: t[0])
+    return ev
+
+
+def use_evaluation(run: Run, ev: Optional[Evaluation]) -> None:
+    """Make ``ev`` the evaluation the run's ``report``, ``report_dir`` and ``checkpoint_reports`` show."""
+    run.eval_name = ev.name if ev else None
+    run.report = ev.report if ev else None
+    run.report_dir = ev.report_dir if ev else None
+    run.checkpoint_reports = list(ev.checkpoint_reports) if ev else []
 
 
 def _report_step(report: dict, report_dir: str) -> Optional[int]:
@@ -124,7 +209,11 @@ def _report_step(report: dict, report_dir: str) -> Optional[int]:
     return s if s >= 0 else None
 
 
-def load_run(path: str, name: Optional[str] = None) -> Run:
+def load_run(path: str, name: Optional[str] = None, eval_name: Optional[str] = None) -> Run:
+    """A run directory (or its newest ``v<N>-<time>`` folder) with every evaluation in ``run.evaluations``.
+    ``run.report`` is evaluation ``eval_name``'s; by default ``default``'s, else the only named one's (None
+    when the run has several named ones and no ``default``: choose with ``eval_name``).
+    Raises FileNotFoundError (no directory, no ``logging.jsonl``), ValueError (a line of it is not JSON)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"run directory not found: {path}")
     log = os.path.join(path, "logging.jsonl")
@@ -159,21 +248,11 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
     if isinstance(run.loss_config.get("flags"), dict):  # coordexp_config.json: {"flags": {...}, ...}
         run.loss_config = run.loss_config["flags"]
     run.env = read_env_settings(path)
-    rep = find_report(path)
-    if rep:
-        with open(rep) as f:
-            run.report = json.load(f)
-        run.report_dir = os.path.dirname(rep)
-    seen = set()
-    for p in sorted(glob.glob(os.path.join(path, "eval", "checkpoint-*", "report.json"))) + ([rep] if rep else []):
-        d = os.path.dirname(p)
-        with open(p) as f:
-            r = json.load(f)
-        step = _report_step(r, d)
-        if step is not None and step not in seen:
-            seen.add(step)
-            run.checkpoint_reports.append((step, d, r))
-    run.checkpoint_reports.sort(key=lambda t: t[0])
+    run.evaluations = {n: load_evaluation(path, n) for n in evaluation_names(path)}
+    if eval_name is None:
+        eval_name = DEFAULT_EVAL if DEFAULT_EVAL in run.evaluations or len(run.evaluations) != 1 \
+            else next(iter(run.evaluations))
+    use_evaluation(run, run.evaluations.get(eval_name))
     return run
 
 
@@ -199,6 +278,125 @@ def common_curve(run: Run, name: str) -> Tuple[List[int], List[float], str]:
         return xs, ys, "eval_" + name
     xs, ys = curve(run.train, name)
     return xs, ys, name
+
+
+# ---------------------------------------------------------------------------------------------- evaluations
+def evaluation_rows(runs: Sequence[Run], eval_name: Optional[str] = None,
+                    select_on: Optional[str] = None) -> List[str]:
+    """The evaluations compared, one row each: ``[eval_name]``, else every evaluation any run holds (``default``
+    first, then by name), less the selection evaluation ``select_on`` when another one is there.
+    Raises ValueError naming the evaluations found when ``eval_name`` or ``select_on`` is in no run."""
+    found: List[str] = []
+    for r in runs:
+        found += [n for n in r.evaluations if n not in found]
+    found.sort(key=lambda n: (n != DEFAULT_EVAL, n))
+    for what, n in (("--eval", eval_name), ("--select-on", select_on)):
+        if n is not None and n not in found:
+            raise ValueError(f"{what} {n}: no run has an evaluation of that name (found: "
+                             f"{', '.join(found) or 'none'}; shell/eval.sh EVAL_NAME={n} writes one)")
+    if eval_name is not None:
+        return [eval_name]
+    rows = [n for n in found if n != select_on]
+    return rows or found
+
+
+def select_checkpoint(run: Run, select_on: str, metric: str = "AP") -> Tuple[int, float]:
+    """``(step, value)`` of the run's checkpoint with the highest ``metric`` in evaluation ``select_on`` (the
+    earliest such step on a tie), over every scored checkpoint of it (``CKPT=all``).
+    Raises ValueError naming the run when that evaluation scored no checkpoint."""
+    ev = run.evaluations.get(select_on)
+    scored = [(s, float(rep["metrics"][metric])) for s, _, rep in (ev.checkpoint_reports if ev else [])
+              if isinstance((rep.get("metrics") or {}).get(metric), (int, float))]
+    if not scored:
+        raise ValueError(f"{run.name} ({run.path}): evaluation `{select_on}` has no scored checkpoint with "
+                         f"{metric} (CKPT=all EVAL_NAME={select_on} bash shell/eval.sh)")
+    best = max(v for _, v in scored)
+    return min(s for s, v in scored if v == best), best
+
+
+def evaluation_view(run: Run, eval_name: str, step: Optional[int] = None) -> Run:
+    """A copy of ``run`` whose ``report`` is evaluation ``eval_name``'s, at checkpoint ``step`` when given (no
+    report when that evaluation did not score that step, or the run has no such evaluation)."""
+    view = replace(run)
+    ev = run.evaluations.get(eval_name)
+    if ev is not None and step is not None:
+        d, rep = next(((d, rep) for s, d, rep in ev.checkpoint_reports if s == step), (None, None))
+        ev = Evaluation(eval_name, rep, d, ev.checkpoint_reports)
+    use_evaluation(view, ev)
+    view.eval_name = eval_name
+    return view
+
+
+def selection_overlap(chosen_on: Optional[dict], scored: Optional[dict]) -> Tuple[str, Optional[int]]:
+    """Whether the images that chose a checkpoint (the ``settings`` of the selection report) are the scored ones
+    (``settings`` of the scored report): ``("same", n)`` the same GT file and image set, ``("overlap", k)`` the
+    same GT file and ``k`` shared image ids, ``("held out", 0)`` disjoint ids of the same GT file, ``("other GT
+    file", None)`` another GT file (ids not comparable), ``("unknown", None)`` not recorded."""
+    a, b = (chosen_on or {}), (scored or {})
+    ga, gb = a.get("gt_sha256"), b.get("gt_sha256")
+    sa, sb = a.get("image_set") or {}, b.get("image_set") or {}
+    if not ga or not gb:
+        return "unknown", None
+    if ga != gb:
+        return "other GT file", None
+    if sa.get("sha256") and sa.get("sha256") == sb.get("sha256"):
+        return "same", sa.get("count")
+    if sa.get("ids") is None or sb.get("ids") is None:
+        return "unknown", None
+    k = len(set(sa["ids"]) & set(sb["ids"]))
+    return ("overlap", k) if k else ("held out", 0)
+
+
+def checkpoint_selection(runs: Sequence[Run], select_on: Optional[str], rows: Sequence[str]) -> dict:
+    """How each row's checkpoint was chosen. Without ``select_on``: each run's report as found (no selection).
+    With it: per run the step ``select_checkpoint`` chooses and, per row, how the selection images relate to the
+    scored ones (``selection_overlap``, the worst over the runs: same > overlap > unknown > other GT > held
+    out); ``test_set_selection`` is True when any run was chosen on images it is scored on.
+    Raises ValueError from ``select_checkpoint``."""
+    if not select_on:
+        return {"on": None, "metric": None, "runs": [], "rows": {}}
+    chosen = [select_checkpoint(r, select_on) for r in runs]
+    order = ["same", "overlap", "unknown", "other GT file", "held out"]
+    out = {"on": select_on, "metric": "AP",
+           "runs": [{"run": r.name, "step": s, "AP": v} for r, (s, v) in zip(runs, chosen)], "rows": {}}
+    for e in rows:
+        verdicts = []
+        for r, (s, _) in zip(runs, chosen):
+            sel = evaluation_view(r, select_on, s).report
+            scored = evaluation_view(r, e, s).report
+            if scored is not None:
+                verdicts.append(selection_overlap((sel or {}).get("settings"), scored.get("settings")))
+        worst = min(verdicts, key=lambda v: order.index(v[0])) if verdicts else ("unknown", None)
+        out["rows"][e] = {"images": worst[0], "shared_images": worst[1],
+                          "test_set_selection": worst[0] in ("same", "overlap")}
+    return out
+
+
+def _selection_text(sel: dict, row: str, runs: Sequence[Run]) -> str:
+    if not sel["on"]:
+        steps = sorted({s for s in (_report_step(r.report, r.report_dir or "") for r in runs if r.report)
+                        if s is not None})
+        last = {r.name: r.train[-1]["_step"] for r in runs if r.train}
+        early = [f"{r.name} (step {_report_step(r.report, r.report_dir or '')} of {last[r.name]})" for r in runs
+                 if r.report and r.name in last and (_report_step(r.report, r.report_dir or "") or 0) < last[r.name]]
+        t = (f"Checkpoint: not chosen by the comparison: each run's report of evaluation `{row}` as found "
+             f"(its report.json, else its latest scored checkpoint; step {', '.join(map(str, steps)) or '?'}).")
+        if early:
+            t += (" Not the last training step for " + ", ".join(early) + ": if that checkpoint was picked by its "
+                  "AP on these images, that is **test-set selection**; pick it on held-out images with "
+                  "`--select-on NAME` (docs/comparison.md).")
+        return t
+    v = sel["rows"].get(row) or {"images": "unknown", "shared_images": None, "test_set_selection": False}
+    steps = ", ".join(f"{x['run']} {x['step']}" for x in sel["runs"])
+    t = (f"Checkpoint: each run's checkpoint with the highest {sel['metric']} in evaluation `{sel['on']}` "
+         f"({steps}); evaluation `{row}` is read at that checkpoint. ")
+    if v["test_set_selection"]:
+        what = ("the same images" if v["images"] == "same" else f"{v['shared_images']} of the same images")
+        return t + (f"**TEST-SET SELECTION**: the checkpoint was chosen on {what} it is scored on: the numbers "
+                    "are optimistic; choose on a held-out selection split (docs/evaluation.md).")
+    return t + {"held out": "The selection images are disjoint from the scored ones (same GT file).",
+                "other GT file": "The selection images come from another GT file than the scored ones.",
+                "unknown": "Whether the selection images differ from the scored ones is not recorded."}[v["images"]]
 
 
 # ---------------------------------------------------------------------------------------------- groups
@@ -486,16 +684,52 @@ def _failure_rows(runs: Sequence[Run]) -> Tuple[List[str], List[List[str]]]:
     return head, rows
 
 
+def _evaluation_table(views: Dict[str, List[Run]], groups: Sequence[str], row_issues: Dict[str, List[str]],
+                      selection: dict, n_resamples: int, seed: int, notes: List[str],
+                      boots: Dict[str, Optional[dict]]) -> List[dict]:
+    """One entry per evaluation and group: the table cells, the metrics (mean, std over seeds) and the
+    evaluation's bootstrap (``boots`` given, else computed when ``n_resamples`` > 0)."""
+    out = []
+    for e, view in views.items():
+        boot = boots[e] if e in boots else (bootstrap_groups(view, groups, n_resamples, seed, notes)
+                                            if n_resamples > 0 and any(r.report for r in view) else None)
+        chosen = "as found" if not selection["on"] else f"best AP in `{selection['on']}`" + (
+            ": TEST-SET SELECTION" if (selection["rows"].get(e) or {}).get("test_set_selection") else "")
+        for g in groups:
+            rs = [r for r in view if r.group == g]
+            ms = {m: _mean_std([((r.report or {}).get("metrics") or {}).get(m) for r in rs]) for m in DETECTION_METRICS}
+            ci = ((boot or {}).get("groups") or {}).get(g, {}).get("AP", {}).get("ci")
+            out.append({"evaluation": e, "group": g, "bootstrap": boot,
+                        "metrics": {m: {"mean": v[0], "std": v[1]} for m, v in ms.items()},
+                        "cells": [e, g, str(sum(1 for r in rs if r.report))]
+                        + [_pm(ms[m][0], ms[m][1]) for m in ("AP", "AP50", "AP75")]
+                        + [_ci(ci), chosen, "yes" if not row_issues[e] else "NO"]})
+    return out
+
+
 def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence[str]] = None,
                  fraction: float = DEFAULT_FRACTION, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                 gallery_images: int = GALLERY_IMAGES) -> Dict[str, Any]:
-    """Write the plots, ``summary.md``, ``index.html`` and ``summary.json`` into ``out_dir``; return the summary."""
+                 gallery_images: int = GALLERY_IMAGES, eval_name: Optional[str] = None,
+                 select_on: Optional[str] = None) -> Dict[str, Any]:
+    """Write the plots, ``summary.md``, ``index.html`` and ``summary.json`` into ``out_dir``; return the summary.
+
+    ``eval_name``: the evaluation compared (default: every evaluation, one row each; the detailed sections show
+    the first). ``select_on``: choose each run's checkpoint by its AP in that evaluation (``checkpoint_selection``).
+    Raises FileNotFoundError/ValueError from ``load_run``, ValueError from ``evaluation_rows`` and
+    ``checkpoint_selection``."""
+    loaded = [load_run(p, names[i] if names else None) for i, p in enumerate(run_dirs)]
+    groups = assign_groups(loaded, bool(names))
+    rows_evals = evaluation_rows(loaded, eval_name, select_on) or [DEFAULT_EVAL]
+    selection = checkpoint_selection(loaded, select_on, rows_evals)
+    steps_chosen = [x["step"] for x in selection["runs"]] or [None] * len(loaded)
+    views = {e: [evaluation_view(r, e, st) for r, st in zip(loaded, steps_chosen)] for e in rows_evals}
     os.makedirs(out_dir, exist_ok=True)
-    runs = [load_run(p, names[i] if names else None) for i, p in enumerate(run_dirs)]
-    groups = assign_groups(runs, bool(names))
+    primary = rows_evals[0]
+    runs = views[primary]
     colors = figures.group_colors(groups)
     notes: List[str] = []
-    issues = comparability(runs)
+    row_issues = {e: comparability(v) for e, v in views.items()}
+    issues = row_issues[primary]
     unrecorded = not_recorded(runs)
     plots: Dict[str, str] = {}
     sections: List[Section] = []
@@ -511,6 +745,16 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
         sec.text("All runs share every compared setting: args.json outside the loss flags, the environment "
                  "settings (coord_env.json), and for the evaluations " +
                  ", ".join(w for _, w in EVAL_SETTINGS) + ".")
+    if len(rows_evals) > 1:
+        sec.text(f"The above is evaluation `{primary}` (the sections below show it). Each other evaluation is "
+                 "checked on its own:")
+        for e in rows_evals[1:]:
+            extra = [i for i in row_issues[e] if i not in issues]
+            if not row_issues[e]:
+                sec.text(f"- evaluation `{e}`: comparable")
+            else:
+                sec.text(f"- evaluation `{e}`: **NOT COMPARABLE**" + (": " + "; ".join(extra) if extra else
+                                                                       " (the differences above)"))
     if unrecorded:
         sec.text("Not recorded by any run (unchecked): " + "; ".join(unrecorded) + ".")
     sec.table(["group", "runs", "seeds", "loss_type", "path(s)"],
@@ -531,8 +775,11 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
             if n_resamples > 0 and any(r.report for r in runs) else None)
     sec = Section("Detection metrics")
     if any(r.report for r in runs):
+        sec.text(_selection_text(selection, primary, runs))
         sec.text("COCO bbox metrics (pycocotools) of the scored checkpoint; mean ± std over the runs (seeds) "
-                 "of a group. AR100 is the recall at the evaluation's max detections.")
+                 "of a group. AR100 is the recall at the evaluation's max detections." +
+                 (f" Evaluation `{primary}`; every evaluation is a row of the table that follows."
+                  if len(rows_evals) > 1 else ""))
         sec.table(["group", "n"] + list(DETECTION_METRICS),
                   [[g, str(sum(1 for r in by_group[g] if r.report))]
                    + [_pm(metric_mean[g][m], metric_std[g][m]) for m in DETECTION_METRICS] for g in groups])
@@ -561,11 +808,24 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                       [[g, _fmt(b[g]["AP"]["value"]), _ci(b[g]["AP"]["ci"]), _fmt(b[g]["AP50"]["value"]),
                         _ci(b[g]["AP50"]["ci"]), _fmt(b[g]["AP75"]["value"]), _ci(b[g]["AP75"]["ci"])]
                        for g in groups if g in b])
+        if len(rows_evals) > 1:
+            eval_rows = _evaluation_table(views, groups, row_issues, selection, n_resamples, seed, notes,
+                                          {primary: boot})
+            sec.text("Every evaluation of the runs, one row per evaluation and group (mean ± std over seeds; the AP "
+                     "interval is the paired bootstrap over images of that evaluation; comparability within the "
+                     "evaluation).")
+            sec.table(["evaluation", "group", "n", "AP", "AP50", "AP75", "AP 95% CI", "checkpoint", "comparable"],
+                      [row["cells"] for row in eval_rows])
+            for e in rows_evals[1:]:
+                sec.text(f"- `{e}`: " + _selection_text(selection, e, views[e]))
+        else:
+            eval_rows = _evaluation_table(views, groups, row_issues, selection, 0, seed, notes, {primary: boot})
         png = os.path.join(out_dir, "detection_metrics.png")
         drawn = figures.plot_metric_bars(groups, colors, DETECTION_METRICS, metric_mean, metric_std, png,
                                          "detection metrics (pycocotools), mean ± std over seeds", "COCO metric")
         sec.figure(drawn, png, "detection_metrics", "detection metrics", plots)
     else:
+        eval_rows = []
         sec.text("No run has an evaluation (report.json): run shell/eval.sh first.")
     sections.append(sec)
 
@@ -710,6 +970,13 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
         "group_metrics": {g: {m: {"mean": metric_mean[g][m], "std": metric_std[g][m]} for m in DETECTION_METRICS}
                           for g in groups},
         "comparable": not issues, "comparability_issues": issues, "not_recorded": unrecorded,
+        "evaluation": primary, "selection": selection,
+        "evaluations": {e: {"comparable": not row_issues[e], "comparability_issues": row_issues[e],
+                            "group_metrics": {row["group"]: row["metrics"] for row in eval_rows if row["evaluation"] == e},
+                            "bootstrap": next((row["bootstrap"] for row in eval_rows if row["evaluation"] == e), None),
+                            "checkpoint_chosen_on": selection["on"],
+                            "test_set_selection": bool((selection["rows"].get(e) or {}).get("test_set_selection"))}
+                        for e in rows_evals},
         "bootstrap": boot, "convergence": conv,
         "convergence_definition": (f"first eval step at which a run reaches {fraction:.0%} of the best value any run "
                                    f"reached on a common yardstick (best / {fraction:g} for the bin error)"),
