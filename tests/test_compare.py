@@ -341,3 +341,41 @@ def test_selection_overlap_of_the_selection_and_scored_images():
     assert cmp.selection_overlap(s("g", [1, 2]), s("g", [3, 4])) == ("held out", 0)
     assert cmp.selection_overlap(s("train", [1, 2]), s("val", [1, 2])) == ("other GT file", None)
     assert cmp.selection_overlap({"image_set": {}}, s("g", [1])) == ("unknown", None)
+
+
+def test_reference_predictor_and_data_summary_beside_the_groups(tmp_path):
+    """--reference LABEL=REPORT (an untrained predictor scored by coord-eval, e.g. coord-constant-baseline) is shown
+    beside the groups with whether it was scored on the same GT file and images; --data-summary shows the data."""
+    from swift_coord_plugin.data.shapes import ShapesConfig, SplitSpec, make_shapes
+    from swift_coord_plugin.eval.constant import constant_rows
+
+    runs = [_run(tmp_path, "a1", "A"), _run(tmp_path, "b1", "B", jitter=20)]
+    gt = json.load(open(GT))
+    ref = tmp_path / "constant"
+    # The constant predictor (each class's mean box of these images) on the runs' images, scored by coord-eval.
+    rows = constant_rows(gt, gt)
+    for path, some in ((tmp_path / "all.jsonl", rows), (tmp_path / "some.jsonl", rows[:4])):
+        path.write_text("".join(json.dumps(r) + "\n" for r in some))
+    write_outputs(str(ref), evaluate_results(str(tmp_path / "all.jsonl"), GT, EvalSettings(), progress=False))
+    other = tmp_path / "constant_subset"
+    write_outputs(str(other), evaluate_results(str(tmp_path / "some.jsonl"), GT,
+                                               EvalSettings(subset_from_results=True), progress=False))
+    shapes = tmp_path / "shapes"
+    make_shapes(str(shapes), [SplitSpec("train", 4, 0), SplitSpec("val", 3, 1)], ShapesConfig(max_objects=3))
+    proc = _compare_cli(*runs, "--out", tmp_path / "cmp", "--names", "A", "B", "--bootstrap", "0", "--gallery", "0",
+                        "--reference", f"constant=predictor={ref / 'report.json'}",
+                        "--reference", f"subset={other / 'report.json'}", "--data-summary", shapes / "summary.json")
+    assert proc.returncode == 0, proc.stdout
+    s = json.load(open(tmp_path / "cmp" / "summary.json"))
+    refs = {r["label"]: r for r in s["references"]}
+    assert refs["constant=predictor"]["same_images"] and not refs["subset"]["same_images"]
+    rep = json.load(open(ref / "report.json"))
+    assert refs["constant=predictor"]["metrics"]["AP50"] == rep["metrics"]["AP50"] < 0.5
+    md = (tmp_path / "cmp" / "summary.md").read_text()
+    assert re.search(r"^## Data$", md, flags=re.M) and "| val | 1 | 3 |" in md
+    assert re.search(r"\| constant=predictor \| yes \| [0-9.]+ \| " + f"{rep['metrics']['AP50']:.4f}", md)
+    assert "| subset | **NO** |" in md
+    bad = _compare_cli(*runs, "--out", tmp_path / "cmp2", "--reference", "nolabel")
+    assert bad.returncode == 2 and "LABEL=REPORT" in bad.stdout
+    missing = _compare_cli(*runs, "--out", tmp_path / "cmp3", "--reference", f"x={tmp_path / 'none.json'}")
+    assert missing.returncode == 2 and "reference 'x': no report at" in missing.stdout

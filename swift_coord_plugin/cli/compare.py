@@ -26,7 +26,18 @@ def main(argv=None) -> None:
                    help="choose each run's checkpoint by its highest AP in evaluation NAME (scored with CKPT=all on a "
                         "held-out selection split) and read the compared evaluations at that checkpoint; the summary "
                         "flags a choice made on the scored images as test-set selection")
+    p.add_argument("--reference", action="append", default=[], metavar="LABEL=REPORT",
+                   help="an untrained predictor's coord-eval report.json shown beside the groups (repeatable), e.g. "
+                        "the constant predictor of coord-constant-baseline")
+    p.add_argument("--data-summary", metavar="SUMMARY_JSON",
+                   help="the data the study ran on (coord-make-shapes summary.json), shown first")
     a = p.parse_args(argv)
+    refs = []
+    for spec in a.reference:
+        label, sep, path = spec.rpartition("=")
+        if not sep or not label or not path:
+            p.error(f"--reference {spec!r}: expected LABEL=REPORT")
+        refs.append((label, path))
     if a.names and len(a.names) != len(a.runs):
         p.error(f"--names has {len(a.names)} entries for {len(a.runs)} runs")
     if not 0 < a.fraction <= 1:
@@ -37,7 +48,8 @@ def main(argv=None) -> None:
 
     try:
         summary = compare_runs(a.runs, a.out, a.names, a.fraction, n_resamples=a.bootstrap, seed=a.seed,
-                               gallery_images=a.gallery, eval_name=a.eval_name, select_on=a.select_on)
+                               gallery_images=a.gallery, eval_name=a.eval_name, select_on=a.select_on,
+                               references=refs, data_summary=a.data_summary)
     except (FileNotFoundError, ValueError) as e:
         print(f"coord-compare: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -707,11 +707,51 @@ def _evaluation_table(views: Dict[str, List[Run]], groups: Sequence[str], row_is
     return out
 
 
+def load_references(references: Sequence[Tuple[str, str]], reports: Sequence[dict]) -> List[dict]:
+    """Untrained predictors' reports: per ``(label, report.json)`` its metrics and ``same_images``, whether it was
+    scored on the GT file and images of every one of ``reports`` (the runs'). Raises FileNotFoundError naming a
+    missing report."""
+    out = []
+    for label, path in references:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"reference {label!r}: no report at {path}")
+        with open(path) as f:
+            rep = json.load(f)
+        same = all(_dotted(rep.get("settings"), k) == _dotted(o.get("settings"), k)
+                   for o in reports for k in ("gt_sha256", "image_set.sha256"))
+        out.append({"label": label, "report": path, "same_images": same,
+                    "metrics": {m: (rep.get("metrics") or {}).get(m) for m in DETECTION_METRICS}})
+    return out
+
+
+def data_section(summary_path: str) -> "Section":
+    """The data a study ran on, from a ``coord-make-shapes`` ``summary.json``: splits, classes, objects per image,
+    COCO size buckets, overlaps and how the splits were made."""
+    with open(summary_path) as f:
+        summary = json.load(f)
+    c = summary["config"]
+    sec = Section("Data")
+    sec.text(f"Synthetic shapes ({summary_path}): {c['image_size']}x{c['image_size']} px, "
+             f"{c['min_objects']}-{c['max_objects']} objects per image, sides {c['min_side']:.2f}-{c['max_side']:.2f} "
+             f"of the image, classes: {', '.join(c['classes'])}. {summary['how']}.")
+    sec.table(["split", "seed", "images", "objects / image", "small", "medium", "large", "images with overlap"],
+              [[name, str(st["seed"]), str(st["images"]), f"{st['objects_per_image']:.2f}",
+                f"{st['size_share']['small']:.2f}", f"{st['size_share']['medium']:.2f}",
+                f"{st['size_share']['large']:.2f}", f"{st['overlapping_image_share']:.2f}"]
+               for name, st in summary["splits"].items()])
+    return sec
+
+
 def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence[str]] = None,
                  fraction: float = DEFAULT_FRACTION, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                  gallery_images: int = GALLERY_IMAGES, eval_name: Optional[str] = None,
-                 select_on: Optional[str] = None) -> Dict[str, Any]:
+                 select_on: Optional[str] = None, references: Sequence[Tuple[str, str]] = (),
+                 data_summary: Optional[str] = None) -> Dict[str, Any]:
     """Write the plots, ``summary.md``, ``index.html`` and ``summary.json`` into ``out_dir``; return the summary.
+
+    ``references``: ``(label, report.json)`` of predictors that were not trained (e.g. ``coord-constant-baseline``
+    scored by ``coord-eval``), shown beside the groups when scored on the same GT file and images.
+    ``data_summary``: a ``coord-make-shapes`` ``summary.json``, shown as the data the study ran on.
 
     ``eval_name``: the evaluation compared (default: every evaluation, one row each; the detailed sections show
     the first). ``select_on``: choose each run's checkpoint by its AP in that evaluation (``checkpoint_selection``).
@@ -734,6 +774,10 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     plots: Dict[str, str] = {}
     sections: List[Section] = []
     by_group = {g: [r for r in runs if r.group == g] for g in groups}
+
+    if data_summary:
+        sections.append(data_section(data_summary))
+    refs = load_references(references, [r.report for r in runs if r.report])
 
     # 1. Comparability.
     sec = Section("Comparability")
@@ -783,6 +827,11 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
         sec.table(["group", "n"] + list(DETECTION_METRICS),
                   [[g, str(sum(1 for r in by_group[g] if r.report))]
                    + [_pm(metric_mean[g][m], metric_std[g][m]) for m in DETECTION_METRICS] for g in groups])
+        if refs:
+            sec.text("Not trained, on the same images (a task is a task when these stay far below the groups):")
+            sec.table(["reference", "same GT and images"] + list(DETECTION_METRICS),
+                      [[x["label"], "yes" if x["same_images"] else "**NO**"]
+                       + [_fmt(x["metrics"][m]) for m in DETECTION_METRICS] for x in refs])
         if boot:
             b = boot["groups"]
             sec.text(f"Differences to the baseline group **{boot['baseline']}** (then between the other groups), "
@@ -977,7 +1026,7 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                             "checkpoint_chosen_on": selection["on"],
                             "test_set_selection": bool((selection["rows"].get(e) or {}).get("test_set_selection"))}
                         for e in rows_evals},
-        "bootstrap": boot, "convergence": conv,
+        "bootstrap": boot, "convergence": conv, "references": refs,
         "convergence_definition": (f"first eval step at which a run reaches {fraction:.0%} of the best value any run "
                                    f"reached on a common yardstick (best / {fraction:g} for the bin error)"),
         "plots": plots, "gallery": [rel for _, rel in gallery], "notes": notes,
