@@ -63,9 +63,10 @@ def test_two_level_interval_covers_the_true_difference_with_2_and_3_seeds():
 
 
 if __name__ == "__main__":
+    import sys
     import time
 
-    n = 2000
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     print(f"coverage of the 95% two-level interval, {n} simulated studies per cell, {N_IMAGES} images, "
           f"B = {N_RESAMPLES}; cell: coverage (median width)")
     print("| seed / image noise | seeds per group | two-level, corrected (shipped) | two-level, plain | images only |")

@@ -111,6 +111,7 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
     # Two-level intervals: A's two seeds are in its intervals, B's and C's single runs have no seed level; the
     # headline of the metrics says so, and the image-only intervals are shown beside.
     assert s["bootstrap"]["n_seeds"] == {"A": 2, "B": 1, "C": 1}
+    assert s["bootstrap"]["covers"] == "images, and the seeds of A only (B, C: one run)"
     assert b["C"]["diff"]["covers"] == "images, and the seeds of A only (C: one run)"
     assert b["C"]["vs"]["B"]["covers"] == "images only"
     metrics_sec = md.split("## Detection metrics")[1]
@@ -121,7 +122,7 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
     single = [cmp.load_run(p, n) for p, n in zip([runs[0], runs[2], runs[3]], "ABC")]
     cmp.assign_groups(single, names_given=True)
     boot1 = cmp.bootstrap_groups(single, ["A", "B", "C"], 100, 0, [])
-    assert boot1["covers"] == "images" and boot1["headline"].startswith("**The intervals cover image sampling only**")
+    assert boot1["covers"] == "images only" and boot1["headline"].startswith("**The intervals cover image sampling only**")
     assert boot1["groups"]["C"]["diff"]["AP"]["ci"] == boot1["groups"]["C"]["diff"]["AP"]["ci_images"]
     # Group metrics are the mean of the seeds' reports.
     rep = [json.load(open(os.path.join(r, "eval", "report.json"))) for r in runs[:2]]

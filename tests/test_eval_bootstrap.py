@@ -1,4 +1,5 @@
-"""Paired bootstrap over images: per-image re-accumulation equals pycocotools, known-answer intervals."""
+"""Bootstrap over seeds and images: per-image re-accumulation equals pycocotools, known-answer intervals
+(image level alone and both levels). The coverage simulation is tests/test_bootstrap_coverage.py."""
 import numpy as np
 import pytest
 

@@ -286,8 +286,9 @@ def two_level_interval(terms: Sequence[Tuple[float, GroupReplicates]], alpha: fl
             "df": nu, "seed_scale": k, "sd_images": math.sqrt(v_img), "sd_seeds": math.sqrt(v_seed)}
 
 
-def _covers(groups: Sequence[Tuple[str, int]]) -> str:
-    """What an interval over these (group, runs) holds: 'images and seeds', 'images only', or which seeds."""
+def interval_covers(groups: Sequence[Tuple[str, int]]) -> str:
+    """What a two-level interval over these ``(group, number of runs)`` holds: ``"images and seeds"`` (every
+    group has several runs), ``"images only"`` (every group one run: no seed level), else which groups' seeds."""
     single = [g for g, n in groups if n < 2]
     if not single:
         return "images and seeds"
@@ -343,14 +344,14 @@ def paired_bootstrap(groups: Dict[str, Sequence[PerImageMatches]], baseline: str
         for d in res.values():
             for key, ci in (("excludes_zero", d["ci"]), ("excludes_zero_images", d["ci_images"])):
                 d[key] = ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
-        res["covers"] = _covers([(a, len(groups[a])), (b, len(groups[b]))])
+        res["covers"] = interval_covers([(a, len(groups[a])), (b, len(groups[b]))])
         return res
 
     out = {}
     names = list(groups)
     for i, name in enumerate(names):
         out[name] = {**interval([(1.0, name)]), "n_seeds": len(groups[name]),
-                     "covers": _covers([(name, len(groups[name]))])}
+                     "covers": interval_covers([(name, len(groups[name]))])}
         if name != baseline:
             out[name]["diff"] = diff(name, baseline)
         # Against every earlier group other than the baseline (e.g. C - B), from the same replicates.

@@ -12,8 +12,9 @@ What ``compare_runs`` writes, in the order a reader needs it (``summary.md``, ``
    the box decode rule, the decoding mode and backend, the score, max detections, the GT file (SHA-256),
    the evaluated images, the checkpoint step and the inference resolution (also against the training
    resolution). A setting that was not recorded is ``unknown``, which differs from any known value.
-2. **Detection metrics** per group (mean ± std over seeds) and the **differences to the baseline group**
-   with paired-bootstrap intervals over images (``eval.bootstrap``).
+2. **Detection metrics** per group (mean ± std over seeds) and the **differences between groups** with
+   two-level bootstrap intervals (the runs of each group, then the images, paired: ``eval.bootstrap``), under
+   a headline saying what the intervals cover (image sampling only when every group has one run).
 3. **AP along training** (every scored checkpoint).
 4. **Common yardsticks** (``core.yardsticks``: teacher-forced IoU of the argmax and CoordExp boxes,
    coordinate accuracy and bin error), and **convergence** on them: the first step at which a run reaches
@@ -24,7 +25,8 @@ What ``compare_runs`` writes, in the order a reader needs it (``summary.md``, ``
    objective).
 
 Runs with the same display name (``--names``) are seeds of one group; without names, runs with the same
-loss type and loss flags form a group.
+loss type and loss flags form a group. A run's seeds are ``seed`` and ``data_seed`` (args.json) and
+``COORD_INIT_SEED`` (coord_env.json): they may differ within a group, and each group must have the same set.
 """
 from __future__ import annotations
 
@@ -431,7 +433,7 @@ def _per_image_matches(run: Run, notes: List[str]):
 
 def bootstrap_groups(runs: Sequence[Run], groups: Sequence[str], n_resamples: int, seed: int,
                      notes: List[str]) -> Optional[dict]:
-    from ..eval.bootstrap import paired_bootstrap
+    from ..eval.bootstrap import interval_covers, paired_bootstrap
 
     scored = {g: [r for r in runs if r.group == g and r.report] for g in groups}
     scored = {g: rs for g, rs in scored.items() if rs}
@@ -454,18 +456,16 @@ def bootstrap_groups(runs: Sequence[Run], groups: Sequence[str], n_resamples: in
     out = paired_bootstrap(matches, baseline, n_resamples=n_resamples, seed=seed)
     n_seeds = {g: len(p) for g, p in matches.items()}
     single = [g for g, n in n_seeds.items() if n < 2]
+    covers = interval_covers(list(n_seeds.items()))
     if len(single) == len(n_seeds):
-        covers = "images"
         headline = ("**The intervals cover image sampling only**: every group has one run, so the noise of "
                     "training (seed: initialisation, data order) is in no interval and a difference can be seed "
                     "noise; train several seeds per group to include it (docs/comparison.md).")
     elif not single:
-        covers = "images and seeds"
         headline = ("**The intervals cover image sampling and training seeds**: a two-level bootstrap (the runs "
                     "of each group, then the images, paired across groups) with a small-sample correction for "
                     f"{'/'.join(str(n) for n in n_seeds.values())} seeds per group (docs/comparison.md).")
     else:
-        covers = "images, and seeds of groups with several runs"
         headline = ("**The intervals cover image sampling, and training seeds only for the groups with several "
                     f"runs**: {', '.join(single)} {'has' if len(single) == 1 else 'have'} one run, whose seed noise "
                     "is in no interval (docs/comparison.md).")
@@ -597,13 +597,14 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
             if rows:
                 sec.table(["difference", "ΔAP", "95% CI", "ΔAP50", "95% CI", "ΔAP75", "95% CI", "interval covers",
                            "larger than the noise?"], rows)
-            if rows and boot["covers"] != "images":
+            if rows and boot["covers"] != "images only":
                 sec.text("The same differences with intervals over image sampling only (every run once): what an "
                          "analysis that ignores the seeds would claim.")
                 sec.table(["difference", "AP 95% CI (images)", "AP50 95% CI (images)", "AP75 95% CI (images)",
                            "excludes 0?"], rows_images)
-            sec.text("Each group's own value (mean over its runs) with its 95% interval; with 2 runs the seed "
-                     "level has 1 degree of freedom, so a group's interval is wide where its runs disagree.")
+            sec.text("Each group's own value (mean over its runs) with its 95% interval" +
+                     ("; with 2 runs the seed level has 1 degree of freedom, so a group's interval is wide where "
+                      "its runs disagree." if boot["covers"] != "images only" else "."))
             sec.table(["group", "runs", "AP", "AP 95% CI", "AP50", "AP50 95% CI", "AP75", "AP75 95% CI"],
                       [[g, str(b[g]["n_seeds"]), _fmt(b[g]["AP"]["value"]), _ci(b[g]["AP"]["ci"]),
                         _fmt(b[g]["AP50"]["value"]), _ci(b[g]["AP50"]["ci"]), _fmt(b[g]["AP75"]["value"]),
