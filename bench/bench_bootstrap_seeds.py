@@ -27,8 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
 
-from swift_coord_plugin.eval.bootstrap import (BOOTSTRAP_METRICS, GroupReplicates, PerImageMatches, _Category,  # noqa: E402
-                                               paired_bootstrap, resample_weights, two_level_interval)
+from swift_coord_plugin.eval.bootstrap import (  # noqa: E402
+    BOOTSTRAP_METRICS, GroupReplicates, PerImageMatches, _Category, paired_bootstrap, resample_weights,
+    two_level_interval)
 
 IOU_THRS = np.linspace(0.5, 0.95, 10)
 REC_THRS = np.linspace(0.0, 1.0, 101)
@@ -74,7 +75,8 @@ def main() -> None:
     print(f"paired_bootstrap (two-level): {wall:.1f} s wall, {cpu:.1f} s CPU; "
           f"{1000 * cpu / a.resamples / n_runs:.1f} ms CPU per run and replicate")
     # The seed level and the intervals alone, on replicated metrics of the same shape.
-    reps = {g: GroupReplicates(values=rng.uniform(0.3, 0.4, a.seeds), replicates=rng.uniform(0.3, 0.4, (a.seeds, a.resamples)),
+    reps = {g: GroupReplicates(values=rng.uniform(0.3, 0.4, a.seeds),
+                               replicates=rng.uniform(0.3, 0.4, (a.seeds, a.resamples)),
                                seed_counts=resample_weights(a.seeds, a.resamples, (0, 1, j)))
             for j, g in enumerate(groups)}
     c0 = time.process_time()

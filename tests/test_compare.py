@@ -122,7 +122,8 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
     single = [cmp.load_run(p, n) for p, n in zip([runs[0], runs[2], runs[3]], "ABC")]
     cmp.assign_groups(single, names_given=True)
     boot1 = cmp.bootstrap_groups(single, ["A", "B", "C"], 100, 0, [])
-    assert boot1["covers"] == "images only" and boot1["headline"].startswith("**The intervals cover image sampling only**")
+    assert boot1["covers"] == "images only"
+    assert boot1["headline"].startswith("**The intervals cover image sampling only**")
     assert boot1["groups"]["C"]["diff"]["AP"]["ci"] == boot1["groups"]["C"]["diff"]["AP"]["ci_images"]
     # Group metrics are the mean of the seeds' reports.
     rep = [json.load(open(os.path.join(r, "eval", "report.json"))) for r in runs[:2]]

@@ -303,7 +303,8 @@ def comparability(runs: Sequence[Run]) -> List[str]:
                 issues.append(f"group {g}: {len(rs)} runs but repeated seeds ({', '.join(seed_label(r) for r in rs)}"
                               f" as {'/'.join(run_seeds(rs[0]))}): not independent replicates")
         # Environment-only settings (coord_env.json), outside the loss flags and the seeds.
-        envs = {r.name: ({k: v for k, v in r.env.items() if not k.startswith(LOSS_ENV_PREFIX) and k not in ENV_SEED_KEYS}
+        envs = {r.name: ({k: v for k, v in r.env.items()
+                          if not k.startswith(LOSS_ENV_PREFIX) and k not in ENV_SEED_KEYS}
                          if r.env is not None else UNKNOWN) for r in runs}
         if _differs(envs):
             keys = sorted(set().union(*(e for e in envs.values() if isinstance(e, dict))))
