@@ -12,6 +12,7 @@ setup(
         "pycocotools>=2.0.7",
         "pillow",
         "numpy",
+        "scipy",  # Student-t quantiles of the bootstrap's seed level (ms-swift depends on it too)
         "tqdm",
         "orjson",
     ],

@@ -113,6 +113,23 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
     assert b["B"]["diff"]["AP"]["value"] < 0
     assert b["C"]["vs"]["B"]["AP"]["value"] == pytest.approx(b["C"]["AP"]["value"] - b["B"]["AP"]["value"])
     assert "C − B" in md
+    # Two-level intervals: A's two seeds are in its intervals, B's and C's single runs have no seed level; the
+    # headline of the metrics says so, and the image-only intervals are shown beside.
+    assert s["bootstrap"]["n_seeds"] == {"A": 2, "B": 1, "C": 1}
+    assert s["bootstrap"]["covers"] == "images, and the seeds of A only (B, C: one run)"
+    assert b["C"]["diff"]["covers"] == "images, and the seeds of A only (C: one run)"
+    assert b["C"]["vs"]["B"]["covers"] == "images only"
+    metrics_sec = md.split("## Detection metrics")[1]
+    assert metrics_sec.lstrip().startswith("**The intervals cover image sampling, and training seeds only for the "
+                                           "groups with several runs**: B, C have one run")
+    assert "AP 95% CI (images)" in md and "interval covers" in md
+    # One run per group: the headline says the intervals cover image sampling only.
+    single = [cmp.load_run(p, n) for p, n in zip([runs[0], runs[2], runs[3]], "ABC")]
+    cmp.assign_groups(single, names_given=True)
+    boot1 = cmp.bootstrap_groups(single, ["A", "B", "C"], 100, 0, [])
+    assert boot1["covers"] == "images only"
+    assert boot1["headline"].startswith("**The intervals cover image sampling only**")
+    assert boot1["groups"]["C"]["diff"]["AP"]["ci"] == boot1["groups"]["C"]["diff"]["AP"]["ci_images"]
     # Group metrics are the mean of the seeds' reports.
     rep = [json.load(open(os.path.join(r, "eval", "report.json"))) for r in runs[:2]]
     assert s["group_metrics"]["A"]["AP"]["mean"] == pytest.approx(np.mean([r["metrics"]["AP"] for r in rep]))
@@ -190,9 +207,9 @@ def test_comparability_names_every_setting_that_changes_the_numbers():
     assert issues == ["A: evaluated at max_pixels 409600 but trained at 65536",
                       "B: evaluated at max_pixels 409600 but trained at 65536"]
     # Environment-only settings; the loss keys (COORDEXP_*) may differ, a missing record is unknown.
-    issues = cmp.comparability([ref, _fake("B", env={"COORD_INIT_SEED": "1", "COORDEXP_USE_COORD_CE": "false"},
-                                             settings=SETTINGS)])
-    assert len(issues) == 1 and issues[0].startswith("`COORD_INIT_SEED` differs (environment, coord_env.json)")
+    issues = cmp.comparability([ref, _fake("B", env={"COORD_INIT_SEED": "0", "COORD_PROMPT": "other",
+                                                     "COORDEXP_USE_COORD_CE": "false"}, settings=SETTINGS)])
+    assert len(issues) == 1 and issues[0].startswith("`COORD_PROMPT` differs (environment, coord_env.json)")
     b = _fake("B", settings=SETTINGS)
     b.env = None
     assert any("COORD_INIT_SEED" in i and "unknown" in i for i in cmp.comparability([ref, b]))
@@ -207,6 +224,32 @@ def test_comparability_names_every_setting_that_changes_the_numbers():
     # Not scored / different training length.
     issues = cmp.comparability([ref, _fake("B", settings=None, steps=90)])
     assert any("not scored" in i and "B" in i for i in issues) and any("training length" in i for i in issues)
+
+
+def test_coord_init_seed_is_a_seed_key_not_a_setting():
+    """Runs of one group that differ only in COORD_INIT_SEED are replicates (comparable); across groups the set
+    of seeds must match, and a repeated seed triple is no replicate."""
+    def run(name, group, init, seed=42, loss="coordexp_ce"):
+        return _fake(name, group=group, args={"seed": seed, "data_seed": seed, "loss_type": loss},
+                     env={"COORD_INIT_SEED": init, "COORD_PROMPT": "p"}, settings=SETTINGS)
+
+    a = [run("A1", "A", "0"), run("A2", "A", "1")]
+    b = [run("B1", "B", "0", loss="coordexp_geom"), run("B2", "B", "1", loss="coordexp_geom")]
+    assert cmp.comparability(a + b) == []
+    assert [cmp.seed_label(r) for r in a] == ["42/42/0", "42/42/1"]
+    assert cmp.run_seeds(a[1]) == {"seed": "42", "data_seed": "42", "COORD_INIT_SEED": "1"}
+    # Another set of initialisation seeds in B: named as a seed difference, not as an environment setting.
+    b[1] = run("B2", "B", "2", loss="coordexp_geom")
+    assert cmp.comparability(a + b) == [
+        '`COORD_INIT_SEED` differs (environment, coord_env.json: the set of values of each group): '
+        'A: ["0", "1"]; B: ["0", "2"]']
+    # The same triple twice in a group is the same replicate; other COORD_* settings are still compared.
+    issues = cmp.comparability([run("A1", "A", "0"), run("A2", "A", "0")])
+    assert issues == ["group A: 2 runs but repeated seeds (42/42/0, 42/42/0 as seed/data_seed/COORD_INIT_SEED): "
+                      "not independent replicates"]
+    other = run("A2", "A", "1")
+    other.env["COORD_PROMPT"] = "q"
+    assert [i.split(" (")[0] for i in cmp.comparability([run("A1", "A", "0"), other])] == ["`COORD_PROMPT` differs"]
 
 
 def test_convergence_on_yardsticks_not_on_own_loss():

@@ -16,7 +16,8 @@ def main(argv=None) -> None:
                    help="convergence = first step reaching this fraction of the best value any run reached on a "
                         "common yardstick (0.9)")
     p.add_argument("--bootstrap", type=int, default=1000,
-                   help="paired bootstrap resamples over images for the AP intervals (1000; 0 = none)")
+                   help="bootstrap replicates for the AP intervals (two levels: each group's runs, then the images, "
+                        "paired across groups; 1000; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the gallery's image sample (0)")
     p.add_argument("--gallery", type=int, default=6, help="evaluation images drawn side by side per group (6)")
     p.add_argument("--eval", dest="eval_name", metavar="NAME",

@@ -1,12 +1,29 @@
-"""Paired bootstrap over images for COCO AP and its differences between runs (no ms-swift import).
+"""Bootstrap intervals for COCO AP and its differences between groups of runs (no ms-swift import).
 
-Question answered: is run C's AP higher than run A's by more than the noise of *which images* were
-evaluated? Both runs are scored on the same images; one bootstrap replicate draws ``n`` images with
-replacement (image ``i`` drawn ``w_i`` times, ``w ~ Multinomial(n, 1/n)``) and recomputes each run's AP on
-that sample with the **same** ``w`` (paired), giving one value of the difference. The percentile interval
-of the differences over ``B`` replicates (``np.quantile`` at ``alpha/2`` and ``1 - alpha/2``; scipy's
-``bootstrap(method="percentile")``) is the confidence interval; a difference whose interval excludes 0 is
-larger than that noise.
+Question answered: is group C's AP higher than group A's by more than the noise of *which images* were
+evaluated and of *which training runs* (seeds) were drawn? All runs are scored on the same images.
+
+**Level 2, images (paired).** One replicate draws ``n`` images with replacement (image ``i`` drawn ``w_i``
+times, ``w ~ Multinomial(n, 1/n)``) and recomputes every run's AP on that sample with the **same** ``w``
+(paired over images across runs and groups).
+
+**Level 1, seeds.** The runs of a group (its seeds: model initialisation, data order) are its replicates. In
+the same replicate each group's ``S`` runs are resampled with replacement (counts ``~ Multinomial(S, 1/S)``)
+and the group's value is the mean AP of the drawn runs; the difference of two groups' values is one
+replicate of the difference. The percentile interval of ``B`` replicates (``np.quantile`` at ``alpha/2`` and
+``1 - alpha/2``) is the confidence interval; the image-only interval (every run once, only ``w`` drawn) is
+reported beside it. A group with one run has no seed level: its seed noise is in no interval.
+
+**Small-sample correction of the seed level** (2–3 seeds per group; ``two_level_interval``): the bootstrap
+variance of a mean of ``S`` values is ``(S-1)/S`` of the unbiased one, and a normal quantile ignores that the
+seed variance is estimated from ``S - 1`` degrees of freedom. The seed deviations of a replicate (drawn runs'
+mean minus all runs' mean, at the replicate's ``w``) are therefore scaled by ``sqrt(S/(S-1))`` and then by
+``k >= 1``, chosen so that the normal-theory half-width ``z * sqrt(v_img + k^2 v_seed)`` equals the
+Welch–Satterthwaite one ``t_nu * sqrt(v_img + v_seed)``. ``v_img`` is the variance of the image-only
+replicates, ``v_seed = sum_g c_g^2 s_g^2 / S_g`` (``s_g`` the standard deviation of group ``g``'s runs, ``c_g``
+its coefficient in the contrast), ``nu = (v_img + v_seed)^2 / sum_g (c_g^2 s_g^2 / S_g)^2 / (S_g - 1)`` (the image
+term counted with infinite degrees of freedom). docs/comparison.md gives the references and the measured
+coverage.
 
 **AP under resampling, exactly as COCO computes it.** pycocotools' ``COCOeval.evaluate`` matches the
 detections of each (image, category) independently of every other image (``evalImgs``: per detection its
@@ -25,14 +42,15 @@ order COCOeval's stable sort would give only if the copies were adjacent image i
 Metrics: ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, area ``all``, the evaluation's ``maxDets``.
 
 Cost: the matching is the evaluation's own (``COCOeval.evaluate`` once per run, about what ``coord-eval``
-spends on it); each replicate costs a weighted cumulative sum over the run's detections at 10 IoU
-thresholds plus a search of 101 recall levels, i.e. ``O(B * 10 * D)`` for ``D`` detections. See
-``docs/evaluation.md`` for measured times.
+spends on it); each replicate costs, per run, a weighted cumulative sum over the run's detections at 10 IoU
+thresholds plus a search of 101 recall levels, i.e. ``O(B * 10 * D)`` for ``D`` detections. The seed level
+adds a ``[B, S]`` weighted mean per group on top (negligible). See ``docs/comparison.md`` for measured times.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -165,26 +183,142 @@ def _precision_at(rc: np.ndarray, pr: np.ndarray, rec_thrs: np.ndarray) -> np.nd
     return q.reshape(b, t, n_r)
 
 
-def resample_weights(n_images: int, n_resamples: int, seed: int = 0) -> np.ndarray:
-    """``[B, n]`` counts: each row draws ``n`` images with replacement (``Multinomial(n, 1/n)``)."""
+def resample_weights(n_images: int, n_resamples: int, seed=0) -> np.ndarray:
+    """``[B, n]`` counts: each row draws ``n`` items with replacement (``Multinomial(n, 1/n)``).
+
+    Used for images (level 2) and for the runs of a group (level 1). ``seed``: anything
+    ``np.random.default_rng`` accepts (an int, or a sequence of ints for independent streams)."""
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_resamples).astype(np.float64)
 
 
-def paired_bootstrap(groups: Dict[str, Sequence[PerImageMatches]], baseline: str, n_resamples: int = 1000,
-                     seed: int = 0, alpha: float = 0.05) -> Dict[str, dict]:
-    """Intervals for each group's AP and its difference to ``baseline``, paired over images.
+@dataclass
+class GroupReplicates:
+    """One group's runs (seeds) for one metric, as the two-level bootstrap sees them.
 
-    ``groups``: name -> the ``PerImageMatches`` of its runs (several seeds: their mean AP is the group's
-    value in every replicate). Every run must have been scored on the same image ids (else ValueError
-    naming the runs). Returns ``{name: {metric: {"value", "ci": [lo, hi]}, "diff": {metric: {"value",
-    "ci", "excludes_zero"}} (not for the baseline), "vs": {earlier group: the same for name - earlier}}}``
-    (``vs`` holds the groups before ``name`` other than the baseline); ``value`` is on the evaluated images.
+    ``values [S]``: each run's metric on the evaluated images (every image once).
+    ``replicates [S, B]``: each run's metric at replicate ``b``'s image weights (the same weights for every
+    run of every group: paired). ``seed_counts [B, S]``: how often replicate ``b`` draws each run
+    (``resample_weights(S, B, ...)``). ``nan`` in ``replicates`` (no GT box in a replicate) propagates to
+    that replicate, which the intervals then skip.
+    """
+
+    values: np.ndarray
+    replicates: np.ndarray
+    seed_counts: np.ndarray
+
+    def __post_init__(self):
+        self.values = np.asarray(self.values, dtype=np.float64)
+        self.replicates = np.asarray(self.replicates, dtype=np.float64)
+        self.seed_counts = np.asarray(self.seed_counts, dtype=np.float64)
+        s = self.values.shape[0]
+        if self.values.ndim != 1 or s < 1:
+            raise ValueError(f"values must be [S >= 1] (one per run), got {self.values.shape}")
+        if self.replicates.ndim != 2 or self.replicates.shape[0] != s:
+            raise ValueError(f"replicates must be [{s}, B] (one row per run), got {self.replicates.shape}")
+        if self.seed_counts.shape != (self.replicates.shape[1], s):
+            raise ValueError(f"seed_counts must be [{self.replicates.shape[1]}, {s}] (replicates x runs), got "
+                             f"{self.seed_counts.shape}")
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.values.shape[0])
+
+    def seed_variance(self) -> float:
+        """``s^2 / S``: the unbiased variance of the group's mean over its runs (0 with one run)."""
+        return float(np.var(self.values, ddof=1) / self.n_seeds) if self.n_seeds > 1 else 0.0
+
+    def image_replicates(self) -> np.ndarray:
+        """``[B]``: the mean over all runs at each replicate's image weights (level 2 only)."""
+        return self.replicates.mean(axis=0)
+
+    def seed_deviations(self) -> np.ndarray:
+        """``[B]``: the mean over the runs drawn in replicate ``b`` minus the mean over all runs, both at
+        ``b``'s image weights (level 1; 0 with one run)."""
+        drawn = np.einsum("bs,sb->b", self.seed_counts, self.replicates) / self.n_seeds
+        return drawn - self.image_replicates()
+
+
+def _quantiles(x: np.ndarray, alpha: float) -> List[Optional[float]]:
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return [None, None]
+    lo, hi = np.quantile(x, [alpha / 2, 1 - alpha / 2])
+    return [float(lo), float(hi)]
+
+
+def two_level_interval(terms: Sequence[Tuple[float, GroupReplicates]], alpha: float = 0.05,
+                       small_sample_correction: bool = True) -> Dict[str, object]:
+    """Two-level bootstrap interval of a contrast ``sum_g c_g * mean_over_seeds(metric_g)``.
+
+    ``terms``: ``(c_g, GroupReplicates)`` pairs, e.g. ``[(1, C), (-1, A)]`` for ``C - A`` or ``[(1, A)]`` for
+    A's own value; all with the same ``B`` replicates (the same image weights). Replicate ``b`` of the
+    contrast is ``sum_g c_g * (image_g[b] + lam_g * k * dev_g[b])`` with ``image_g`` the all-runs mean and
+    ``dev_g`` the seed-resample deviation at ``b``'s weights; ``lam_g = sqrt(S_g / (S_g - 1))`` and ``k`` are
+    the small-sample correction (module doc; both 1 when ``small_sample_correction`` is False, which is the
+    plain two-level bootstrap). Returns ``{"value": the contrast on all images and runs, "ci": [lo, hi]
+    (images and seeds), "ci_images": [lo, hi] (image weights only, every run once), "df": nu (None without a
+    seed level), "seed_scale": k, "sd_images", "sd_seeds": sqrt(v_img), sqrt(v_seed)}``; a ``ci`` is
+    ``[None, None]`` when no replicate is finite. Raises ValueError for replicates of different ``B``.
+    """
+    if not terms:
+        raise ValueError("two_level_interval needs at least one (coefficient, GroupReplicates) term")
+    n_rep = {g.replicates.shape[1] for _, g in terms}
+    if len(n_rep) != 1:
+        raise ValueError(f"all groups need the same replicates (image weights), got B = {sorted(n_rep)}")
+    value = float(sum(c * g.values.mean() for c, g in terms))
+    image = sum(c * g.image_replicates() for c, g in terms)
+    finite = np.isfinite(image)
+    v_img = float(np.var(image[finite], ddof=1)) if finite.sum() > 1 else 0.0
+    parts = [(c * c * g.seed_variance(), g.n_seeds) for c, g in terms if g.n_seeds > 1]
+    v_seed = float(sum(v for v, _ in parts))
+    k, nu = 1.0, None
+    if parts and v_seed > 0:
+        nu = (v_img + v_seed) ** 2 / sum(v * v / (s - 1) for v, s in parts)
+        if small_sample_correction:
+            from scipy.stats import norm, t as student_t
+
+            ratio = float(student_t.ppf(1 - alpha / 2, nu) / norm.ppf(1 - alpha / 2))
+            k = math.sqrt(max(1.0, (ratio ** 2 * (v_img + v_seed) - v_img) / v_seed))
+    dev = sum(c * (math.sqrt(g.n_seeds / (g.n_seeds - 1)) if small_sample_correction and g.n_seeds > 1 else 1.0)
+              * g.seed_deviations() for c, g in terms)
+    return {"value": value, "ci": _quantiles(image + k * dev, alpha), "ci_images": _quantiles(image, alpha),
+            "df": nu, "seed_scale": k, "sd_images": math.sqrt(v_img), "sd_seeds": math.sqrt(v_seed)}
+
+
+def interval_covers(groups: Sequence[Tuple[str, int]]) -> str:
+    """What a two-level interval over these ``(group, number of runs)`` holds: ``"images and seeds"`` (every
+    group has several runs), ``"images only"`` (every group one run: no seed level), else which groups' seeds."""
+    single = [g for g, n in groups if n < 2]
+    if not single:
+        return "images and seeds"
+    if len(single) == len(groups):
+        return "images only"
+    several = [g for g, n in groups if n >= 2]
+    return f"images, and the seeds of {', '.join(several)} only ({', '.join(single)}: one run)"
+
+
+def paired_bootstrap(groups: Dict[str, Sequence[PerImageMatches]], baseline: str, n_resamples: int = 1000,
+                     seed: int = 0, alpha: float = 0.05, small_sample_correction: bool = True) -> Dict[str, dict]:
+    """Two-level intervals (seeds within each group, then images, paired over images) for each group's AP,
+    AP50, AP75 and its differences to ``baseline`` and to every earlier group.
+
+    ``groups``: name -> the ``PerImageMatches`` of its runs (its seeds). Every run must have been scored on
+    the same image ids (else ValueError naming the groups). The image weights of replicate ``b`` are shared
+    by all runs (``resample_weights(n_images, B, seed)``); group ``j``'s runs are drawn with
+    ``resample_weights(S_j, B, (seed, 1, j))``. Returns ``{name: {metric: {"value", "ci", "ci_images", "df",
+    ...}, "n_seeds": S, "covers": str, "diff": {metric: {..., "excludes_zero", "excludes_zero_images"}, "covers":
+    str} (not for the baseline), "vs": {earlier group: the same for name - earlier}}}`` (``vs`` holds the
+    groups before ``name`` other than the baseline); ``value`` is on the evaluated images, the mean over the
+    group's runs; ``excludes_zero`` refers to ``ci`` (images and seeds), ``covers`` says what ``ci`` holds
+    (see ``two_level_interval`` for the fields and the correction).
     """
     if baseline not in groups:
         raise ValueError(f"baseline group {baseline!r} not among {sorted(groups)}")
     ref_ids = None
     for name, runs in groups.items():
+        if not runs:
+            raise ValueError(f"group {name!r} has no run")
         for r in runs:
             if ref_ids is None:
                 ref_ids, ref_name = r.image_ids, name
@@ -192,29 +326,32 @@ def paired_bootstrap(groups: Dict[str, Sequence[PerImageMatches]], baseline: str
                 raise ValueError(f"paired bootstrap needs the same evaluated images: {name} has {len(r.image_ids)} "
                                  f"images, {ref_name} {len(ref_ids)} (or other ids)")
     w = resample_weights(len(ref_ids), n_resamples, seed)
-    point, boot = {}, {}
-    for name, runs in groups.items():
-        point[name] = {m: float(np.mean([r.metrics()[m][0] for r in runs])) for m in BOOTSTRAP_METRICS}
-        per_run = [r.metrics(w) for r in runs]
-        boot[name] = {m: np.mean([pr[m] for pr in per_run], axis=0) for m in BOOTSTRAP_METRICS}
-    lo_q, hi_q = alpha / 2, 1 - alpha / 2
+    ones = np.ones((1, len(ref_ids)))
+    reps: Dict[str, Dict[str, GroupReplicates]] = {}
+    for j, (name, runs) in enumerate(groups.items()):
+        per_run = [r.metrics(np.vstack([ones, w])) for r in runs]   # row 0: every image once
+        counts = resample_weights(len(runs), n_resamples, (seed, 1, j))
+        reps[name] = {m: GroupReplicates(values=[pr[m][0] for pr in per_run],
+                                         replicates=np.stack([pr[m][1:] for pr in per_run]), seed_counts=counts)
+                      for m in BOOTSTRAP_METRICS}
 
-    def ci(x):
-        x = x[np.isfinite(x)]
-        return [float(np.quantile(x, lo_q)), float(np.quantile(x, hi_q))] if x.size else [None, None]
+    def interval(terms):
+        return {m: two_level_interval([(c, reps[g][m]) for c, g in terms], alpha, small_sample_correction)
+                for m in BOOTSTRAP_METRICS}
 
     def diff(a, b):
-        res = {}
-        for m in BOOTSTRAP_METRICS:
-            lo, hi = ci(boot[a][m] - boot[b][m])
-            res[m] = {"value": point[a][m] - point[b][m], "ci": [lo, hi],
-                      "excludes_zero": lo is not None and (lo > 0 or hi < 0)}
+        res = interval([(1.0, a), (-1.0, b)])
+        for d in res.values():
+            for key, ci in (("excludes_zero", d["ci"]), ("excludes_zero_images", d["ci_images"])):
+                d[key] = ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
+        res["covers"] = interval_covers([(a, len(groups[a])), (b, len(groups[b]))])
         return res
 
     out = {}
     names = list(groups)
     for i, name in enumerate(names):
-        out[name] = {m: {"value": point[name][m], "ci": ci(boot[name][m])} for m in BOOTSTRAP_METRICS}
+        out[name] = {**interval([(1.0, name)]), "n_seeds": len(groups[name]),
+                     "covers": interval_covers([(name, len(groups[name]))])}
         if name != baseline:
             out[name]["diff"] = diff(name, baseline)
         # Against every earlier group other than the baseline (e.g. C - B), from the same replicates.

@@ -18,8 +18,9 @@ What ``compare_runs`` writes, in the order a reader needs it (``summary.md``, ``
    the box decode rule, the decoding mode and backend, the score, max detections, the GT file (SHA-256),
    the evaluated images, the checkpoint step and the inference resolution (also against the training
    resolution). A setting that was not recorded is ``unknown``, which differs from any known value.
-2. **Detection metrics** per group (mean ± std over seeds) and the **differences to the baseline group**
-   with paired-bootstrap intervals over images (``eval.bootstrap``).
+2. **Detection metrics** per group (mean ± std over seeds) and the **differences between groups** with
+   two-level bootstrap intervals (the runs of each group, then the images, paired: ``eval.bootstrap``), under
+   a headline saying what the intervals cover (image sampling only when every group has one run).
 3. **AP along training** (every scored checkpoint).
 4. **Common yardsticks** (``core.yardsticks``: teacher-forced IoU of the argmax and CoordExp boxes,
    coordinate accuracy and bin error), and **convergence** on them: the first step at which a run reaches
@@ -30,7 +31,8 @@ What ``compare_runs`` writes, in the order a reader needs it (``summary.md``, ``
    objective).
 
 Runs with the same display name (``--names``) are seeds of one group; without names, runs with the same
-loss type and loss flags form a group.
+loss type and loss flags form a group. A run's seeds are ``seed`` and ``data_seed`` (args.json) and
+``COORD_INIT_SEED`` (coord_env.json): they may differ within a group, and each group must have the same set.
 """
 from __future__ import annotations
 
@@ -56,7 +58,9 @@ DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 # args.json keys that legitimately differ between the runs of one ablation.
 EXPECTED_DIFFERENCES = {"loss_type", "output_dir", "logging_dir", "run_name", "training_args", "model_info",
                         "model_meta", "add_version", "model_kwargs"}
-SEED_KEYS = {"seed", "data_seed"}
+SEED_KEYS = ("seed", "data_seed")
+# coord_env.json keys that are seeds too (the new rows' initialisation): they may differ within a group.
+ENV_SEED_KEYS = ("COORD_INIT_SEED",)
 LOSS_ENV_PREFIX = "COORDEXP_"
 DEFAULT_FRACTION = 0.9
 UNKNOWN = "unknown"
@@ -446,6 +450,20 @@ def _line(what: str, values: Dict[str, Any], where: str = "") -> str:
         f"{n}: {_short(v)}" for n, v in values.items())
 
 
+def run_seeds(run: Run) -> Dict[str, str]:
+    """The run's seeds, in the order ``seed``, ``data_seed`` (args.json), ``COORD_INIT_SEED`` (coord_env.json):
+    a value not recorded is ``unknown``, an environment seed the run did not set is ``(unset)``."""
+    out = {k: str(run.args.get(k, UNKNOWN)) if run.args else UNKNOWN for k in SEED_KEYS}
+    for k in ENV_SEED_KEYS:
+        out[k] = UNKNOWN if run.env is None else run.env.get(k, "(unset)")
+    return out
+
+
+def seed_label(run: Run) -> str:
+    """``seed/data_seed/COORD_INIT_SEED``, e.g. ``42/42/1``."""
+    return "/".join(run_seeds(run).values())
+
+
 def comparability(runs: Sequence[Run]) -> List[str]:
     """Differences between runs in anything that changes the numbers, one line per setting naming it and
     each run's value (empty list: comparable). See the module doc for what is compared."""
@@ -458,7 +476,7 @@ def comparability(runs: Sequence[Run]) -> List[str]:
         missing = [r.name for r in runs if not r.args]
         if missing:
             issues.append(f"args.json missing, cannot check the training settings: {', '.join(missing)}")
-        keys = sorted(set().union(*(r.args for r in runs)) - EXPECTED_DIFFERENCES - SEED_KEYS)
+        keys = sorted(set().union(*(r.args for r in runs)) - EXPECTED_DIFFERENCES - set(SEED_KEYS))
         with_args = [r for r in runs if r.args]
         for k in keys:
             vals = {r.name: r.args.get(k, UNKNOWN) for r in with_args}
@@ -467,20 +485,24 @@ def comparability(runs: Sequence[Run]) -> List[str]:
         vals = {r.name: _filtered_kwargs(r.args.get("model_kwargs")) for r in with_args}
         if _differs(vals):
             issues.append(_line("`model_kwargs`", vals, "args.json, outside COORDEXP_*"))
-        # Seeds: the same set in every group.
+        # Seeds (args.json and coord_env.json): the same set in every group; within a group they differ.
         groups: Dict[str, List[Run]] = {}
-        for r in with_args:
+        for r in runs:
             groups.setdefault(r.group or r.name, []).append(r)
-        for k in sorted(SEED_KEYS):
-            sets = {g: sorted({str(r.args.get(k, UNKNOWN)) for r in rs}) for g, rs in groups.items()}
+        for k, where in ([(k, "args.json") for k in sorted(SEED_KEYS)]
+                         + [(k, "environment, coord_env.json") for k in ENV_SEED_KEYS]):
+            sets = {g: sorted({run_seeds(r)[k] for r in rs}) for g, rs in groups.items()
+                    if k in ENV_SEED_KEYS or all(r.args for r in rs)}
             if _differs(sets):
-                issues.append(_line(f"`{k}`", sets, "args.json: the set of values of each group"))
-            for g, rs in groups.items():
-                if len(rs) > 1 and len({str(r.args.get(k)) for r in rs}) < len(rs) and k == "seed":
-                    issues.append(f"group {g}: {len(rs)} runs but repeated `seed` values "
-                                  f"({[r.args.get(k) for r in rs]}): not independent seeds")
-        # Environment-only settings (coord_env.json), outside the loss flags.
-        envs = {r.name: ({k: v for k, v in r.env.items() if not k.startswith(LOSS_ENV_PREFIX)}
+                issues.append(_line(f"`{k}`", sets, f"{where}: the set of values of each group"))
+        for g, rs in groups.items():
+            tuples = [tuple(run_seeds(r).values()) for r in rs]
+            if len(set(tuples)) < len(rs):
+                issues.append(f"group {g}: {len(rs)} runs but repeated seeds ({', '.join(seed_label(r) for r in rs)}"
+                              f" as {'/'.join(run_seeds(rs[0]))}): not independent replicates")
+        # Environment-only settings (coord_env.json), outside the loss flags and the seeds.
+        envs = {r.name: ({k: v for k, v in r.env.items()
+                          if not k.startswith(LOSS_ENV_PREFIX) and k not in ENV_SEED_KEYS}
                          if r.env is not None else UNKNOWN) for r in runs}
         if _differs(envs):
             keys = sorted(set().union(*(e for e in envs.values() if isinstance(e, dict))))
@@ -610,7 +632,7 @@ def _per_image_matches(run: Run, notes: List[str]):
 
 def bootstrap_groups(runs: Sequence[Run], groups: Sequence[str], n_resamples: int, seed: int,
                      notes: List[str]) -> Optional[dict]:
-    from ..eval.bootstrap import paired_bootstrap
+    from ..eval.bootstrap import interval_covers, paired_bootstrap
 
     scored = {g: [r for r in runs if r.group == g and r.report] for g in groups}
     scored = {g: rs for g, rs in scored.items() if rs}
@@ -631,8 +653,23 @@ def bootstrap_groups(runs: Sequence[Run], groups: Sequence[str], n_resamples: in
             notes.append(f"{g}: no paired bootstrap against {baseline} (scored on other images)")
             del matches[g]
     out = paired_bootstrap(matches, baseline, n_resamples=n_resamples, seed=seed)
+    n_seeds = {g: len(p) for g, p in matches.items()}
+    single = [g for g, n in n_seeds.items() if n < 2]
+    covers = interval_covers(list(n_seeds.items()))
+    if len(single) == len(n_seeds):
+        headline = ("**The intervals cover image sampling only**: every group has one run, so the noise of "
+                    "training (seed: initialisation, data order) is in no interval and a difference can be seed "
+                    "noise; train several seeds per group to include it (docs/comparison.md).")
+    elif not single:
+        headline = ("**The intervals cover image sampling and training seeds**: a two-level bootstrap (the runs "
+                    "of each group, then the images, paired across groups) with a small-sample correction for "
+                    f"{'/'.join(str(n) for n in n_seeds.values())} seeds per group (docs/comparison.md).")
+    else:
+        headline = ("**The intervals cover image sampling, and training seeds only for the groups with several "
+                    f"runs**: {', '.join(single)} {'has' if len(single) == 1 else 'have'} one run, whose seed noise "
+                    "is in no interval (docs/comparison.md).")
     return {"baseline": baseline, "n_resamples": n_resamples, "seed": seed, "alpha": 0.05,
-            "n_images": len(ref), "groups": out}
+            "n_images": len(ref), "n_seeds": n_seeds, "covers": covers, "headline": headline, "groups": out}
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -801,8 +838,8 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
                                                                        " (the differences above)"))
     if unrecorded:
         sec.text("Not recorded by any run (unchecked): " + "; ".join(unrecorded) + ".")
-    sec.table(["group", "runs", "seeds", "loss_type", "path(s)"],
-              [[g, str(len(rs)), ", ".join(str(r.args.get("seed", "?")) for r in rs),
+    sec.table(["group", "runs", "seeds (" + "/".join(run_seeds(runs[0])) + ")", "loss_type", "path(s)"],
+              [[g, str(len(rs)), ", ".join(seed_label(r) for r in rs),
                 str(rs[0].args.get("loss_type") or "cross_entropy"), ", ".join(r.path for r in rs)]
                for g, rs in by_group.items()])
     sections.append(sec)
@@ -818,6 +855,8 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     boot = (bootstrap_groups(runs, groups, n_resamples, seed, notes)
             if n_resamples > 0 and any(r.report for r in runs) else None)
     sec = Section("Detection metrics")
+    if boot:
+        sec.text(boot["headline"])
     if any(r.report for r in runs):
         sec.text(_selection_text(selection, primary, runs))
         sec.text("COCO bbox metrics (pycocotools) of the scored checkpoint; mean ± std over the runs (seeds) "
@@ -835,33 +874,43 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
         if boot:
             b = boot["groups"]
             sec.text(f"Differences to the baseline group **{boot['baseline']}** (then between the other groups), "
-                     f"with 95% paired-bootstrap "
-                            f"intervals over the {boot['n_images']} evaluated images ({boot['n_resamples']} "
-                            "resamples; method in docs/comparison.md). A difference is larger than the noise of "
-                            "the image sample when its interval excludes 0.")
+                     f"with 95% two-level bootstrap intervals ({boot['n_resamples']} replicates: each group's runs "
+                     f"drawn with replacement, then the {boot['n_images']} evaluated images, the same images for "
+                     "every group; method in docs/comparison.md). A difference is larger than the noise the "
+                     "interval covers when its interval excludes 0.")
             pairs = [(g, boot["baseline"], b[g]["diff"]) for g in groups if g in b and g != boot["baseline"]]
             pairs += [(g, o, d) for g in groups if g in b for o, d in b[g].get("vs", {}).items()]
-            rows = []
+            rows, rows_images = [], []
             for g, o, diff in pairs:
-                row = [f"{g} − {o}"]
-                verdict = []
+                row, row_images, verdict = [f"{g} − {o}"], [f"{g} − {o}"], []
                 for m in ("AP", "AP50", "AP75"):
                     d = diff[m]
                     row += [f"{d['value']:+.4f}", _ci(d["ci"])]
+                    row_images += [_ci(d["ci_images"])]
                     verdict.append(f"{m}: {'yes' if d['excludes_zero'] else 'no'}")
-                rows.append(row + ["; ".join(verdict)])
+                rows.append(row + [diff["covers"], "; ".join(verdict)])
+                rows_images.append(row_images + ["; ".join(f"{m}: {'yes' if diff[m]['excludes_zero_images'] else 'no'}"
+                                                           for m in ("AP", "AP50", "AP75"))])
             if rows:
-                sec.table(["difference", "ΔAP", "95% CI", "ΔAP50", "95% CI", "ΔAP75", "95% CI",
+                sec.table(["difference", "ΔAP", "95% CI", "ΔAP50", "95% CI", "ΔAP75", "95% CI", "interval covers",
                            "larger than the noise?"], rows)
-            sec.table(["group", "AP", "AP 95% CI", "AP50", "AP50 95% CI", "AP75", "AP75 95% CI"],
-                      [[g, _fmt(b[g]["AP"]["value"]), _ci(b[g]["AP"]["ci"]), _fmt(b[g]["AP50"]["value"]),
-                        _ci(b[g]["AP50"]["ci"]), _fmt(b[g]["AP75"]["value"]), _ci(b[g]["AP75"]["ci"])]
-                       for g in groups if g in b])
+            if rows and boot["covers"] != "images only":
+                sec.text("The same differences with intervals over image sampling only (every run once): what an "
+                         "analysis that ignores the seeds would claim.")
+                sec.table(["difference", "AP 95% CI (images)", "AP50 95% CI (images)", "AP75 95% CI (images)",
+                           "excludes 0?"], rows_images)
+            sec.text("Each group's own value (mean over its runs) with its 95% interval" +
+                     ("; with 2 runs the seed level has 1 degree of freedom, so a group's interval is wide where "
+                      "its runs disagree." if boot["covers"] != "images only" else "."))
+            sec.table(["group", "runs", "AP", "AP 95% CI", "AP50", "AP50 95% CI", "AP75", "AP75 95% CI"],
+                      [[g, str(b[g]["n_seeds"]), _fmt(b[g]["AP"]["value"]), _ci(b[g]["AP"]["ci"]),
+                        _fmt(b[g]["AP50"]["value"]), _ci(b[g]["AP50"]["ci"]), _fmt(b[g]["AP75"]["value"]),
+                        _ci(b[g]["AP75"]["ci"])] for g in groups if g in b])
         if len(rows_evals) > 1:
             eval_rows = _evaluation_table(views, groups, row_issues, selection, n_resamples, seed, notes,
                                           {primary: boot})
             sec.text("Every evaluation of the runs, one row per evaluation and group (mean ± std over seeds; the AP "
-                     "interval is the paired bootstrap over images of that evaluation; comparability within the "
+                     "interval is the two-level bootstrap (seeds, then images) of that evaluation; comparability within the "
                      "evaluation).")
             sec.table(["evaluation", "group", "n", "AP", "AP50", "AP75", "AP 95% CI", "checkpoint", "comparable"],
                       [row["cells"] for row in eval_rows])
@@ -1008,7 +1057,7 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
     summary = {
         "groups": {g: [r.name for r in rs] for g, rs in by_group.items()},
         "runs": [{"name": r.name, "group": r.group, "path": r.path, "loss_type": r.args.get("loss_type"),
-                  "seed": r.args.get("seed"), "loss_config": r.loss_config, "env": r.env,
+                  "seed": r.args.get("seed"), "seeds": run_seeds(r), "loss_config": r.loss_config, "env": r.env,
                   "metrics": {m: ((r.report or {}).get("metrics") or {}).get(m) for m in DETECTION_METRICS},
                   "eval_settings": {k: _dotted((r.report or {}).get("settings"), k) for k, _ in EVAL_SETTINGS}
                   if r.report else None,
