@@ -79,7 +79,7 @@ else
     export COORDEXP_LEAN="${COORDEXP_LEAN:-true}"
     TRAIN_ARGS=("${COMMON[@]}" --max_pixels 16384 --max_steps "$STEPS" --per_device_train_batch_size 16
                 --per_device_eval_batch_size 16 --learning_rate 2e-3 --warmup_ratio 0.05 --lr_scheduler_type cosine
-                --eval_steps $(( STEPS / 3 )) --save_steps $(( STEPS / 3 )) --logging_steps 20
+                --eval_steps $(( STEPS / 3 )) --save_steps $(( STEPS / 3 )) --save_total_limit 3 --logging_steps 20
                 --freeze_vit false --freeze_aligner false)
     INFER_ARGS=(--max_new_tokens 64 --max_batch_size 50)
     EVALS=(argmax coordexp)
@@ -104,17 +104,22 @@ for ((s = 0; s < SEEDS; s++)); do
       bash shell/train.sh ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"} --seed "$((42 + s))" --data_seed "$((42 + s))"
   done
 done
-say "stage 3/5: score every run on the held-out images (${DECODING:-constrained} decoding; about 1 min a checkpoint)"
+say "stage 3/5: score every run on the held-out images (about 1 min a checkpoint and readout)"
 for ((s = 0; s < SEEDS; s++)); do
   for g in "${GROUPS_[@]}"; do
     d="$(run_dir "$g" "$s")"
-    first=""
     for e in "${EVALS[@]}"; do
-      decode=argmax; [ "$e" = coordexp ] && decode=coordexp
       say "evaluate group $g seed $s: $e"
-      GROUP=$g OUT="$d" VAL_DATA="$VAL" GT="$GT" CKPT="${EVAL_CKPT:-}" EVAL_NAME="$e" DECODE="$decode" \
-        RESULTS_FROM="$first" bash shell/eval.sh ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
-      first="$e"   # later evaluations re-score the first one's answers (no second inference)
+      if [ "$e" = coordexp ]; then
+        # The CoordExp readout: at every coordinate slot the decoder writes round(E[k]) over all 1000 bins (under
+        # the answer grammar), and feeds it back; the last checkpoint.
+        GROUP=$g OUT="$d" VAL_DATA="$VAL" GT="$GT" EVAL_NAME=coordexp DECODING=coordexp DECODE=argmax \
+          bash shell/eval.sh ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
+      else
+        # The argmax readout under the answer grammar (DECODING, default constrained), every saved checkpoint.
+        GROUP=$g OUT="$d" VAL_DATA="$VAL" GT="$GT" CKPT="${EVAL_CKPT:-}" EVAL_NAME="$e" \
+          bash shell/eval.sh ${INFER_ARGS[@]+"${INFER_ARGS[@]}"}
+      fi
     done
   done
 done
