@@ -114,16 +114,29 @@ def test_cpu_recipe_paths_resume_and_sharded_eval(tiny_model_dir, sample_jsonl, 
     steps = [r["global_step/max_steps"] for r in read_jsonl(out / "logging.jsonl") if "loss" in r]
     assert steps[-1] == "3/3" and "1/3" not in steps[steps.index("2/2") + 1:], steps  # continued, not restarted
 
+    gt = str(REPO / "assets" / "coco_sample" / "instances.json")
     proc = _run("eval.sh", {"GROUP": "a", "OUT": str(out), "NPROC_PER_NODE": "2", "COORD_DATA_ROOT": str(root),
-                            "GT": str(REPO / "assets" / "coco_sample" / "instances.json"), "EVAL_ARGS": "--plots"},
+                            "GT": gt, "EVAL_ARGS": "--plots", "EVAL_NAME": "argmax"},
                 "--max_new_tokens", "16", "--max_pixels", "65536", cwd=elsewhere, timeout=900)
     (tmp_path / "eval.log").write_text(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    rows = read_jsonl(out / "eval" / "infer_result.jsonl")
+    named = out / "eval" / "argmax"          # EVAL_NAME: the evaluation's own folder, its shards inside it
+    rows = read_jsonl(named / "infer_result.jsonl")
     want = [r["image_id"] for r in read_jsonl(sample_jsonl)]
     assert [r["chat_template_kwargs"]["coord_meta"]["image_id"] for r in rows] == want
     assert "9 result rows = the 9 rows" in proc.stdout and "--plots" in proc.stdout
-    assert (out / "eval" / "iou_histogram.png").is_file()
-    report = json.load(open(out / "eval" / "report.json"))
+    assert (named / "iou_histogram.png").is_file() and (named / "shards" / "result_1.jsonl").is_file()
+    assert not (out / "eval" / "report.json").exists() and not (out / "eval" / "shards").exists()
+    report = json.load(open(named / "report.json"))
     assert report["counts"]["rows"]["total"] == 9 and report["counts"]["images"]["evaluated"] == 9
     assert len(report["metrics"]) == 12
+    # A second evaluation of the same answers (the CoordExp decision), no inference: beside the first.
+    proc = _run("eval.sh", {"GROUP": "a", "OUT": str(out), "COORD_DATA_ROOT": str(root), "GT": gt,
+                            "EVAL_NAME": "coordexp", "RESULTS_FROM": "argmax", "DECODE": "coordexp"},
+                cwd=elsewhere, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "swift infer" not in proc.stdout
+    second = json.load(open(out / "eval" / "coordexp" / "report.json"))
+    assert second["settings"]["decode"] == "coordexp" and second["counts"]["rows"]["total"] == 9
+    assert second["settings"]["results"] == str(named / "infer_result.jsonl")
+    assert json.load(open(named / "report.json"))["settings"]["decode"] == "argmax"   # not replaced
