@@ -241,7 +241,7 @@ def test_image_meta_from_the_pipeline_column_or_top_level():
 @pytest.mark.parametrize("row,msg", [
     ({"messages": []}, "no 'response'"),
     ({"response": 5}, "response must be a string"),
-    ({"response": "", "image_id": "abc"}, "image_id must be an integer"),
+    ({"response": "", "image_id": [1]}, "image_id must be an integer"),
     ({"response": "", "logprobs": {"content": 3}}, "logprobs.content must be a list"),
     ({"response": "", "logprobs": {"content": [{"logprob": 0.0}]}}, "logprobs.content[0]"),
     ({"response": "", "logprobs": {"content": [{"token": codec.OBJ_START, "logprob": 0.0},
