@@ -235,7 +235,7 @@ def test_image_meta_from_the_pipeline_column_or_top_level():
     pred = read_row(row, 1)
     assert (pred.image_id, pred.width, pred.height) == (42, 640, 480)
     pred = read_row({"response": "", "image_id": "43", "width": 10.0}, 1)
-    assert (pred.image_id, pred.width, pred.height) == (43, 10, None)
+    assert (pred.image_id, pred.width, pred.height) == ("43", 10, None)  # matched to GT id 43 by GtImages
 
 
 @pytest.mark.parametrize("row,msg", [

@@ -147,10 +147,11 @@ def image_file_name(images) -> Optional[str]:
 
 
 def _id_field(row: dict, key: str, where: str) -> Union[int, str, None]:
-    """An image id as written: an integer (also ``11.0`` or ``"11"``) or, for files with string ids, the
-    string as it is. The evaluator matches it against the ground truth's ids (``scoring.GtImages``)."""
+    """An image id as written: an integer (also ``11.0``), or a string kept as it is (``"007"`` and ``"7"``
+    may be two images of a file with string ids). The evaluator matches it against the ground truth's
+    ids (``scoring.GtImages.internal_id``: ``"11"`` finds the integer id 11 of a file with integer ids)."""
     v = row.get(key)
-    if isinstance(v, str) and v.strip() and not v.strip().isdigit():
+    if isinstance(v, str) and v:
         return v
     return _int_field(row, key, where)
 

@@ -132,7 +132,7 @@ class GtImages:
                     return self.by_original[key]
             return None
         if isinstance(image_id, str):
-            image_id = int(image_id) if image_id.strip().isdigit() else None
+            image_id = int(image_id.strip()) if image_id.strip().isdigit() else None
         return image_id if image_id in self.by_id else None
 
     def match(self, image_id, file_name: Optional[str]):
