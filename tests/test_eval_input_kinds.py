@@ -12,11 +12,11 @@ from test_eval_inputs import fed_back, toy_gt, write_json, write_rows
 
 from swift_coord_plugin.cli import evaluate, prepare_coco
 from swift_coord_plugin.cli import shards as shards_cli
-from swift_coord_plugin.core import codec, textfiles
-from swift_coord_plugin.eval.scoring import per_category_by_id
+from swift_coord_plugin.core import codec
 from swift_coord_plugin.eval.synthetic import response_row
 
 SAMPLE = REPO / "assets" / "coco_sample"
+BOM = b"\xef\xbb\xbf"
 
 
 def coord_eval(tmp_path, results, gt, *extra):
@@ -108,8 +108,8 @@ def test_one_reader_for_every_json_input(tmp_path, capsys):
     val_text = "".join(json.dumps(r) + "\n" for r in val_rows)
 
     # UTF-8 with a byte-order mark: accepted everywhere (results, GT, --val-data, the shards tool)
-    (tmp_path / "bom.jsonl").write_bytes(textfiles.UTF8_BOM + text.encode())
-    (tmp_path / "val_bom.jsonl").write_bytes(textfiles.UTF8_BOM + val_text.encode())
+    (tmp_path / "bom.jsonl").write_bytes(BOM + text.encode())
+    (tmp_path / "val_bom.jsonl").write_bytes(BOM + val_text.encode())
     bom_gt = write_json(tmp_path / "gt_bom.json", gt, bom=True)
     code, report, _ = coord_eval(tmp_path, tmp_path / "bom.jsonl", bom_gt, "--val-data", tmp_path / "val_bom.jsonl")
     assert code == 0 and report["metrics"]["AP"] == pytest.approx(1.0, abs=1e-12)
@@ -147,7 +147,7 @@ def test_the_converter_reads_through_the_same_reader(tmp_path, capsys):
     args = ["--images", str(SAMPLE / "images"), "--out", str(tmp_path / "t.jsonl"), "--no-progress"]
     assert prepare_coco.main(["--ann", str(tmp_path / "ann16.json"), *args]) == 2
     assert "ann16.json: the file is UTF-16 LE (with a byte-order mark)" in capsys.readouterr().err
-    (tmp_path / "map.json").write_bytes(textfiles.UTF8_BOM + b'{"1": "a person"}')
+    (tmp_path / "map.json").write_bytes(BOM + b'{"1": "a person"}')
     assert prepare_coco.main(["--ann", str(SAMPLE / "instances.json"), "--desc-map", str(tmp_path / "map.json"),
                               *args]) == 0
     assert '"a person"' in (tmp_path / "t.jsonl").read_text()
@@ -208,6 +208,8 @@ def test_categories_nobody_can_tell_apart_are_refused_by_converter_and_evaluator
 
 
 def test_per_category_tables_are_read_by_id_in_both_formats():
+    from swift_coord_plugin.eval.scoring import per_category_by_id
+
     new = {"per_category": {"1": {"id": 1, "name": "dog", "AP": 0.5}, "2": {"id": 2, "name": "dog", "AP": 0.1}}}
     old = {"per_category": {"dog": {"id": 1, "AP": 0.5}, "cat": {"id": 2, "AP": 0.1}}}
     assert per_category_by_id(new)[2]["name"] == "dog" and per_category_by_id(new)[1]["AP"] == 0.5
