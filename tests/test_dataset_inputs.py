@@ -185,21 +185,24 @@ def test_an_encode_failure_while_training_is_never_silent(template, sample_jsonl
 @pytest.mark.e2e
 def test_swift_sft_stops_with_what_to_do(tiny_model_dir, sample_jsonl, tmp_path):
     """Through the real CLI: the wrong ways of naming data stop before anything is read (one run for
-    three of them), and a coord: file of which nothing is kept stops with the reasons (no ZeroDivisionError)."""
+    four of them: a bare path, a COCO JSON, a '#' in the path, a UTF-16 file), and a coord: file of which nothing is kept stops with the reasons (no ZeroDivisionError)."""
     from helpers import SAMPLE_DIR
 
     hashed = tmp_path / "run#3"
     hashed.mkdir()
     (hashed / "val.jsonl").write_text(open(sample_jsonl).read())
+    utf16 = tmp_path / "utf16.jsonl"  # what Windows PowerShell 5.1's '>' writes
+    utf16.write_bytes(open(sample_jsonl, encoding="utf-8").read().encode("utf-16"))
     args = base_sft_args(tiny_model_dir, sample_jsonl, str(tmp_path / "o1"), steps=1)
     i = args.index("--dataset")
-    args[i + 1:i + 2] = [sample_jsonl, f"coord:{SAMPLE_DIR / 'instances.json'}"]
+    args[i + 1:i + 2] = [sample_jsonl, f"coord:{SAMPLE_DIR / 'instances.json'}", f"coord:{utf16}"]
     args += ["--val_dataset", f"coord:{hashed / 'val.jsonl'}"]
     proc = run_swift("sft", args, tmp_path, env={"COORD_BAD_SAMPLES": "drop"}, check=False)
     assert proc.returncode != 0 and "ZeroDivisionError" not in proc.stdout
     assert f"{sample_jsonl}: a file of unified samples given as a bare path" in proc.stdout
     assert "--dataset coord:" in proc.stdout and "is a COCO instances JSON" in proc.stdout
     assert "run%233" in proc.stdout
+    assert f"coord:{utf16}: {utf16}: the file is UTF-16 LE (with a byte-order mark) text, not UTF-8" in proc.stdout
 
     lost = _write(tmp_path / "lost.jsonl", [{"image": str(tmp_path / f"{k}.jpg"), "objects": []} for k in range(2)])
     proc = run_swift("sft", base_sft_args(tiny_model_dir, lost, str(tmp_path / "o2"), steps=1), tmp_path,

@@ -30,7 +30,7 @@ def test_writes_reports_and_prints_the_table(gt, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["AP50"] == pytest.approx(1.0, abs=1e-12)
     assert report["settings"]["max_dets"] == 300 and report["settings"]["decode"] == "coordexp"
-    assert report["per_category"]["person"]["num_gt"] > 0
+    assert report["per_category"]["1"]["name"] == "person" and report["per_category"]["1"]["num_gt"] > 0
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == len(gt["annotations"])
     assert set(dets[0]) == {"image_id", "category_id", "bbox", "score"}

@@ -63,7 +63,7 @@ def test_gt_without_area_iscrowd_or_ids_scores_with_the_implied_values(tmp_path)
     assert ev.report["metrics"]["AP"] == pytest.approx(1.0, abs=1e-12)
     assert ev.report["settings"]["gt_repairs"] == {
         "area_filled_with_box_area": 6, "iscrowd_filled_with_0": 6, "annotation_ids_assigned": 6,
-        "annotation_ids_reason": "6 missing"}
+        "annotation_ids_reason": "6 missing", "image_ids_mapped_to_integers": 0, "ignore_flagged_scored_as_boxes": 0}
 
 
 @pytest.mark.parametrize("ids", [[1, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], ["a", 1, 2, 3, 4, 5]])
@@ -107,11 +107,11 @@ def test_gt_the_scorer_cannot_score_is_exit_2_before_the_row_pass(tmp_path, caps
     assert re.search(message, err), err
 
 
-def test_gt_image_ids_must_be_integers(tmp_path):
+def test_gt_image_ids_must_be_integers_or_strings(tmp_path):
     gt = toy_gt()
-    gt["images"][1]["id"] = "11"
+    gt["images"][1]["id"] = 11.5
     gt_path = write_json(tmp_path / "gt.json", gt)
-    with pytest.raises(EvalError, match=r"gt.json: images\[1\]: id must be an integer"):
+    with pytest.raises(EvalError, match=r"gt.json: images\[1\]: id must be an integer or a non-empty string"):
         evaluate_results(fed_back(toy_gt(), tmp_path / "r.jsonl"), gt_path, progress=False)
 
 

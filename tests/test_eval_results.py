@@ -235,13 +235,13 @@ def test_image_meta_from_the_pipeline_column_or_top_level():
     pred = read_row(row, 1)
     assert (pred.image_id, pred.width, pred.height) == (42, 640, 480)
     pred = read_row({"response": "", "image_id": "43", "width": 10.0}, 1)
-    assert (pred.image_id, pred.width, pred.height) == (43, 10, None)
+    assert (pred.image_id, pred.width, pred.height) == ("43", 10, None)  # matched to GT id 43 by GtImages
 
 
 @pytest.mark.parametrize("row,msg", [
     ({"messages": []}, "no 'response'"),
     ({"response": 5}, "response must be a string"),
-    ({"response": "", "image_id": "abc"}, "image_id must be an integer"),
+    ({"response": "", "image_id": [1]}, "image_id must be an integer"),
     ({"response": "", "logprobs": {"content": 3}}, "logprobs.content must be a list"),
     ({"response": "", "logprobs": {"content": [{"logprob": 0.0}]}}, "logprobs.content[0]"),
     ({"response": "", "logprobs": {"content": [{"token": codec.OBJ_START, "logprob": 0.0},

@@ -12,7 +12,14 @@ The rules (documented with their reasons in ``docs/data.md``):
   clipping is dropped and counted as ``degenerate``.
 * desc: the category name, or its replacement from a description map; validated by
   ``codec.desc_problem``.
-* ``iscrowd=1`` annotations are never targets (counted as ``crowd``).
+* ``iscrowd=1`` annotations are never targets (counted as ``crowd``). ``"ignore": 1`` on a non-crowd
+  annotation is not a COCO field: it is trained as an object, as pycocotools scores it, and counted
+  (``ignore_flagged``).
+* two categories whose descriptions normalise alike (``eval.categories.distinct_descriptions``) and
+  that both have annotations are an error naming their ids: the evaluator could not tell them apart.
+* image file: ``file_name`` under the images folder; without ``file_name``, the last part of
+  ``coco_url`` (LVIS), under ``<images>/<split folder of the URL>/`` when that file exists, else
+  directly under the images folder.
 * order: ``codec.order_objects`` under the order policy (``ConvertOptions.order``, default the
   ``COORD_ORDER`` setting, else ``y1x1``: bins of y1, then of x1, then the continuous values; ties keep
   annotation order). ``random`` writes the ``y1x1`` order: the draw happens when training encodes a sample.
@@ -37,6 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from ..core import textfiles
 from ..core.codec import DetObject, OrderPolicy, clean_desc, desc_problem, normalize_box, order_objects, order_policy
 
 CAP_POLICIES = ("area", "scan")
@@ -100,6 +108,8 @@ class Summary:
     dropped_objects: Dict[str, int] = field(
         default_factory=lambda: {"crowd": 0, "degenerate": 0, "over_cap": 0, "missing_file": 0, "bad_image": 0})
     dropped_images: Dict[str, int] = field(default_factory=lambda: {"missing_file": 0, "bad_image": 0, "empty": 0})
+    # non-crowd annotations with a true "ignore" field: trained (and scored) as ordinary objects
+    ignore_flagged: int = 0
     # files checked by the image check: decoded now / taken from the decode cache
     image_check: Dict[str, Any] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -167,15 +177,11 @@ def read_instances(path: str, skip_polygons: bool = True) -> Dict[str, Any]:
     values are then not syntax-checked, everything else is. Errors name the file and the position.
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        text = textfiles.read_text(path)
     except OSError as e:
         raise CocoFormatError(f"{path}: cannot read the annotation file ({e.strerror or e})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CocoFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    del raw
+    except textfiles.TextEncodingError as e:
+        raise CocoFormatError(str(e)) from None
     try:
         data = json.loads(_without_polygons(text) if skip_polygons else text)
     except json.JSONDecodeError:
@@ -204,10 +210,11 @@ def load_desc_map(spec: str) -> Dict[str, Any]:
         if spec.lstrip().startswith("{"):
             value = json.loads(spec)
         else:
-            with open(spec, "r", encoding="utf-8") as f:
-                value = json.load(f)
+            value = json.loads(textfiles.read_text(spec))
     except OSError as e:
         raise CocoFormatError(f"{spec}: cannot read the description map ({e.strerror or e})") from None
+    except textfiles.TextEncodingError as e:
+        raise CocoFormatError(str(e)) from None
     except json.JSONDecodeError as e:
         raise CocoFormatError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if not isinstance(value, dict):
@@ -282,13 +289,17 @@ def _short(record: Any, limit: int = 160) -> str:
 
 
 def _image_record(i: int, im: Any, source: str):
-    """``(id, file_name, width, height)`` of ``images[i]``, or an error naming it."""
+    """``(id, file_name, width, height)`` of ``images[i]``, or an error naming it. Without ``file_name``
+    the name is ``<split folder>/<file>`` of ``coco_url`` (LVIS files; see ``image_path``)."""
     if not isinstance(im, dict):
         raise CocoFormatError(f"{source}: images[{i}] must be an object, got {_short(im)}")
-    missing = [k for k in ("id", "file_name", "width", "height") if k not in im]
+    missing = [k for k in ("id", "width", "height") if k not in im]
+    if "file_name" not in im and not (isinstance(im.get("coco_url"), str) and im["coco_url"].strip("/")):
+        missing.append("file_name (nor coco_url)")
     if missing:
         raise CocoFormatError(f"{source}: images[{i}] (id={im.get('id')!r}) has no {', '.join(missing)}")
-    iid, name, w, h = im["id"], im["file_name"], im["width"], im["height"]
+    iid, w, h = im["id"], im["width"], im["height"]
+    name = im["file_name"] if "file_name" in im else "/".join(im["coco_url"].rstrip("/").split("/")[-2:])
     if not isinstance(iid, (int, str)) or isinstance(iid, bool):
         raise CocoFormatError(f"{source}: images[{i}]: id must be an integer or string, got {iid!r}")
     if not isinstance(name, str) or not name:
@@ -373,6 +384,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     t0 = time.perf_counter()
     images_dir_abs = os.path.abspath(images_dir)
     descs = category_descs(instances["categories"], options.desc_map, source)
+    _check_distinct(instances, descs, source, options)
     options_record = {k: v for k, v in asdict(options).items() if k != "desc_map"}
     options_record["desc_map"] = {str(k): v for k, v in options.desc_map.items()} if options.desc_map else None
     options_record["order"] = options.order_policy.name
@@ -391,6 +403,10 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
             raise CocoFormatError(f"{source}: images[{i}]: duplicate image id {iid!r}")
         path = abspath(join(images_dir_abs, name))
         present = exists(path)
+        if not present and "file_name" not in im:  # coco_url: <split>/<file>, or <file> in the split folder
+            name = name.rsplit("/", 1)[-1]
+            path = abspath(join(images_dir_abs, name))
+            present = exists(path)
         if not present:
             missing.append(name)
         records[iid] = [path if present else None, w, h, []]
@@ -405,7 +421,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
 
     # Annotations: group by image; crowd ones are counted and left out. The fast path assumes a
     # well-formed record; any exception is turned into a precise error by _annotation_error.
-    crowd = 0
+    crowd = ignore_flagged = 0
     isfinite = math.isfinite
     for i, ann in enumerate(annotations):
         try:
@@ -421,6 +437,8 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
                 continue
             if flag is not None and flag != 0:
                 raise ValueError(flag)
+            if ann.get("ignore"):
+                ignore_flagged += 1
             x, y, w, h = ann["bbox"]
             if not isfinite(x + y + w + h):  # also rejects strings (TypeError)
                 raise ValueError(ann["bbox"])
@@ -472,12 +490,32 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
 
     summary.images_written = len(lines)
     summary.empty_images_written = written_empty
+    summary.ignore_flagged = ignore_flagged
     summary.objects_kept = kept
     summary.dropped_objects.update(crowd=crowd, degenerate=degenerate, over_cap=over_cap,
                                    missing_file=lost_to_missing, bad_image=lost_to_bad)
     summary.dropped_images.update(missing_file=len(missing), bad_image=bad_images, empty=dropped_empty)
     summary.seconds["convert"] = round(time.perf_counter() - t0, 3)
     return Conversion(lines, summary)
+
+
+def _check_distinct(instances: Mapping[str, Any], descs: Mapping[Any, str], source: str,
+                    options: ConvertOptions) -> None:
+    """Refuse two annotated categories with one description (``eval.categories.distinct_descriptions``)."""
+    from ..eval.categories import AmbiguousCategoriesError, distinct_descriptions
+
+    annotated = set()
+    for a in instances["annotations"]:
+        try:
+            annotated.add(a["category_id"])
+        except (TypeError, KeyError):
+            pass  # reported with its record by the annotation pass
+    names = {c.get("id"): c.get("name") for c in instances["categories"] if isinstance(c, dict)}
+    try:
+        distinct_descriptions(descs, annotated, names,
+                              "description (after --desc-map)" if options.desc_map else "name")
+    except AmbiguousCategoriesError as e:
+        raise CocoFormatError(f"{source}: {e}") from None
 
 
 def _check_images(records: Dict[Any, list], images: List[Any], options: ConvertOptions, source: str,
@@ -572,7 +610,8 @@ def format_summary(summary: Summary) -> str:
     return "\n".join([
         f"images:  {d.images} in the JSON, {d.images_written} written "
         f"({d.empty_images_written} with no object); dropped: {drops_i}",
-        f"objects: {d.annotations} annotations, {d.objects_kept} kept; dropped: {drops_o}",
+        f"objects: {d.annotations} annotations, {d.objects_kept} kept; dropped: {drops_o}"
+        + (f"; {d.ignore_flagged} with \"ignore\": 1 kept as objects (see the data docs)" if d.ignore_flagged else ""),
         f"output:  {d.output}  (summary: {summary_path_for(d.output) if d.output else '-'})",
         (f"checks:  {d.image_check['files']} image files, {d.image_check['decoded']} decoded, "
          f"{d.image_check['from_cache']} from the decode cache ({d.image_check['seconds']:.1f}s)"

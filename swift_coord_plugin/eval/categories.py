@@ -7,6 +7,13 @@ Rule, in this order, on the normalised description (see ``normalize_desc``):
 3. an entry of ``SYNONYMS`` (or its regular plural), e.g. ``"people"`` -> ``person``,
    ``"television"`` -> ``tv``, ``"motorbikes"`` -> ``motorcycle``.
 
+Categories that normalise to the same description (two categories with one name, names that differ
+only in case or spacing, or a description map giving two categories one phrase) cannot be told apart
+from what the model writes. When only one of them has annotations (Roboflow exports add a root
+category, often named like its class, that owns no boxes) the description maps to that one; when two or
+more have annotations the ground truth is refused naming their ids (``distinct_descriptions``, the
+converter applies the same rule to what it writes).
+
 A synonym only applies when its target name is one of the ground truth's categories. Anything else is
 unmatched: the evaluator drops it and lists it with its count. There is no fuzzy or embedding match
 (its threshold would be one more setting to report), and no filtering by the categories present in an
@@ -15,7 +22,7 @@ image's ground truth (that would not be COCO AP).
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..core import codec
 
@@ -82,24 +89,61 @@ def plural(name: str) -> str:
     return f"{head} {last}" if head else last
 
 
+class AmbiguousCategoriesError(ValueError):
+    """Two or more annotated categories share a description; the message names their ids."""
+
+
+def distinct_descriptions(descs: Mapping[Any, str], annotated: Collection, names: Optional[Mapping[Any, str]] = None,
+                          what: str = "description") -> Dict[str, Any]:
+    """``normalize_desc(description) -> category id`` with one id per description.
+
+    ``descs``: category id -> the description the model writes for it (its name, or a description map's
+    phrase), in the file's category order; ``annotated``: the ids that have at least one annotation;
+    ``names``: category id -> name, only for the message. Where several categories share a normalised
+    description, the annotated one wins; none annotated: the first. Raises ``AmbiguousCategoriesError``
+    naming every group of two or more annotated categories with one description (``what`` names it).
+    """
+    groups: Dict[str, List[Any]] = {}
+    for cid, desc in descs.items():
+        groups.setdefault(normalize_desc(desc), []).append(cid)
+    out, clashes = {}, []
+    for key, cids in groups.items():
+        owners = [c for c in cids if c in annotated]
+        if len(owners) > 1:
+            clashes.append(" and ".join(f"id {c!r}" + (f" ({names[c]!r})" if names and c in names else "")
+                                        for c in owners) + f" share the {what} {key!r}")
+        out[key] = owners[0] if owners else cids[0]
+    if clashes:
+        raise AmbiguousCategoriesError(
+            f"annotated categories the evaluator cannot tell apart (case, spacing and punctuation are ignored): "
+            f"{'; '.join(clashes)}. A detection would always go to one of them. Merge them, rename one, or give "
+            "each its own phrase with --desc-map.")
+    return out
+
+
 class CategoryMapper:
     """Maps descriptions to category ids of one ground truth's ``categories`` list."""
 
-    def __init__(self, categories: Iterable[Mapping], desc_map: Optional[Mapping[Any, str]] = None):
+    def __init__(self, categories: Iterable[Mapping], desc_map: Optional[Mapping[Any, str]] = None,
+                 annotated: Optional[Collection[int]] = None):
         """``desc_map``: the converter's description map (category id or name -> phrase the model was
         trained on, see ``data.coco.category_descs``); each phrase then maps to its category exactly,
-        before any category name."""
+        before any category name. ``annotated``: the category ids with annotations (None: every one),
+        for the rule on categories that share a description (``distinct_descriptions``, which raises
+        ``AmbiguousCategoriesError``)."""
         cats = list(categories)
         self.names: Dict[int, str] = {int(c["id"]): str(c["name"]) for c in cats}
+        annotated = set(self.names) if annotated is None else set(annotated)
         self.exact: Dict[str, int] = {}
         self.aliases: Dict[str, int] = {}
         if desc_map:
             from ..data.coco import category_descs
 
-            for cid, phrase in category_descs(cats, desc_map, "the ground truth").items():
-                if phrase != codec.clean_desc(self.names[int(cid)]):
-                    self.exact.setdefault(normalize_desc(phrase), int(cid))
-        for cid, name in self.names.items():
+            trained = {int(cid): phrase for cid, phrase in category_descs(cats, desc_map, "the ground truth").items()}
+            self.exact.update(distinct_descriptions(trained, annotated, self.names, "description (after --desc-map)"))
+        else:
+            self.exact.update(distinct_descriptions(self.names, annotated, self.names, "name"))
+        for cid, name in self.names.items():  # names replaced by a phrase still match, after every phrase
             self.exact.setdefault(normalize_desc(name), cid)
         by_name = dict(self.exact)
         for name, cid in by_name.items():

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Optional, Tuple
 
+from ..core import textfiles
+
 DECODINGS = ("free", "constrained", "coordexp")
 BACKENDS = ("transformers", "vllm")
 UNKNOWN = "unknown"
@@ -30,8 +32,7 @@ def read_record(results_path: str) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            rec = json.load(f)
+        rec = json.loads(textfiles.read_text(path))
     except (OSError, ValueError) as e:
         raise DecodingInfoError(f"{path}: unreadable decoding record: {e}") from e
     if not isinstance(rec, dict) or rec.get("decoding") not in DECODINGS or rec.get("infer_backend") not in BACKENDS:

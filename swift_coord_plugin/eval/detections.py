@@ -5,7 +5,9 @@ Decoding (per coordinate position, result in bin units, then ``codec.dequantize`
 * ``argmax``: the generated token's bin ``k`` -> ``k / 1000``.
 * ``coordexp``: ``sum_k p_k * k / 1000`` over the coordinate tokens among the position's
   ``top_logprobs``, with ``p`` renormalised over those tokens. A position whose top-k holds no
-  coordinate token keeps its generated bin (counted). If the expectations come out with ``x2 < x1``
+  coordinate token, or only coordinate tokens of log-probability ``-inf`` (grammar-constrained engines
+  and some vLLM versions write ``-Infinity``; their expectation would be 0/0, a NaN box), keeps its
+  generated bin (counted, the second kind also on its own). If the expectations come out with ``x2 < x1``
   (or ``y2 < y1``) the pair is swapped (counted).
 
 Scores:
@@ -52,6 +54,7 @@ class DecodeStats:
     coord_in_top_k: Counter = field(default_factory=Counter)  # n coordinate tokens -> positions
     coord_mass_sum: float = 0.0
     no_coord_in_top_k: int = 0
+    only_minus_infinity: int = 0  # of those: coordinates listed, every one with log-probability -inf
     swapped_pairs: int = 0
 
     def as_dict(self) -> dict:
@@ -66,6 +69,7 @@ class DecodeStats:
             "positions_by_coordinate_tokens_in_top_k": hist,
             "mean_coordinate_probability_in_top_k": self.coord_mass_sum / n if n else None,
             "positions_without_coordinate_in_top_k": self.no_coord_in_top_k,
+            "positions_with_only_minus_infinity_logprobs": self.only_minus_infinity,
             "swapped_pairs": self.swapped_pairs,
         }
 
@@ -91,6 +95,7 @@ def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] 
             stats.coord_mass_sum += mass
             if e is None:
                 stats.no_coord_in_top_k += 1
+                stats.only_minus_infinity += bool(tok.top)
         out.append(float(tok.bin) if e is None else e)
     for lo, hi in ((0, 2), (1, 3)):
         if out[hi] < out[lo]:

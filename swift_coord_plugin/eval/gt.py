@@ -13,17 +13,30 @@ format implies, each repair counted in ``GtRepairs`` (the report lists them unde
   earlier box) and marks "not matched" with id 0 (a box with id 0 matched by a detection counts that
   detection as a false positive), so only unique positive integers score correctly.
 
-Refused (``GtError``, naming the file, the record and the field): image or category ids that are not
-integers (detections carry integer ids) or are duplicated, image ``width``/``height`` that are not positive
-numbers, annotations whose ``image_id``/``category_id`` is not in the file, whose ``bbox`` is not four
-finite numbers with ``w, h >= 0``, whose ``iscrowd`` is not 0/1 or whose ``area`` is not a number >= 0.
+* image ids that are strings (some camera and annotation-tool exports; the converter accepts them):
+  every image gets ``1..N`` in file order inside the evaluator (annotations follow), the original ids are
+  kept in ``GtRepairs.original_image_ids`` and written back into ``detections.json``. pycocotools
+  scores string ids as they are, but one file mixing strings and integers cannot be sorted by it, and a
+  result row may carry ``"11"`` for ``11``: one integer id per image removes both problems.
+
+Refused (``GtError``, naming the file, the record and the field): image ids that are neither integers nor
+non-empty strings, or are duplicated; category ids that are not integers or are duplicated; image
+``width``/``height`` that are not positive numbers; annotations whose ``image_id``/``category_id`` is not in
+the file, whose ``bbox`` is not four finite numbers with ``w, h >= 0``, whose ``iscrowd`` is not 0/1 or whose
+``area`` is not a number >= 0; and LVIS-style federated ground truth (images with ``neg_category_ids`` or
+``not_exhaustive_category_ids``), which COCO rules score wrongly: a detection of a category an image was
+never checked for counts as a false positive, so a perfect answer scores below 1.
+
+Counted, not changed: annotations with ``"ignore": 1`` (CityPersons/CrowdHuman-style files). pycocotools
+overwrites ``ignore`` with ``iscrowd``, so they are scored as ordinary boxes; ``GtRepairs.ignore_flagged``
+counts them and the report's headline says so (the rule and its reason: the project's data docs).
 Category names are NFC-normalised for matching (``categories.normalize_desc``), never rewritten here.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 from ..data.coco import CocoFormatError, read_instances
 
@@ -40,14 +53,20 @@ class GtRepairs:
     iscrowd_filled: int = 0
     annotation_ids_assigned: int = 0
     annotation_ids_reason: str = ""
+    ignore_flagged: int = 0  # annotations with a true "ignore" that are not crowd: scored as ordinary boxes
+    # internal image id -> the file's id, when the file's ids are strings (None: the file's ids are used)
+    original_image_ids: Optional[Dict[int, Any]] = field(default=None)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"area_filled_with_box_area": self.area_filled, "iscrowd_filled_with_0": self.iscrowd_filled,
                 "annotation_ids_assigned": self.annotation_ids_assigned,
-                "annotation_ids_reason": self.annotation_ids_reason or None}
+                "annotation_ids_reason": self.annotation_ids_reason or None,
+                "image_ids_mapped_to_integers": len(self.original_image_ids or {}),
+                "ignore_flagged_scored_as_boxes": self.ignore_flagged}
 
     def any(self) -> bool:
-        return bool(self.area_filled or self.iscrowd_filled or self.annotation_ids_assigned)
+        return bool(self.area_filled or self.iscrowd_filled or self.annotation_ids_assigned
+                    or self.original_image_ids)
 
 
 def _is_int(v: Any) -> bool:
@@ -58,18 +77,36 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+FEDERATED_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
+
+
+def federated_problem(data: dict, path: str) -> Optional[str]:
+    """Why an LVIS-style federated file cannot be scored under COCO rules, or None for a COCO file."""
+    for i, im in enumerate(data["images"]):
+        keys = [k for k in FEDERATED_KEYS if isinstance(im, dict) and k in im]
+        if keys:
+            return (f"{path}: images[{i}] (id={im.get('id')!r}) has {' and '.join(keys)}: this is LVIS-style "
+                    "federated ground truth, where each image is checked only for some categories. COCO rules (what "
+                    "coord-eval computes) count every detection of an unchecked category as a false positive, so "
+                    "even a perfect answer scores below 1. Score it with the LVIS API (lvis-api: LVISEval) on the "
+                    "detections, or remove the federated fields if the file is exhaustively annotated.")
+    return None
+
+
 def check_and_repair(data: dict, path: str) -> GtRepairs:
     """Check ``data`` (a loaded instances file) in place and fill the optional fields; see the module doc."""
-    images: Dict[int, dict] = {}
+    problem = federated_problem(data, path)
+    if problem:
+        raise GtError(problem)
+    images: Dict[Any, dict] = {}
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict):
             raise GtError(f"{path}: images[{i}] must be an object")
         iid = im.get("id")
-        if not _is_int(iid):
-            raise GtError(f"{path}: images[{i}]: id must be an integer (detections and pycocotools use integer "
-                          f"image ids), got {iid!r}")
+        if not (_is_int(iid) or isinstance(iid, str) and iid):
+            raise GtError(f"{path}: images[{i}]: id must be an integer or a non-empty string, got {iid!r}")
         if iid in images:
-            raise GtError(f"{path}: images[{i}]: duplicate image id {iid}")
+            raise GtError(f"{path}: images[{i}]: duplicate image id {iid!r}")
         for key in ("width", "height"):
             v = im.get(key)
             if not _is_num(v) or v <= 0:
@@ -84,12 +121,16 @@ def check_and_repair(data: dict, path: str) -> GtRepairs:
         cats.add(c["id"])
 
     repairs = GtRepairs()
+    if not all(_is_int(i) for i in images):
+        internal = {iid: n for n, iid in enumerate(images, start=1)}
+        repairs.original_image_ids = {n: iid for iid, n in internal.items()}
     ids_seen, bad_ids = set(), {"missing": 0, "duplicate": 0, "not a positive integer": 0}
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             raise GtError(f"{path}: annotations[{i}] must be an object")
         where = f"{path}: annotation id={a.get('id')!r} (annotations[{i}])"
-        if not _is_int(a.get("image_id")) or a["image_id"] not in images:
+        if not (_is_int(a.get("image_id")) or isinstance(a.get("image_id"), str)) \
+                or a["image_id"] not in images:
             raise GtError(f"{where}: image_id {a.get('image_id')!r} is not an image id of the file")
         if not _is_int(a.get("category_id")) or a["category_id"] not in cats:
             raise GtError(f"{where}: category_id {a.get('category_id')!r} is not a category id of the file")
@@ -106,6 +147,8 @@ def check_and_repair(data: dict, path: str) -> GtRepairs:
             raise GtError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
         else:
             a["iscrowd"] = int(crowd)
+        if a.get("ignore") and not a["iscrowd"]:
+            repairs.ignore_flagged += 1
         area = a.get("area")
         if area is None:
             a["area"] = float(bbox[2]) * float(bbox[3])
@@ -121,6 +164,12 @@ def check_and_repair(data: dict, path: str) -> GtRepairs:
             bad_ids["duplicate"] += 1
         else:
             ids_seen.add(aid)
+    if repairs.original_image_ids:
+        internal = {iid: n for n, iid in repairs.original_image_ids.items()}
+        for im in data["images"]:
+            im["id"] = internal[im["id"]]
+        for a in data["annotations"]:
+            a["image_id"] = internal[a["image_id"]]
     if any(bad_ids.values()):
         for n, a in enumerate(data["annotations"], start=1):
             a["id"] = n

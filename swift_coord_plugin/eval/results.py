@@ -17,9 +17,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ..core import codec
+from ..core import codec, textfiles
 from ..core.samples import row_meta
 
 # Tokens that end a turn: the engine keeps them in ``logprobs`` but not in ``response``.
@@ -59,7 +59,7 @@ class RowPrediction:
     """What one result line says about one image."""
 
     line: int
-    image_id: Optional[int]
+    image_id: Union[int, str, None]  # as written (see _id_field)
     file_name: Optional[str]
     width: Optional[int]
     height: Optional[int]
@@ -103,9 +103,11 @@ def _decode(raw: str):
 
 
 def iter_lines(path: str) -> Iterator[Tuple[int, dict]]:
-    """``(line_number, row)`` for each non-blank line; a line that is not a JSON object is an error."""
-    with open(path, "r", encoding="utf-8") as f:
-        for n, raw in enumerate(f, start=1):
+    """``(line_number, row)`` for each non-blank line; a line that is not a JSON object is an error.
+    The file is read by ``core.textfiles`` (UTF-8, with or without a byte-order mark); another encoding is
+    a ``ResultsError`` naming the file and the encoding."""
+    try:
+        for n, raw in textfiles.iter_lines(path):
             if not raw.strip():
                 continue
             try:
@@ -118,6 +120,8 @@ def iter_lines(path: str) -> Iterator[Tuple[int, dict]]:
             if not isinstance(row, dict):
                 raise ResultsError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             yield n, row
+    except textfiles.TextEncodingError as e:
+        raise ResultsError(str(e)) from None
 
 
 _SEP_RE = re.compile(r"[\\/]")
@@ -140,6 +144,16 @@ def image_file_name(images) -> Optional[str]:
     """Base name of the row's first image (``images`` as swift writes it, or a plain path/list of paths)."""
     path = image_path(images)
     return (_SEP_RE.split(path)[-1] or None) if path else None
+
+
+def _id_field(row: dict, key: str, where: str) -> Union[int, str, None]:
+    """An image id as written: an integer (also ``11.0``), or a string kept as it is (``"007"`` and ``"7"``
+    may be two images of a file with string ids). The evaluator matches it against the ground truth's
+    ids (``scoring.GtImages.internal_id``: ``"11"`` finds the integer id 11 of a file with integer ids)."""
+    v = row.get(key)
+    if isinstance(v, str) and v:
+        return v
+    return _int_field(row, key, where)
 
 
 def _int_field(row: dict, key: str, where: str) -> Optional[int]:
@@ -172,12 +186,16 @@ def _token_entries(logprobs, where: str) -> Optional[list]:
 def _logprob(entry, where: str, i: int, j: Optional[int] = None) -> float:
     """``entry['logprob']``; ``where``, ``i`` (token) and ``j`` (alternative) only name it in an error."""
     lp = entry.get("logprob")
-    if type(lp) is float and lp == lp:  # the common case, fast
+    if type(lp) is float and lp < _INF:  # the common case, fast (NaN and +inf fail the comparison)
         return lp
-    if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp):
+    if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp) or lp == _INF:
         alt = "" if j is None else f".top_logprobs[{j}]"
-        raise ResultsError(f"{where}: logprobs.content[{i}]{alt}: logprob must be a number, got {lp!r}")
+        raise ResultsError(f"{where}: logprobs.content[{i}]{alt}: logprob must be a number below +infinity "
+                           f"(-Infinity is accepted), got {lp!r}")
     return float(lp)
+
+
+_INF = float("inf")
 
 
 _BIN_CACHE: Dict[str, Optional[int]] = {}
@@ -211,7 +229,7 @@ def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> Coo
             b = _bin_of(tok)
         if b is not None:
             lp = alt.get("logprob")
-            if type(lp) is not float or lp != lp:
+            if type(lp) is not float or not lp < _INF:
                 lp = _logprob(alt, where, i, j)
             coords.append((b, lp))
     return CoordToken(k, _logprob(entry, where, i), tuple(coords), len(top))
@@ -233,7 +251,7 @@ def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True,
     meta = row_meta(row)
     pred = RowPrediction(
         line=line,
-        image_id=_int_field(meta, "image_id", where),
+        image_id=_id_field(meta, "image_id", where),
         file_name=image_file_name(row.get("images")),
         image_path=image_path(row.get("images")),
         width=_int_field(meta, "width", where),
@@ -287,7 +305,8 @@ def merge_counts(total: Dict[str, int], counts: Dict[str, int]) -> None:
 
 def expected_bin(top: Sequence[Tuple[int, float]]) -> Optional[float]:
     """CoordExp of one position: ``sum_k p_k * k`` with ``p`` the top-k coordinate probabilities
-    renormalised to sum to 1 (None when no coordinate token is among them)."""
+    renormalised to sum to 1 (None when no coordinate token is among them, or when every one has
+    log-probability ``-inf``: probability 0 cannot be renormalised, and 0/0 is a NaN coordinate)."""
     return expectation_and_mass(top)[0]
 
 
@@ -301,6 +320,8 @@ def expectation_and_mass(top: Sequence[Tuple[int, float]]) -> Tuple[Optional[flo
     if not top:
         return None, 0.0
     m = max(lp for _, lp in top)
+    if m == -_INF:  # every listed coordinate has probability 0 (grammar-masked engines write -Infinity)
+        return None, 0.0
     z = e = 0.0
     for k, lp in top:
         w = math.exp(lp - m)  # shifted by the max: no underflow to 0/0

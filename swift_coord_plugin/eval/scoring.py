@@ -24,7 +24,7 @@ import numpy as np
 from ..core import codec
 from ..core.images import stored_size
 from ..experiment.provenance import evaluation_provenance
-from .categories import CategoryMapper
+from .categories import AmbiguousCategoriesError, CategoryMapper
 from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
     object_score
@@ -104,21 +104,42 @@ def load_gt(path: str):
 
 
 class GtImages:
-    """Finds a GT image for a result row: by ``image_id``, else by the base name of its image file."""
+    """Finds a GT image for a result row: by ``image_id``, else by the base name of its image file
+    (``file_name``, else the last part of ``coco_url``). Ids here are the evaluator's integers; a file
+    with string ids keeps its own in ``original`` (``eval.gt``), and rows carry those."""
 
     def __init__(self, coco_gt):
+        repairs = getattr(coco_gt, "coord_repairs", None)
+        self.original: Dict[int, object] = dict(getattr(repairs, "original_image_ids", None) or {})
+        self.by_original = {v: k for k, v in self.original.items()}
         self.by_id = {int(i["id"]): i for i in coco_gt.dataset["images"]}
         names: Dict[str, Optional[int]] = {}
         for img in coco_gt.dataset["images"]:
-            name = re.split(r"[\\/]", str(img.get("file_name", "")))[-1]
+            name = re.split(r"[\\/]", str(img.get("file_name") or img.get("coco_url") or ""))[-1]
             if name:
                 names[name] = None if name in names else int(img["id"])  # None: ambiguous
         self.by_name = names
 
-    def match(self, image_id: Optional[int], file_name: Optional[str]):
+    def original_id(self, gid: int):
+        """The ground-truth file's id of the evaluator's image ``gid``."""
+        return self.original.get(gid, gid)
+
+    def internal_id(self, image_id) -> Optional[int]:
+        """The evaluator's id of an image id as a row or a sample writes it (int or string), or None."""
+        if self.original:
+            for key in (image_id, str(image_id)):
+                if key in self.by_original:
+                    return self.by_original[key]
+            return None
+        if isinstance(image_id, str):
+            image_id = int(image_id.strip()) if image_id.strip().isdigit() else None
+        return image_id if image_id in self.by_id else None
+
+    def match(self, image_id, file_name: Optional[str]):
         """``(gt_image_id or None, how)`` with ``how`` one of by_image_id / by_file_name / a reason."""
         if image_id is not None:
-            return (image_id, "by_image_id") if image_id in self.by_id else (None, "unknown_image_id")
+            gid = self.internal_id(image_id)
+            return (gid, "by_image_id") if gid is not None else (None, "unknown_image_id")
         if file_name is None:
             return None, "no_image_id_or_file_name"
         if file_name not in self.by_name:
@@ -184,8 +205,10 @@ def _mean_valid(a: np.ndarray) -> Optional[float]:
 
 
 def per_category(ev, coco_gt, detections: List[dict]) -> Dict[str, dict]:
-    """AP and AP50 (area all, max dets) of each category with its GT and detection counts;
-    AP is null for a category without GT in the evaluated images."""
+    """``{str(category id): {"id", "name", "AP", "AP50", "num_gt", "num_detections"}}``: AP and AP50 (area
+    all, max dets) of each category with its GT and detection counts; AP is null for a category without
+    GT in the evaluated images. Keyed by id, not name: two categories may share a name (reports written
+    before keyed by name; ``per_category_by_id`` reads both)."""
     p = ev.params
     prec = ev.eval["precision"]  # [T, R, K, A, M]
     img_set = set(p.imgIds)
@@ -194,10 +217,20 @@ def per_category(ev, coco_gt, detections: List[dict]) -> Dict[str, dict]:
     n_dt = Counter(d["category_id"] for d in detections)
     out = {}
     for k, cid in enumerate(p.catIds):
-        name = coco_gt.cats[cid]["name"]
-        out[name] = {"id": int(cid), "AP": _mean_valid(prec[:, :, k, 0, -1]),
+        out[str(int(cid))] = {"id": int(cid), "name": coco_gt.cats[cid]["name"], "AP": _mean_valid(prec[:, :, k, 0, -1]),
                      "AP50": _mean_valid(prec[0, :, k, 0, -1]), "num_gt": n_gt.get(cid, 0),
                      "num_detections": n_dt.get(cid, 0)}
+    return out
+
+
+def per_category_by_id(report: dict) -> Dict[int, dict]:
+    """A report's per-category table as ``{category id: {"id", "name", "AP", ...}}``, whether the report
+    keys it by id (now) or by name (reports written before; the name is then taken from the key)."""
+    out = {}
+    for key, row in (report.get("per_category") or {}).items():
+        if not isinstance(row, dict) or row.get("id") is None:
+            continue
+        out[int(row["id"])] = dict(row, name=row.get("name", key))
     return out
 
 
@@ -294,7 +327,7 @@ class _Tally:
             rows["duplicate_image"] += 1
             objects["in_duplicate_rows"] += len(pred.objects)
             if len(self.duplicate_lines) < MAX_LISTED:
-                self.duplicate_lines.append((pred.line, gid, self.seen[gid]))
+                self.duplicate_lines.append((pred.line, self.gt_images.original_id(gid), self.seen[gid]))
             return
         self.seen[gid] = pred.line
         rows["matched_" + how] += 1
@@ -328,6 +361,8 @@ class _Tally:
         else:
             bins = decode_bins(obj, "argmax")
         bbox = coco_bbox(bins, w, h)
+        if not all(math.isfinite(v) for v in bbox):  # decode_bins keeps coordinates finite; this says so
+            raise EvalError(f"{self.path}:{line}: non-finite box {bbox} for {obj.desc!r}")
         if bbox[2] <= 0 or bbox[3] <= 0:
             self.objects["zero_area_boxes"] += 1
         has_lp = obj.coords is not None
@@ -377,8 +412,12 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     coco_gt = load_gt(gt_path)
     gt_images = GtImages(coco_gt)
     desc_map, desc_map_source = load_eval_desc_map(settings.desc_map)
+    annotated = {a["category_id"] for a in coco_gt.dataset["annotations"]}
     try:
-        mapper = CategoryMapper(coco_gt.dataset["categories"], desc_map)
+        mapper = CategoryMapper(coco_gt.dataset["categories"], desc_map, annotated)
+    except AmbiguousCategoriesError as e:
+        raise EvalError(f"{gt_path}" + (f" with --desc-map {desc_map_source}" if desc_map else "") + f": {e}") \
+            from None
     except ValueError as e:
         raise EvalError(f"--desc-map {desc_map_source}: {e}") from None
     requested = read_val_data(settings.val_data, gt_images, gt_path) if settings.val_data else None
@@ -394,6 +433,12 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
             f"{dict(tally.unmatched)}); are results and ground truth the same split? Rows match by image_id "
             "(chat_template_kwargs.coord_meta or a top-level column), else by the base name of images[0].path "
             "against the GT file_name.")
+    if tally.rows["duplicate_image"]:
+        raise EvalError(
+            f"{results_path} holds {tally.rows['duplicate_image']} more row(s) for images that already have one: "
+            f"{_describe_duplicates(tally)}. swift infer appends to an existing --result_path, so rows of an "
+            "earlier run (a crashed one, another checkpoint or decoding) are mixed with the new ones and it is "
+            "not known which to score: infer into a new file, or keep the rows of one run only.")
     img_ids, coverage = _coverage(tally, requested, settings, results_path, gt_path)
     o = tally.objects
     in_scored_rows = o["parsed"] - o["in_unmatched_rows"] - o["in_duplicate_rows"]
@@ -404,6 +449,11 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
             f"no category (most frequent: {common})"
             + ("." if desc_map else "; a model trained on data converted with coord-prepare-coco --desc-map is "
                "scored with the same --desc-map (or that conversion's summary file)."))
+    flagged = coco_gt.coord_repairs.ignore_flagged
+    if flagged:
+        coverage["headline"] += (
+            f" WARNING: {flagged} GT boxes of {gt_path} have \"ignore\": 1 and are scored as ordinary boxes, as "
+            "pycocotools does (it reads only iscrowd); set iscrowd 1 on them to make them ignore regions.")
     score, score_note = tally.choose_score()
     detections = tally.detections(score)
     t1, c1 = time.perf_counter(), time.process_time()
@@ -438,9 +488,16 @@ def evaluate_results(results_path: str, gt_path: str, settings: Optional[EvalSet
     return Evaluation(report, detections, coco_gt, ev, gt_norm, ious)
 
 
+def _describe_duplicates(tally: "_Tally") -> str:
+    listed = ", ".join(f"line {ln} repeats image {g!r} (first at line {first})" for ln, g, first in tally.duplicate_lines)
+    more = tally.rows["duplicate_image"] - len(tally.duplicate_lines)
+    return listed + (f", ... ({more} more)" if more > 0 else "")
+
+
 def _describe_ids(ids, gt_images: GtImages) -> str:
     ids = sorted(ids)
-    shown = ", ".join(f"{i} ({gt_images.by_id[i].get('file_name', '?')})" for i in ids[:MAX_LISTED])
+    shown = ", ".join(f"{gt_images.original_id(i)!r} ({gt_images.by_id[i].get('file_name') or gt_images.by_id[i].get('coco_url', '?')})"
+                      for i in ids[:MAX_LISTED])
     return shown + (f", ... ({len(ids) - MAX_LISTED} more)" if len(ids) > MAX_LISTED else "")
 
 
@@ -458,10 +515,6 @@ def _coverage(tally: _Tally, requested: Optional[Dict[int, int]], settings: Eval
         lost = want - seen
         if lost:
             problems.append(f"{len(lost)} image(s) of --val-data have no result row: {_describe_ids(lost, gt_images)}")
-        if tally.rows["duplicate_image"]:
-            listed = ", ".join(f"line {ln} repeats image {g} (first at line {first})"
-                               for ln, g, first in tally.duplicate_lines)
-            problems.append(f"{tally.rows['duplicate_image']} duplicate row(s): {listed}")
         extra = seen - want
         if extra:
             problems.append(f"{len(extra)} row(s) for images not in --val-data: {_describe_ids(extra, gt_images)}")
@@ -535,8 +588,8 @@ def read_val_data(path: str, gt_images: GtImages, gt_path: str) -> Dict[int, int
     out: Dict[int, int] = {}
     for line, row in iter_lines(path):
         image_id = row.get("image_id")
-        if isinstance(image_id, bool) or (image_id is not None and not isinstance(image_id, int)):
-            raise EvalError(f"{path}:{line}: image_id must be an integer, got {image_id!r}")
+        if isinstance(image_id, bool) or (image_id is not None and not isinstance(image_id, (int, str))):
+            raise EvalError(f"{path}:{line}: image_id must be an integer or a string, got {image_id!r}")
         image = row.get("image")
         name = re.split(r"[\\/]", image)[-1] if isinstance(image, str) else None
         gid, how = gt_images.match(image_id, name)
@@ -544,7 +597,7 @@ def read_val_data(path: str, gt_images: GtImages, gt_path: str) -> Dict[int, int
             raise EvalError(f"{path}:{line}: {how.replace('_', ' ')} (image_id {image_id!r}, image {image!r}) in "
                             f"{gt_path}: is --val-data the split of --gt?")
         if gid in out:
-            raise EvalError(f"{path}:{line}: image {gid} already at line {out[gid]}")
+            raise EvalError(f"{path}:{line}: image {gt_images.original_id(gid)!r} already at line {out[gid]}")
         out[gid] = line
     if not out:
         raise EvalError(f"{path}: no samples")
@@ -653,6 +706,12 @@ def describe_repairs(repairs: dict) -> List[str]:
         out.append(f"{repairs['area_filled_with_box_area']} annotations without area: box area w*h used")
     if repairs.get("iscrowd_filled_with_0"):
         out.append(f"{repairs['iscrowd_filled_with_0']} annotations without iscrowd: 0 used")
+    if repairs.get("image_ids_mapped_to_integers"):
+        out.append(f"{repairs['image_ids_mapped_to_integers']} string image ids scored as integers 1..N in file "
+                   "order (detections.json carries the file's ids)")
+    if repairs.get("ignore_flagged_scored_as_boxes"):
+        out.append(f"{repairs['ignore_flagged_scored_as_boxes']} annotations with \"ignore\": 1 scored as "
+                   "ordinary boxes (pycocotools reads only iscrowd)")
     if repairs.get("annotation_ids_assigned"):
         out.append(f"annotation ids assigned 1..{repairs['annotation_ids_assigned']} in file order "
                    f"({repairs['annotation_ids_reason']})")
@@ -722,9 +781,9 @@ def format_markdown(report: dict) -> str:
         lines += [f"- `{k}`: {v}" for k, v in list(un.items())[:30]] + [""]
     lines += ["## Per-category AP", "", "| category | id | AP | AP50 | GT boxes | detections |",
               "|---|---|---|---|---|---|"]
-    for name, r in sorted(report["per_category"].items(), key=lambda kv: kv[1]["id"]):
+    for cid, r in sorted(per_category_by_id(report).items()):
         if r["num_gt"] or r["num_detections"]:
-            lines.append(f"| {name} | {r['id']} | {_fmt(r['AP'])} | {_fmt(r['AP50'])} | {r['num_gt']} | "
+            lines.append(f"| {r['name']} | {cid} | {_fmt(r['AP'])} | {_fmt(r['AP50'])} | {r['num_gt']} | "
                          f"{r['num_detections']} |")
     return "\n".join(lines) + "\n"
 
@@ -744,8 +803,12 @@ def write_outputs(out_dir: str, evaluation: Evaluation, plots: bool = False) -> 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     p = os.path.join(out_dir, "detections.json")
+    detections = evaluation.detections
+    original = getattr(getattr(evaluation.coco_gt, "coord_repairs", None), "original_image_ids", None)
+    if original:  # the ground truth's own (string) ids, so that the file scores against it as it is
+        detections = [dict(d, image_id=original[d["image_id"]]) for d in detections]
     with open(p, "w", encoding="utf-8") as f:
-        json.dump(evaluation.detections, f)
+        json.dump(detections, f)
     paths.append(p)
     p = os.path.join(out_dir, "report.json")
     with open(p, "w", encoding="utf-8") as f:

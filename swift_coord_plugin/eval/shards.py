@@ -19,6 +19,7 @@ import json
 import os
 from typing import Dict, Iterator, List, Sequence, Tuple
 
+from ..core import textfiles
 from ..core.samples import row_meta
 
 MAX_LISTED = 20
@@ -39,9 +40,10 @@ def _loads(line: str):
 
 
 def _jsonl(path: str) -> Iterator[Tuple[int, str, dict]]:
-    """(line number, raw line, parsed object) of every non-blank line; ``ShardError`` names a bad line."""
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, raw line, parsed object) of every non-blank line; ``ShardError`` names a bad line or a
+    file that is not UTF-8 (``core.textfiles``: a UTF-8 byte-order mark is accepted and not copied)."""
+    try:
+        for lineno, line in textfiles.iter_lines(path):
             if not line.strip():
                 continue
             try:
@@ -51,6 +53,8 @@ def _jsonl(path: str) -> Iterator[Tuple[int, str, dict]]:
             if not isinstance(obj, dict):
                 raise ShardError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, line, obj
+    except textfiles.TextEncodingError as e:
+        raise ShardError(str(e)) from None
 
 
 def _image_path(image, base_dir: str):

@@ -999,18 +999,26 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str, names: Optional[Sequence
 
     # 6. Pictures: per category, IoU histograms, gallery.
     sec = Section("Per category, IoU of matches, gallery")
-    cat_gt: Dict[str, int] = {}
-    for r in runs:
-        for name, c in ((r.report or {}).get("per_category") or {}).items():
-            cat_gt[name] = max(cat_gt.get(name, 0), int(c.get("num_gt") or 0))
-    cats = [c for c, n in sorted(cat_gt.items(), key=lambda kv: -kv[1]) if n > 0][:20]
+    # keyed by category id (reports before keyed it by name; per_category_by_id reads both)
+    from ..eval.scoring import per_category_by_id
+
+    tables = {id(r): per_category_by_id(r.report or {}) for r in runs}
+    cat_gt: Dict[int, int] = {}
+    cat_name: Dict[int, str] = {}
+    for table in tables.values():
+        for cid, c in table.items():
+            cat_gt[cid] = max(cat_gt.get(cid, 0), int(c.get("num_gt") or 0))
+            cat_name.setdefault(cid, str(c["name"]))
+    top = [c for c, n in sorted(cat_gt.items(), key=lambda kv: -kv[1]) if n > 0][:20]
+    shared = {n for n in cat_name.values() if list(cat_name.values()).count(n) > 1}
+    label = {c: cat_name[c] + (f" ({c})" if cat_name[c] in shared else "") for c in top}
+    cats = [label[c] for c in top]
     if cats:
         cmean = {g: {} for g in groups}
         cstd = {g: {} for g in groups}
         for g, rs in by_group.items():
-            for c in cats:
-                cmean[g][c], cstd[g][c], _ = _mean_std([((r.report or {}).get("per_category") or {}).get(c, {})
-                                                        .get("AP") for r in rs])
+            for c in top:
+                cmean[g][label[c]], cstd[g][label[c]], _ = _mean_std([tables[id(r)].get(c, {}).get("AP") for r in rs])
         png = os.path.join(out_dir, "per_category_ap.png")
         drawn = figures.plot_metric_bars(groups, colors, cats, cmean, cstd, png,
                                          f"AP per category ({len(cats)} with most GT boxes)", "AP")

@@ -49,6 +49,7 @@ from typing import Any, Dict, Optional
 
 from ..core import codec
 from ..core import images as image_rules
+from ..core import textfiles
 from ..core import samples as sample_rules
 from .template import BINS_TYPE
 
@@ -247,6 +248,10 @@ def _build_classes():
 
             if file_kind(path) == "coco":
                 raise BadSamplesError(coco_json_message(path))
+            try:  # the pyarrow JSON reader would stop with a message that names neither file nor encoding
+                textfiles.check_encoding(path)
+            except textfiles.TextEncodingError as e:
+                raise BadSamplesError(f"coord:{path}: {e}") from None
             pre = dataset_meta.preprocess_func
             pre.source, pre.base_dir = path, os.path.dirname(path)
             self._coord_source = path

@@ -14,6 +14,7 @@ import os
 import re
 from typing import Iterable, List, Optional
 
+from ..core import textfiles
 from .dataset import DATASET_NAME, coco_json_message, unescape_path
 
 _COCO_KEYS = re.compile(rb'"(images|annotations|categories)"\s*:\s*\[')
@@ -61,8 +62,13 @@ def dataset_spec_problem(spec: str) -> Optional[str]:
                         f"A '#' that belongs to the path is written %23: {prefix}{path.replace('#', '%23')}")
             path = head
         path = unescape_path(path)
-        if os.path.isfile(path) and file_kind(path) == "coco":
-            return f"{spec}: {coco_json_message(path)}"
+        if os.path.isfile(path):
+            if file_kind(path) == "coco":
+                return f"{spec}: {coco_json_message(path)}"
+            try:
+                textfiles.check_encoding(path)
+            except (textfiles.TextEncodingError, OSError) as e:
+                return f"{spec}: {e}"
         return None
     path = spec.split("#", 1)[0] if not os.path.isfile(spec) else spec
     if not os.path.isfile(path):
