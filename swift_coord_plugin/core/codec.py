@@ -282,7 +282,13 @@ def clean_desc(desc: str) -> str:
 
 
 def desc_problem(desc: object) -> Optional[str]:
-    """Why ``desc`` cannot be rendered, or None if it can."""
+    """Why ``desc`` cannot be a training description, or None if it can.
+
+    Refused: non-strings, empty text, codec markup, any ``<``, and a space followed by a digit (Unicode
+    category N) inside the text. The last two are what the answer grammar (``core.grammar``) cannot write
+    after Qwen's pre-tokenizer (a bare space token before a digit is the separator that ends a description);
+    a description that *starts* with a digit ("3D printer", "50 cent coin") is writable and accepted.
+    """
     if not isinstance(desc, str):
         return f"desc must be a string, got {type(desc).__name__}"
     d = clean_desc(desc)
@@ -290,6 +296,15 @@ def desc_problem(desc: object) -> Optional[str]:
         return "desc is empty"
     if _PIECE_RE.search(d) or "<|" in d:
         return f"desc {desc!r} contains token markup"
+    if "<" in d:
+        return (f"desc {desc!r} contains '<': the answer grammar never writes '<' (markup such as <|coord_5|>, "
+                "<obj_end> or <think> starts with it), so such an object could not be decoded; write it without '<'")
+    for i in range(1, len(d)):
+        if d[i - 1] == " " and unicodedata.category(d[i]).startswith("N"):
+            return (f"desc {desc!r} has a space before a digit ({d[max(0, i - 8):i + 3]!r}): the tokenizer writes "
+                    "that space as the separator token that ends a description before its box, so constrained "
+                    "decoding without a category list could never write it; join or hyphenate it "
+                    f"({d[:i - 1] + '-' + d[i:]!r})")
     return None
 
 
