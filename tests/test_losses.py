@@ -390,3 +390,15 @@ def test_a_zero_area_target_gets_l1_only(box_loss):
     torch.testing.assert_close(g[0, flat_rows], g_l1[0, flat_rows], rtol=0, atol=0)
     ok_rows = b0[2][0]
     assert (g[0, ok_rows] - g_l1[0, ok_rows]).abs().max() > 1e-6  # the valid box keeps its IoU term
+
+
+def test_lambda_coord_is_per_coordinate_token():
+    """The stated convention (docs/losses.md, coordexp_config.json ``lambda_coord_per``): the spec's per-box
+    ``lambda_box * sum_boxes G / num_items`` is ``lambda_coord = lambda_box / 4``."""
+    labels, boxes = two_rows()
+    logits = make_logits(2, labels.shape[1], seed=12, dtype=torch.float64, boxes=[(b, p) for b, p, _ in boxes])
+    lambda_box, n_items = 2.0, 40
+    out = compute_loss(logits, labels, VOCAB, LossConfig(**{**LossConfig.preset("B").to_dict(),
+                                                            "lambda_coord": lambda_box / 4}), num_items_in_batch=n_items)
+    sum_g = out.components()["coord_loss"].item() * out.layout.num_boxes
+    assert math.isclose(out.terms["coord"].item(), lambda_box * sum_g / n_items, rel_tol=1e-12)

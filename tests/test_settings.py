@@ -88,3 +88,15 @@ def test_swift_sft_refuses_the_options_its_loss_would_replace_before_loading_the
         assert f"--{name} {value}:" in proc.stdout, (name, proc.stdout[-3000:])
     assert "coordexp loss configuration" not in proc.stdout and "added 1002 tokens" not in proc.stdout
     print(f"swift sft stopped after {seconds:.1f} s")
+
+
+def test_coordexp_config_states_the_lambda_convention():
+    from types import SimpleNamespace
+
+    from swift.loss import loss_map
+
+    from swift_coord_plugin.swift_ext.register import register
+
+    register()
+    info = loss_map["coordexp_geom"](SimpleNamespace(enable_dft_loss=False), None).describe()
+    assert info["lambda_coord_per"].startswith("coordinate token") and "lambda_box / 4" in info["lambda_coord_per"]

@@ -151,6 +151,9 @@ class CoordExpLoss(BaseLoss):
             "object_order": {"policy": codec.order_policy().name, "seed": codec.order_seed()},
             "normalisation": "sum over labelled targets / num_items_in_batch; each coordinate token carries its "
                              "box's geometric loss (a box weighs 4 tokens)",
+            # The convention of lambda_coord (docs/losses.md, "Normalisation"): per coordinate token.
+            "lambda_coord_per": "coordinate token: each box's G counts 4 times, so against a per-box sum "
+                                "(lambda_box * sum_boxes G / num_items_in_batch) lambda_coord = lambda_box / 4",
         }
 
     def _announce(self) -> None:
