@@ -108,8 +108,8 @@ def test_bad_options_and_forbidden_tokens(gvocab):
     s = g.advance(s, gvocab.obj_start)
     with pytest.raises(GrammarError, match="not allowed"):
         g.advance(s, gvocab.obj_end)  # `<obj_start> <obj_end>`: what a B-style model writes freely
-    with pytest.raises(GrammarError, match="not allowed"):
-        g.advance(s, gvocab.sep)  # empty description
+    with pytest.raises(GrammarError, match="not allowed"):  # empty description: a bare SEP may open one only
+        g.advance(g.advance(s, gvocab.sep), gvocab.coord_start)  # before a token without a leading space
     with pytest.raises(GrammarError, match="one state per row"):
         apply_grammar(g, torch.zeros(2, V), [s])
     free = AnswerGrammar(gvocab, FREE)
