@@ -398,7 +398,7 @@ def test_lambda_coord_is_per_coordinate_token():
     labels, boxes = two_rows()
     logits = make_logits(2, labels.shape[1], seed=12, dtype=torch.float64, boxes=[(b, p) for b, p, _ in boxes])
     lambda_box, n_items = 2.0, 40
-    out = compute_loss(logits, labels, VOCAB, LossConfig(**{**LossConfig.preset("B").to_dict(),
-                                                            "lambda_coord": lambda_box / 4}), num_items_in_batch=n_items)
+    cfg = LossConfig(**{**LossConfig.preset("B").to_dict(), "lambda_coord": lambda_box / 4})
+    out = compute_loss(logits, labels, VOCAB, cfg, num_items_in_batch=n_items)
     sum_g = out.components()["coord_loss"].item() * out.layout.num_boxes
     assert math.isclose(out.terms["coord"].item(), lambda_box * sum_g / n_items, rel_tol=1e-12)
