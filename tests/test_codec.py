@@ -162,3 +162,22 @@ def test_random_draw_is_a_seeded_permutation_per_sample_and_epoch():
         assert codec.draw_order(12, key[2], key[1], key[0]) == perm  # reproducible
     assert len({tuple(p) for p in draws.values()}) == len(draws)  # every seed / epoch / sample draws anew
     assert codec.draw_order(0, "x", 0, 0) == [] and codec.draw_order(1, "x", 5, 3) == [0]
+
+
+def test_a_side_narrower_than_a_bin_is_widened_to_one_bin():
+    # x1 = 0.1561, x2 = 0.1564: both in bin 156 -> (156, 157); y spans bins 100..300: unchanged.
+    assert codec.quantize_box((0.1561, 0.1, 0.1564, 0.3)) == (156, 100, 156, 300)
+    assert codec.is_narrow((0.1561, 0.1, 0.1564, 0.3)) and not codec.is_narrow((0.1, 0.1, 0.2, 0.3))
+    assert codec.target_bins((0.1561, 0.1, 0.1564, 0.3)) == (156, 100, 157, 300)
+    assert codec.DetObject("pole", (0.1561, 0.1, 0.1564, 0.3)).bins == (156, 100, 157, 300)
+    # both sides, and the last bin (the far end cannot move past 999: the near end moves instead)
+    assert codec.target_bins((0.9996, 0.0, 1.0, 0.0004)) == (998, 0, 999, 1)
+    assert codec.widen_bins((5, 6, 7, 8)) == (5, 6, 7, 8)
+    rng = random.Random(0)
+    for _ in range(2000):
+        a, b = sorted(rng.random() for _ in range(2))
+        c, d = sorted(rng.random() for _ in range(2))
+        k = codec.target_bins((a, c, b, d))
+        assert k[2] > k[0] and k[3] > k[1] and codec.bins_problem(list(k)) is None
+        q = codec.quantize_box((a, c, b, d))
+        assert (k[0], k[1]) == (q[0], q[1]) or 999 in (q[0], q[1])  # x1, y1 (the order keys) keep their bins

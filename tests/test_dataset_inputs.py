@@ -218,3 +218,21 @@ def test_ms_swift_rows_given_as_a_bare_path_are_left_to_ms_swift(tmp_path):
     for i, row in enumerate(rows):
         path = _write(tmp_path / f"swift{i}.jsonl", [row])
         assert dataset_args.dataset_spec_problem(path) is None
+
+
+def test_boxes_narrower_than_a_bin_are_widened_and_counted(template, sample_jsonl, tmp_path, capsys):
+    """A box whose x1 and x2 fall into one bin would be a zero-area target: the preprocessor writes it one bin
+    wide and counts it; the template does the same for boxes it quantises itself (``norm1``) and for bins."""
+    row = read_jsonl(sample_jsonl)[0]
+    row["objects"] = [{"desc": "pole", "bbox": [0.1561, 0.1, 0.1564, 0.3]},
+                      {"desc": "wire", "bbox": [0.2, 0.5002, 0.6, 0.5004]},
+                      {"desc": "dog", "bbox": [0.3, 0.6, 0.5, 0.9]}]
+    rows = _load_rows(f"coord:{_write(tmp_path / 'narrow.jsonl', [row])}")
+    assert rows[0]["objects"]["bbox"] == [[156, 100, 157, 300], [200, 500, 600, 501], [300, 600, 500, 900]]
+    assert "boxes narrower than a bin, widened to one bin: 2" in capsys.readouterr().out
+    coord0 = template.tokenizer.convert_tokens_to_ids("<|coord_0|>")
+    for objects in ({"ref": ["pole"], "bbox": [[0.1561, 0.1, 0.1564, 0.3]], "bbox_type": "norm1"},
+                    {"ref": ["pole"], "bbox": [[156, 100, 156, 300]], "bbox_type": "coord_bins"}):
+        enc = template.encode({**_row(row["image"]), "objects": objects})
+        bins = [t - coord0 for t in enc["labels"] if coord0 <= t < coord0 + 1000]
+        assert bins == [156, 100, 157, 300], objects

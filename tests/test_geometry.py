@@ -1,4 +1,6 @@
 """L1 and GIoU: agreement with torchvision on valid boxes, defined behaviour on reversed/degenerate ones."""
+import math
+
 import torch
 from torchvision.ops import generalized_box_iou
 
@@ -163,12 +165,67 @@ def test_variant_and_order_gradcheck_float64():
     assert (pred[:, 2] < pred[:, 0]).any() or (pred[:, 3] < pred[:, 1]).any()
     assert torch.autograd.gradcheck(lambda p: diou_loss(p, target, eps=1e-3), (pred,))
     assert torch.autograd.gradcheck(box_order_penalty, (pred,))
-    # CIoU's trade-off weight alpha carries no gradient by definition (so a finite-difference check cannot
-    # apply): compare its gradient with torchvision's, which follows the same convention, on valid boxes.
+    # CIoU's trade-off weight alpha carries no gradient and the aspect term's 1 / (w^2 + h^2) is dropped, both
+    # by definition (so a finite-difference check cannot apply): compare with the paper's gradient, written out.
     valid = _xyxy(6, gen).requires_grad_(True)
     g, = torch.autograd.grad(ciou_loss(valid, target, eps=1e-7).sum(), valid)
-    g_ref, = torch.autograd.grad(complete_box_iou_loss(valid, target, eps=1e-7).sum(), valid)
+    g_ref, = torch.autograd.grad(ciou_loss_paper(valid, target).sum(), valid)
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+class _PaperAspect(torch.autograd.Function):
+    """CIoU's ``v`` with the gradient of Zheng et al. 2020, eq. 12, ``w^2 + h^2`` replaced by 1:
+    ``dv/dw = -8/pi^2 (atan(wt/ht) - atan(w/h)) h``, ``dv/dh = 8/pi^2 (atan(wt/ht) - atan(w/h)) w``."""
+
+    @staticmethod
+    def forward(ctx, w, h, wt, ht):
+        d = torch.atan(wt / ht) - torch.atan(w / h)
+        ctx.save_for_backward(d, w, h)
+        return 4 / math.pi ** 2 * d ** 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        d, w, h = ctx.saved_tensors
+        return -grad * 8 / math.pi ** 2 * d * h, grad * 8 / math.pi ** 2 * d * w, None, None
+
+
+def ciou_loss_paper(pred, target):
+    """Reference ``1 - CIoU`` for boxes with x2 > x1, y2 > y1: torchvision's DIoU loss + alpha * v (alpha
+    constant), with the paper's gradient of ``v``. Its value is torchvision's ``complete_box_iou_loss``."""
+    w, h = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
+    wt, ht = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+    v = _PaperAspect.apply(w, h, wt, ht)
+    with torch.no_grad():
+        inter_w = (torch.minimum(pred[:, 2], target[:, 2]) - torch.maximum(pred[:, 0], target[:, 0])).clamp(min=0)
+        inter_h = (torch.minimum(pred[:, 3], target[:, 3]) - torch.maximum(pred[:, 1], target[:, 1])).clamp(min=0)
+        inter = inter_w * inter_h
+        iou = inter / (w * h + wt * ht - inter)
+        alpha = v / (1 - iou + v)
+    return distance_box_iou_loss(pred, target, eps=1e-7) + alpha * v
+
+
+def test_ciou_value_is_torchvisions_and_its_aspect_gradient_is_bounded_near_a_point():
+    """At initialisation every expected box is nearly a point; the aspect term's ``1 / (w^2 + h^2)`` made CIoU's
+    gradient 650 per coordinate for a 1e-4 x 2e-4 prediction (DIoU: 0.005). With the paper's rule it stays
+    within DIoU's order, and the value is unchanged."""
+    target = torch.tensor([[0.3, 0.45, 0.7, 0.55]], dtype=torch.float64)
+    for p in ([0.4999, 0.4999, 0.5, 0.5001], [0.5, 0.5, 0.5001, 0.50001], [0.499, 0.499, 0.5, 0.5],
+              [0.5, 0.5, 0.5, 0.5]):
+        pred = torch.tensor([p], dtype=torch.float64, requires_grad=True)
+        val = ciou_loss(pred, target, eps=1e-7)
+        g, = torch.autograd.grad(val.sum(), pred)
+        g_diou, = torch.autograd.grad(diou_loss(pred, target, eps=1e-7).sum(), pred)
+        # (ours adds eps to the heights inside atan: 1e-5 high boxes differ from torchvision by about 6e-5)
+        if p[2] > p[0] and p[3] > p[1]:  # (torchvision's atan(w / h) is NaN for a point)
+            torch.testing.assert_close(val, complete_box_iou_loss(pred.detach(), target, eps=1e-7), rtol=0,
+                                       atol=1e-4)
+        assert torch.isfinite(g).all()
+        # |dv/dw|, |dv/dh| <= 8/pi^2 * pi/2 * sqrt(w^2 + h^2) < 1e-3 here: the gradient is DIoU's plus that.
+        assert (g - g_diou).abs().max().item() < 1e-3, (p, g, g_diou)
+    # torchvision keeps the factor: the gradient the bound removes.
+    pred = torch.tensor([[0.4999, 0.4999, 0.5, 0.5001]], dtype=torch.float64, requires_grad=True)
+    g_tv, = torch.autograd.grad(complete_box_iou_loss(pred, target, eps=1e-7).sum(), pred)
+    assert g_tv.abs().max().item() > 100
 
 
 def test_box_order_penalty():

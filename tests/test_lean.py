@@ -351,8 +351,12 @@ def test_refusals_say_why(tiny_model_dir, swift_batch, monkeypatch):
         fn(SimpleNamespace(logits=torch.zeros(*labels.shape, V)), labels)
     from swift.loss import loss_map
 
-    with pytest.raises(glue.LeanPathError, match="enable_dft_loss"):
+    from swift_coord_plugin.swift_ext.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="enable_dft_loss"):
         loss_map["coordexp_ce"](SimpleNamespace(enable_dft_loss=True, enable_channel_loss=False), None)
     monkeypatch.delenv("COORDEXP_LEAN")
-    loss_map["coordexp_ce"](SimpleNamespace(enable_dft_loss=True, enable_channel_loss=False), None)  # standard: fine
+    with pytest.raises(SettingsError, match="enable_dft_loss"):  # refused on the standard path too
+        loss_map["coordexp_ce"](SimpleNamespace(enable_dft_loss=True, enable_channel_loss=False), None)
+    loss_map["coordexp_ce"](SimpleNamespace(enable_dft_loss=False, enable_channel_loss=False), None)
     assert os.environ.get("COORDEXP_LEAN") is None

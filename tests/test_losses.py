@@ -341,3 +341,64 @@ def test_shape_and_vocabulary_errors():
         compute_loss(torch.zeros(1, 5, V), torch.zeros(1, 6, dtype=torch.long), VOCAB, LossConfig())
     with pytest.raises(ValueError, match="was not resized"):
         compute_loss(torch.zeros(1, 5, CS + 10), torch.zeros(1, 5, dtype=torch.long), VOCAB, LossConfig())
+
+
+# ---------------------------------------------------------------------------------------------- logged = trained
+@pytest.mark.parametrize("group, overrides", [
+    ("B", dict(use_geom_loss=False)), ("C", dict(use_geom_loss=False, alpha_l1=2.0)), ("B", {}),
+    ("C", dict(beta_giou=3.0, lambda_coord=0.5)), ("B", dict(box_loss="diou")),
+])
+def test_logged_coord_loss_is_the_trained_term(group, overrides):
+    """``coord_loss`` (mean per box) times 4 boxes-tokens, lambda_coord and the box count over the denominator is
+    exactly the coordinate term added to the loss; with use_geom_loss off it holds no GIoU part."""
+    cfg = LossConfig(**{**LossConfig.preset(group).to_dict(), **overrides})
+    labels, boxes = two_rows()
+    logits = make_logits(2, labels.shape[1], seed=11, dtype=torch.float64, boxes=[(b, p) for b, p, _ in boxes])
+    n_items = 40
+    out = compute_loss(logits, labels, VOCAB, cfg, num_items_in_batch=n_items)
+    comp = {k: v.item() for k, v in out.components().items()}
+    m = out.layout.num_boxes
+    logged_as_trained = cfg.lambda_coord * 4 * comp["coord_loss"] * m / n_items
+    assert math.isclose(logged_as_trained, out.terms["coord"].item(), rel_tol=1e-12)
+    if not cfg.use_geom_loss:
+        assert comp["coord_giou_loss"] > 0.1  # there is a GIoU part, and it is left out
+        assert math.isclose(comp["coord_loss"], cfg.alpha_l1 * comp["coord_l1_loss"], rel_tol=1e-12)
+
+
+def test_group_a_logs_the_l1_term_its_flags_select():
+    labels, boxes = two_rows()
+    logits = make_logits(2, labels.shape[1], seed=11, dtype=torch.float64, boxes=[(b, p) for b, p, _ in boxes])
+    comp = {k: v.item() for k, v in compute_loss(logits, labels, VOCAB, LossConfig.preset("A")).components().items()}
+    assert comp["coord_loss"] == comp["coord_l1_loss"]
+
+
+# ---------------------------------------------------------------------------------------------- zero-area targets
+@pytest.mark.parametrize("box_loss", ["giou", "diou", "ciou"])
+def test_a_zero_area_target_gets_l1_only(box_loss):
+    """A target whose x1 and x2 (or y1 and y2) share a bin has IoU 0 against anything: the IoU term must not
+    reach it (the data path widens such boxes; the loss guards targets written otherwise)."""
+    r0, b0 = build_row([[100, 200, 100, 700], [300, 400, 600, 400], [10, 20, 30, 40]], prompt=4, total=32)
+    labels = torch.tensor([r0])
+    logits = make_logits(1, labels.shape[1], seed=2, dtype=torch.float64, boxes=[(0, p) for p, _ in b0])
+    cfg = LossConfig(**{**LossConfig.preset("B").to_dict(), "box_loss": box_loss})
+    out = compute_loss(logits, labels, VOCAB, cfg, num_items_in_batch=30)
+    g, = torch.autograd.grad(out.loss, logits)
+    l1_only = compute_loss(logits, labels, VOCAB, LossConfig(**{**cfg.to_dict(), "use_geom_loss": False}),
+                           num_items_in_batch=30)
+    g_l1, = torch.autograd.grad(l1_only.loss, logits)
+    flat_rows = [t for pos, _ in b0[:2] for t in pos]
+    torch.testing.assert_close(g[0, flat_rows], g_l1[0, flat_rows], rtol=0, atol=0)
+    ok_rows = b0[2][0]
+    assert (g[0, ok_rows] - g_l1[0, ok_rows]).abs().max() > 1e-6  # the valid box keeps its IoU term
+
+
+def test_lambda_coord_is_per_coordinate_token():
+    """The stated convention (docs/losses.md, coordexp_config.json ``lambda_coord_per``): the spec's per-box
+    ``lambda_box * sum_boxes G / num_items`` is ``lambda_coord = lambda_box / 4``."""
+    labels, boxes = two_rows()
+    logits = make_logits(2, labels.shape[1], seed=12, dtype=torch.float64, boxes=[(b, p) for b, p, _ in boxes])
+    lambda_box, n_items = 2.0, 40
+    cfg = LossConfig(**{**LossConfig.preset("B").to_dict(), "lambda_coord": lambda_box / 4})
+    out = compute_loss(logits, labels, VOCAB, cfg, num_items_in_batch=n_items)
+    sum_g = out.components()["coord_loss"].item() * out.layout.num_boxes
+    assert math.isclose(out.terms["coord"].item(), lambda_box * sum_g / n_items, rel_tol=1e-12)

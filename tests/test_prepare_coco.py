@@ -174,6 +174,21 @@ def test_boxes_are_clipped_and_degenerate_ones_dropped(raw, tmp_path, coco128):
     assert s["dropped_objects"]["degenerate"] == 3 and s["objects_kept"] == 2
 
 
+def test_boxes_narrower_than_a_bin_are_kept_and_counted(raw, tmp_path, coco128):
+    """x1 and x2 in one bin: written as annotated (the file keeps the continuous box), counted in the summary,
+    and widened to one bin when trained (``codec.target_bins``), so no zero-area target reaches the IoU loss."""
+    data = subset(raw, [9])
+    W = data["images"][0]["width"]
+    anns = [a for a in data["annotations"] if not a["iscrowd"]][:3]
+    anns[0]["bbox"] = [W * 0.1561, 10.0, W * 0.0003, 40.0]   # 0.1561..0.1564 of the width: bin 156 twice
+    data["annotations"] = anns
+    rows, s = run(tmp_path, data, coco128 / "images", max_objects=0)
+    assert s["narrow_objects"] == 1 and s["objects_kept"] == 3 and s["dropped_objects"]["degenerate"] == 0
+    narrow = [o for o in rows[0]["objects"] if codec.is_narrow(o["bbox"])]
+    assert len(narrow) == 1 and codec.DetObject(narrow[0]["desc"], tuple(narrow[0]["bbox"])).bins[0:3:2] == (156, 157)
+    assert "narrower than a bin (widened to one bin in training): 1" in coco.format_summary(coco.Summary(**s))
+
+
 def test_desc_map_by_id_and_by_name(raw, tmp_path, coco128, cocoapi):
     ids = [9, 25, 30]
     data = subset(raw, ids)

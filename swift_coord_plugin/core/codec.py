@@ -9,6 +9,8 @@ Rules
 * Bin rule: ``k = round(c * NUM_BINS)`` with halves rounded up (``floor(c * NUM_BINS + 0.5)``),
   clamped to ``0 .. NUM_BINS - 1``. Decoding: ``k / NUM_BINS``. The worst-case error is half a
   bin (0.0005 of the side) except at ``c = 1`` which decodes to 0.999.
+* Targets: a side whose two ends fall into one bin is widened to one bin (``target_bins``), so no target
+  box has zero area.
 * Object order: a policy chosen with ``COORD_ORDER`` (``ORDER_POLICIES``). The default, ``y1x1``
   (the spec), is ``y1`` ascending, then ``x1`` ascending, compared on the *bins* the model sees first
   and on the continuous normalised values only among equal bins; remaining ties keep their input order
@@ -95,6 +97,37 @@ def dequantize_box(bins: Sequence[float]) -> Box:
     return tuple(dequantize(k) for k in bins)  # type: ignore[return-value]
 
 
+def widen_bins(bins: Sequence[int]) -> Bins:
+    """``bins`` ``(x1, y1, x2, y2)`` with every side whose two ends share a bin widened to one bin.
+
+    A box narrower than a bin quantises to ``x1 == x2`` (or ``y1 == y2``): a zero-area target whose IoU with
+    any prediction is 0, and whose IoU-loss gradient on a thin prediction is thousands of times a normal
+    box's. Such a side ``(k, k)`` becomes ``(k, k + 1)``, and ``(998, 999)`` at the last bin: the far end
+    moves, so ``x1``/``y1``, which decide the object order, keep their bins (except at bin 999).
+    Other sides are returned unchanged.
+    """
+    x1, y1, x2, y2 = (int(k) for k in bins)
+    if x1 == x2:
+        x1, x2 = (x1, x1 + 1) if x1 < NUM_BINS - 1 else (x1 - 1, x1)
+    if y1 == y2:
+        y1, y2 = (y1, y1 + 1) if y1 < NUM_BINS - 1 else (y1 - 1, y1)
+    return (x1, y1, x2, y2)
+
+
+def is_narrow(bbox: Sequence[float]) -> bool:
+    """Whether the normalised ``bbox`` has a side narrower than a bin (both ends in one bin after
+    ``quantize``); ``target_bins`` widens such a side."""
+    k = quantize_box(bbox)
+    return k[0] == k[2] or k[1] == k[3]
+
+
+def target_bins(bbox: Sequence[float]) -> Bins:
+    """The bins a target box is written with: ``quantize_box``, then ``widen_bins`` (no side of zero extent).
+    The template, the dataset preprocessor and ``DetObject.bins`` use this; evaluation never does (it scores
+    against the ground truth in pixels)."""
+    return widen_bins(quantize_box(bbox))
+
+
 def normalize_box(xyxy_pixels: Sequence[float], width: float, height: float, clip: bool = True) -> Box:
     """Absolute pixel ``[x1, y1, x2, y2]`` -> normalised ``[0, 1]`` box (clipped by default)."""
     if width <= 0 or height <= 0:
@@ -121,7 +154,8 @@ class DetObject:
 
     @property
     def bins(self) -> Bins:
-        return quantize_box(self.bbox)
+        """The target bins (``target_bins``: quantised, a side narrower than a bin widened to one bin)."""
+        return target_bins(self.bbox)
 
 
 # ----------------------------------------------------------------------------- object order
@@ -248,7 +282,13 @@ def clean_desc(desc: str) -> str:
 
 
 def desc_problem(desc: object) -> Optional[str]:
-    """Why ``desc`` cannot be rendered, or None if it can."""
+    """Why ``desc`` cannot be a training description, or None if it can.
+
+    Refused: non-strings, empty text, codec markup, any ``<``, and a space followed by a digit (Unicode
+    category N) inside the text. The last two are what the answer grammar (``core.grammar``) cannot write
+    after Qwen's pre-tokenizer (a bare space token before a digit is the separator that ends a description);
+    a description that *starts* with a digit ("3D printer", "50 cent coin") is writable and accepted.
+    """
     if not isinstance(desc, str):
         return f"desc must be a string, got {type(desc).__name__}"
     d = clean_desc(desc)
@@ -256,6 +296,15 @@ def desc_problem(desc: object) -> Optional[str]:
         return "desc is empty"
     if _PIECE_RE.search(d) or "<|" in d:
         return f"desc {desc!r} contains token markup"
+    if "<" in d:
+        return (f"desc {desc!r} contains '<': the answer grammar never writes '<' (markup such as <|coord_5|>, "
+                "<obj_end> or <think> starts with it), so such an object could not be decoded; write it without '<'")
+    for i in range(1, len(d)):
+        if d[i - 1] == " " and unicodedata.category(d[i]).startswith("N"):
+            return (f"desc {desc!r} has a space before a digit ({d[max(0, i - 8):i + 3]!r}): the tokenizer writes "
+                    "that space as the separator token that ends a description before its box, so constrained "
+                    "decoding without a category list could never write it; join or hyphenate it "
+                    f"({d[:i - 1] + '-' + d[i:]!r})")
     return None
 
 

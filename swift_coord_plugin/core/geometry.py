@@ -116,6 +116,14 @@ def ciou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     reversed side has zero extent) and ``eps`` added to the heights; ``alpha = v / (1 - IoU + v)``, a
     trade-off weight that carries no gradient (as in the paper's reference code and torchvision).
     ``[..., 4]`` x ``[..., 4]`` -> ``[...]``.
+
+    Gradient of the aspect term: ``dv/dw_p`` and ``dv/dh_p`` carry the factor ``1 / (w_p^2 + h_p^2)``, which
+    explodes for a nearly-point prediction (what every expected box is at initialisation: 650 per
+    coordinate for a 1e-4 x 2e-4 box, against about 0.01 for DIoU). As the paper does ("the dominator
+    w^2 + h^2 is simply removed for stable convergence", Sec. 4), that factor is replaced by 1: the value is
+    ``v``, its gradient is that of ``v`` times ``(w_p^2 + (h_p + eps)^2)`` (no gradient through the factor),
+    so ``|dv/dw_p|, |dv/dh_p| <= 8 / pi^2 * pi / 2 * sqrt(w_p^2 + h_p^2)``. torchvision keeps the factor: the
+    values agree, the gradients differ where ``w_p^2 + h_p^2`` is not 1.
     """
     iou, _, corners = _iou_and_enclosure(pred, target, eps)
     d = iou - _centre_penalty(pred, target, corners, eps)
@@ -126,6 +134,8 @@ def ciou(pred: Tensor, target: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     v = (4 / math.pi ** 2) * (torch.atan(wt / (ht + eps)) - torch.atan(wp / (hp + eps))) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
+        step = wp ** 2 + (hp + eps) ** 2
+    v = v.detach() + (v - v.detach()) * step
     return d - alpha * v
 
 

@@ -58,9 +58,13 @@ Options (defaults)
 
 Description tokens (free descriptions): every ordinary token of the tokenizer whose text is non-empty,
 holds no whitespace except one leading space and no ``<`` (so no markup such as ``<|coord_5|>`` can be
-spelled out of text pieces); the bare ``SEP`` token ends the description. A description that the
-tokenizer splits at a space (e.g. before a digit: ``"person 2"``) therefore ends at that space; use
-``categories`` for such names.
+spelled out of text pieces); the bare ``SEP`` token ends the description. As its *first* token, a
+description may also be the bare ``SEP`` followed by a token without a leading space: Qwen's pre-tokenizer
+writes a description that starts with a digit that way (``" 3D printer"`` -> ``" "``, ``"3"``, ``"D"``,
+``" printer"``). A space before a digit *inside* a description (``"person 2"``) is the same bare token
+where the description could end, so a free description cannot continue after it: ``codec.desc_problem``
+refuses such descriptions (and any ``<``) for training, so everything the template trains on is writable
+(``tests/test_grammar.py``, a property test over real category names).
 """
 from __future__ import annotations
 
@@ -112,6 +116,9 @@ class GrammarVocab:
     vocab_size: int
     num_bins: int = NUM_BINS
     tokenize: object = field(default=None, compare=False, repr=False)  # text -> ids (for categories)
+    # desc_ids without a leading space: what may follow a bare SEP token that *opens* a description
+    # (Qwen's pre-tokenizer writes " 3D printer" as " ", "3", "D", " printer")
+    desc_ids_bare: Tuple[int, ...] = ()
 
     @property
     def coord_end(self) -> int:
@@ -162,8 +169,9 @@ class GrammarVocab:
                      if i not in special and not cv.is_coord(i) and _is_desc_text(t))
         if not desc:
             raise GrammarError("no token of the tokenizer can appear in a description")
+        bare = tuple(i for i in desc if not texts[i].startswith(" "))
         return cls(coord_start=cv.coord_start, obj_start=cv.obj_start, obj_end=cv.obj_end, sep=sep,
-                   post=post, end_ids=end, desc_ids=desc, vocab_size=n, tokenize=encode)
+                   post=post, end_ids=end, desc_ids=desc, vocab_size=n, tokenize=encode, desc_ids_bare=bare)
 
 
 def _is_desc_text(text: str) -> bool:
@@ -219,7 +227,9 @@ class GrammarState:
 
     ``phase``: one of ``start | desc | coord | post | done | free``; ``n_objects``: objects opened so far;
     ``desc_len``: description tokens written; ``node``: category-trie node (-1 without categories);
-    ``coords``: bins written in the current object; ``post_index``: position in ``POST + <obj_end>``.
+    ``coords``: bins written in the current object; ``post_index``: position in ``POST + <obj_end>``;
+    ``lead_space``: the description so far is one bare ``SEP`` token (it opened with a space before a digit,
+    a free description only): a token without a leading space must follow.
     """
 
     phase: str
@@ -228,6 +238,7 @@ class GrammarState:
     node: int = -1
     coords: Tuple[int, ...] = ()
     post_index: int = 0
+    lead_space: bool = False
 
 
 class AnswerGrammar:
@@ -252,6 +263,7 @@ class AnswerGrammar:
         self._start_ids = sorted({vocab.obj_start, *vocab.end_ids})
         self._end_ids = list(vocab.end_ids)
         self._desc_set = frozenset(vocab.desc_ids)
+        self._bare_set = frozenset(vocab.desc_ids_bare)
         # Category trie over token ids: node -> {token: child}; terminal nodes end a name.
         self._children: List[Dict[int, int]] = [{}]
         self._terminal: List[bool] = [False]
@@ -292,6 +304,13 @@ class AnswerGrammar:
         desc = max((len(self.vocab.desc_tokens(n)) for n in self.categories), default=1)
         return 1 + desc + 1 + 4 + len(self._post_seq)
 
+    def _may_lead_space(self, remaining: Optional[int]) -> bool:
+        """May a free description open with a bare ``SEP`` (a space before a digit)? It then needs a second
+        description token, so room for ``SEP`` + 1 token + ``SEP`` + 4 coordinates + ``POST`` + ``<obj_end>``."""
+        if not self.vocab.desc_ids_bare or self.max_desc_tokens < 2:
+            return False
+        return remaining is None or remaining >= 2 + 1 + 4 + len(self._post_seq)
+
     def _closing(self, state: GrammarState, remaining: Optional[int]) -> bool:
         """Must the answer wind down now to finish within ``remaining`` tokens?"""
         if remaining is None:
@@ -322,10 +341,12 @@ class AnswerGrammar:
             if self._terminal[node]:
                 ids.add(v.sep)
             return sorted(ids)
+        if state.lead_space:
+            return list(v.desc_ids_bare)
         if state.desc_len >= self.max_desc_tokens or closing:
             return [v.sep]
         if state.desc_len == 0:
-            return list(v.desc_ids)
+            return sorted((*v.desc_ids, v.sep)) if self._may_lead_space(remaining) else list(v.desc_ids)
         return sorted((*v.desc_ids, v.sep))
 
     def advance(self, state: GrammarState, token_id: int) -> GrammarState:
@@ -348,9 +369,14 @@ class AnswerGrammar:
                 if child is not None:
                     return GrammarState(DESC, state.n_objects, state.desc_len + 1, child)
             else:
-                if t == v.sep and state.desc_len > 0:
+                if state.lead_space:
+                    if t in self._bare_set:
+                        return GrammarState(DESC, state.n_objects, state.desc_len + 1)
+                elif t == v.sep and state.desc_len > 0:
                     return GrammarState(COORD, state.n_objects)
-                if t in self._desc_set and state.desc_len < self.max_desc_tokens:
+                elif t == v.sep and self._may_lead_space(None):
+                    return GrammarState(DESC, state.n_objects, 1, lead_space=True)
+                elif t in self._desc_set and state.desc_len < self.max_desc_tokens:
                     return GrammarState(DESC, state.n_objects, state.desc_len + 1)
         elif p == COORD:
             if v.is_coord(t) and t - v.coord_start >= self._coord_low(state):
@@ -383,7 +409,13 @@ class AnswerGrammar:
         if p == DESC:
             if self.categories:
                 return (DESC, state.node)
-            return (DESC, 2 if state.desc_len >= self.max_desc_tokens or closing else min(state.desc_len, 1))
+            if state.lead_space:
+                return (DESC, "lead")
+            if state.desc_len >= self.max_desc_tokens or closing:
+                return (DESC, 2)
+            if state.desc_len == 0:
+                return (DESC, 0, self._may_lead_space(remaining))
+            return (DESC, 1)
         return (p,)
 
     def allowed_mask(self, state: GrammarState, vocab_size: int, device=None,

@@ -355,12 +355,18 @@ def wasserstein1_to_bin(probs: Tensor, bins: Tensor, num_bins: int = NUM_BINS) -
     return (probs * dist).sum(dim=-1) / num_bins
 
 
+def zero_area_targets(target: Tensor) -> Tensor:
+    """``BoolTensor[m]``: target boxes ``[m, 4]`` (image fractions) with ``x2 <= x1`` or ``y2 <= y1``."""
+    return (target[..., 2] <= target[..., 0]) | (target[..., 3] <= target[..., 1])
+
+
 def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
                 ce_at_coord: Optional[Tensor] = None, eps: float = DEFAULT_EPS, *, box_loss_name: str = "giou",
                 soft_ce_sigma: Optional[float] = None, want_w1: bool = False,
                 want_box_order: bool = False) -> CoordTerms:
     """Part (b): from coordinate logits ``[n, K]`` of any source (gathered logits, or a head restricted to
-    the coordinate rows), target bins ``[n]`` and boxes ``[m, 4]`` (indices into the ``n`` rows).
+    the coordinate rows), target bins ``[n]`` and boxes ``[m, 4]`` (indices into the ``n`` rows). A target
+    box without area (``zero_area_targets``) gets a zero IoU-variant loss (``giou_loss``, ``box_loss``): L1 only.
 
     ``ce_at_coord [n]``, the full-vocabulary CE of the same rows, gives the full log-sum-exp without a
     second pass over the vocabulary (``lse = CE + z_target``, the target being a coordinate token), from
@@ -382,6 +388,13 @@ def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
     l1 = box_l1(pred, target)
     gl = giou_loss(pred, target, eps=eps)
     bl = gl if box_loss_name == "giou" else box_loss(box_loss_name, pred, target, eps=eps)
+    # A target without area (x1 == x2 or y1 == y2 in bins) has IoU 0 whatever the prediction, and gives a
+    # thin prediction a huge gradient: such a box gets L1 only. The data path widens such boxes to one bin
+    # (``codec.target_bins``), so this only guards targets written some other way.
+    # (A mask on [m] values, no host sync.)
+    flat = zero_area_targets(target)
+    gl = gl.masked_fill(flat, 0.0)
+    bl = gl if box_loss_name == "giou" else bl.masked_fill(flat, 0.0)
     soft = w1 = order = None
     if soft_ce_sigma is not None:
         soft = soft_label_ce(z - lse_c.unsqueeze(-1), coord_bins, soft_ce_sigma)
@@ -405,7 +418,7 @@ def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
 METRICS: Tuple[Tuple[str, str], ...] = (
     ("text_loss", "mean"),           # CE per text token
     ("coord_ce_loss", "mean"),       # CE per coordinate token
-    ("coord_loss", "mean"),          # alpha * L1 + beta * (1 - IoU variant) per box
+    ("coord_loss", "mean"),          # G per box: alpha * L1 (+ beta * (1 - IoU variant) with use_geom_loss)
     ("coord_l1_loss", "mean"),       # ||b_hat - b||_1 per box
     ("coord_giou_loss", "mean"),     # 1 - GIoU per box
     ("gate_loss", "mean"),           # -log coordinate mass per coordinate token
@@ -567,7 +580,8 @@ def _assemble(plan: _Plan, config: LossConfig, ce: Tensor, coord_logits: Tensor,
         sums = torch.stack([
             (ce.detach().to(f64) * text).sum(),
             ce_coord.detach().to(f64).sum(),
-            (config.alpha_l1 * l1 + config.beta_giou * bl).sum(),
+            # coord_loss: G as trained, alpha_l1 * L1 (+ beta_giou * box loss only with use_geom_loss).
+            (config.alpha_l1 * l1 + (config.beta_giou * bl if config.use_geom_loss else 0.0)).sum(),
             l1.sum(),
             gl.sum(),
             gate.sum(),

@@ -45,7 +45,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ..core import textfiles
-from ..core.codec import DetObject, OrderPolicy, clean_desc, desc_problem, normalize_box, order_objects, order_policy
+from ..core.codec import (DetObject, OrderPolicy, clean_desc, desc_problem, is_narrow, normalize_box, order_objects,
+                          order_policy)
 
 CAP_POLICIES = ("area", "scan")
 DEFAULT_MAX_OBJECTS = 30
@@ -105,6 +106,9 @@ class Summary:
     images_written: int = 0
     empty_images_written: int = 0
     objects_kept: int = 0
+    # kept objects with a side narrower than a bin, written as they are and widened to one bin when trained
+    # (codec.target_bins)
+    narrow_objects: int = 0
     dropped_objects: Dict[str, int] = field(
         default_factory=lambda: {"crowd": 0, "degenerate": 0, "over_cap": 0, "missing_file": 0, "bad_image": 0})
     dropped_images: Dict[str, int] = field(default_factory=lambda: {"missing_file": 0, "bad_image": 0, "empty": 0})
@@ -447,7 +451,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
             raise _annotation_error(i, ann, records, descs, source) from None
 
     # Per image: normalise, drop degenerate boxes, cap, order, serialise.
-    degenerate = over_cap = lost_to_missing = lost_to_bad = written_empty = kept = dropped_empty = 0
+    degenerate = over_cap = lost_to_missing = lost_to_bad = written_empty = kept = dropped_empty = narrow = 0
     max_objects, policy, drop_empty = options.max_objects, options.cap_policy, options.drop_empty
     order = options.order_policy
     lines: List[str] = []
@@ -483,6 +487,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
                 continue
             written_empty += 1
         kept += len(objects)
+        narrow += sum(1 for o in objects if is_narrow(o.bbox))
         lines.append(dumps({"image": path, "image_id": iid, "width": width, "height": height,
                             "objects": [{"desc": o.desc, "bbox": list(o.bbox)} for o in objects]}))
     if progress is not None and pending:
@@ -492,6 +497,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
     summary.empty_images_written = written_empty
     summary.ignore_flagged = ignore_flagged
     summary.objects_kept = kept
+    summary.narrow_objects = narrow
     summary.dropped_objects.update(crowd=crowd, degenerate=degenerate, over_cap=over_cap,
                                    missing_file=lost_to_missing, bad_image=lost_to_bad)
     summary.dropped_images.update(missing_file=len(missing), bad_image=bad_images, empty=dropped_empty)
@@ -610,7 +616,8 @@ def format_summary(summary: Summary) -> str:
     return "\n".join([
         f"images:  {d.images} in the JSON, {d.images_written} written "
         f"({d.empty_images_written} with no object); dropped: {drops_i}",
-        f"objects: {d.annotations} annotations, {d.objects_kept} kept; dropped: {drops_o}"
+        f"objects: {d.annotations} annotations, {d.objects_kept} kept; dropped: {drops_o}; "
+        f"narrower than a bin (widened to one bin in training): {d.narrow_objects}"
         + (f"; {d.ignore_flagged} with \"ignore\": 1 kept as objects (see the data docs)" if d.ignore_flagged else ""),
         f"output:  {d.output}  (summary: {summary_path_for(d.output) if d.output else '-'})",
         (f"checks:  {d.image_check['files']} image files, {d.image_check['decoded']} decoded, "

@@ -143,6 +143,7 @@ def _build_classes():
             widths = dataset["width"] if "width" in features else [None] * n
             heights = dataset["height"] if "height" in features else [None] * n
             keep, problems, counts = [], [], collections.Counter()
+            narrow: Dict[int, int] = {}  # row -> boxes with a side narrower than a bin (widened by the codec)
             for i, (image, objs, w, h) in enumerate(zip(images, objects, widths, heights)):
                 if isinstance(image, list) and len(image) == 1:
                     image = image[0]
@@ -153,6 +154,7 @@ def _build_classes():
                 problem = sample_rules.sample_problem({"image": image, "objects": objs, "width": w, "height": h})
                 if problem is None:
                     keep.append((i, image))
+                    narrow[i] = sum(1 for o in objs or [] if codec.is_narrow(o["bbox"]))
                     continue
                 counts[problem[0]] += 1
                 problems.append(f"{self.source}:{i + 1}: {problem[1]}")
@@ -167,7 +169,8 @@ def _build_classes():
                 problems.append(f"{self.source}:{i + 1}: image {image}: {problem}")
             keep = kept
             problems.sort(key=lambda m: int(m[len(self.source) + 1:].split(":", 1)[0]))
-            report = {"source": self.source, "rows": n, "kept": len(keep), "dropped": dict(counts)}
+            report = {"source": self.source, "rows": n, "kept": len(keep), "dropped": dict(counts),
+                      "narrow_boxes_widened": sum(narrow.get(i, 0) for i in keep)}
             self.last_report = report
             if problems and policy == "error":
                 listed = "\n  ".join(problems[:MAX_LISTED])
@@ -197,7 +200,8 @@ def _build_classes():
                 if len(keep) != len(dataset):
                     dataset = dataset.select(keep)
                 msg = (f"[swift-coord] dataset {self.source}: {report['rows']} samples, {report['kept']} kept, "
-                       f"dropped by reason: {report['dropped'] or 'none'}")
+                       f"dropped by reason: {report['dropped'] or 'none'}; boxes narrower than a bin, widened to "
+                       f"one bin: {report['narrow_boxes_widened']}")
                 logger.info(msg)
                 print(msg, flush=True)
             else:

@@ -126,6 +126,9 @@ class CoordExpLoss(BaseLoss):
             raise ValueError(f"--loss_type {self.loss_type} refuses sequence parallel (sequence_parallel_size={sp}): "
                              "ms-swift pre-shifts and shards the labels there, so object spans cannot be found; "
                              "use --sequence_parallel_size 1")
+        from .settings import check_swift_options
+
+        check_swift_options(args, self.loss_type)  # options of ms-swift's own loss, which this one replaces
         self.config, self.overrides = LossConfig.from_env(self.group)
         if self.config.lean:
             self._check_lean(args, trainer)
@@ -148,6 +151,9 @@ class CoordExpLoss(BaseLoss):
             "object_order": {"policy": codec.order_policy().name, "seed": codec.order_seed()},
             "normalisation": "sum over labelled targets / num_items_in_batch; each coordinate token carries its "
                              "box's geometric loss (a box weighs 4 tokens)",
+            # The convention of lambda_coord (docs/losses.md, "Normalisation"): per coordinate token.
+            "lambda_coord_per": "coordinate token: each box's G counts 4 times, so against a per-box sum "
+                                "(lambda_box * sum_boxes G / num_items_in_batch) lambda_coord = lambda_box / 4",
         }
 
     def _announce(self) -> None:
@@ -187,8 +193,9 @@ class CoordExpLoss(BaseLoss):
                 trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
 
     def _check_lean(self, args, trainer) -> None:
-        """Options under which ms-swift itself needs the logits the lean path does not produce."""
-        needs_logits = [flag for flag in ("enable_dft_loss", "enable_channel_loss") if getattr(args, flag, False)]
+        """Options under which ms-swift itself needs the logits the lean path does not produce (DFT and channel
+        loss, which also do, are refused for every path by ``settings.check_swift_options``)."""
+        needs_logits = []
         template = getattr(trainer, "template", None)
         if template is not None:
             binary = template.is_binary_loss_scale

@@ -274,7 +274,8 @@ def _template_cls():
             bbox_type = objects.pop("bbox_type", None) or "real"
             objects.pop("image_id", None)
             if bbox_type == BINS_TYPE:
-                objects["bbox"] = [[int(k) for k in box] for box in objects["bbox"]]
+                # (the preprocessor wrote codec.target_bins already; widening again changes nothing)
+                objects["bbox"] = [list(codec.widen_bins([int(k) for k in box])) for box in objects["bbox"]]
                 self._apply_order(inputs, None)
                 return
             norm_boxes = []
@@ -285,7 +286,7 @@ def _template_cls():
                 if problem:
                     raise ValueError(f"{self._where(inputs)}: {problem}")
                 norm_boxes.append(tuple(float(v) for v in box))
-                objects["bbox"][i] = list(codec.quantize_box(box))
+                objects["bbox"][i] = list(codec.target_bins(box))
             self._apply_order(inputs, norm_boxes)
 
         def replace_ref(self, ref, index, inputs):
