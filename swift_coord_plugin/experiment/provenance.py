@@ -192,6 +192,29 @@ def _recorded(d, key: str):
     return d
 
 
+def _short(v) -> str:
+    s = v if v == NOT_RECORDED else json.dumps(v, default=str)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _differences(key: str, have, want, out: list) -> None:
+    """Append one line per differing leaf (dict keys and list items named, e.g. ``env.COORD_X``, ``command[3]``)."""
+    if json.dumps(have, sort_keys=True, default=str) == json.dumps(want, sort_keys=True, default=str):
+        return
+    if isinstance(have, dict) and isinstance(want, dict):
+        for k in sorted(set(have) | set(want)):
+            _differences(f"{key}.{k}", have.get(k, NOT_RECORDED), want.get(k, NOT_RECORDED), out)
+    elif isinstance(have, list) and isinstance(want, list):
+        if len(have) == len(want):
+            for i, (h, w) in enumerate(zip(have, want)):
+                _differences(f"{key}[{i}]", h, w, out)
+        else:  # from the first item that differs
+            i = next((i for i, (h, w) in enumerate(zip(have, want)) if h != w), min(len(have), len(want)))
+            out.append(f"{key}[{i}:]: recorded {_short(have[i:])}, asked {_short(want[i:])}")
+    else:
+        out.append(f"{key}: recorded {_short(have)}, asked {_short(want)}")
+
+
 def reuse_mismatches(recorded_path: str, wanted: Mapping[str, object]) -> list:
     """Why a finished piece of work (a ``report.json``, a shard's or a stage's stamp: a JSON object) may NOT be
     reused for the one asked: one line per key of ``wanted`` (dotted keys into the file's object, e.g.
@@ -206,12 +229,9 @@ def reuse_mismatches(recorded_path: str, wanted: Mapping[str, object]) -> list:
         return [f"{recorded_path}: not there"]
     except ValueError as e:
         return [f"{recorded_path}: not valid JSON ({e})"]
-    out = []
+    out: list = []
     for key, want in wanted.items():
-        have = _recorded(data, key)
-        if json.dumps(have, sort_keys=True, default=str) != json.dumps(want, sort_keys=True, default=str):
-            short = lambda v: (s if len(s := json.dumps(v, default=str)) <= 80 else s[:77] + "...")  # noqa: E731
-            out.append(f"{key}: recorded {short(have) if have != NOT_RECORDED else have}, asked {short(want)}")
+        _differences(key, _recorded(data, key), want, out)
     return out
 
 
