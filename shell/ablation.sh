@@ -73,6 +73,8 @@ DECODE="${DECODE:-argmax}"; SCORE="${SCORE:-logprob}"; MAX_DETS="${MAX_DETS:-100
 DECODING="${DECODING:-constrained}"; INFER_BACKEND="${INFER_BACKEND:-transformers}"
 INFER_CONFIG="${INFER_CONFIG:-$ROOT/templates/infer_eval.yaml}"
 EVAL_NPROC="${EVAL_NPROC:-$NPROC}"
+command -v coord-prepare-coco >/dev/null \
+  || { echo "[ablation] coord-prepare-coco not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 # The weights first: an offline node without them stops here, not after hours of preparation.
 USE_HF_FLAG=(); [[ " $* " =~ \ --use_hf\ ([Tt]rue|1)\  ]] && USE_HF_FLAG=(--use-hf)
 python -m swift_coord_plugin.cli.model_source "$MODEL" ${USE_HF_FLAG[@]+"${USE_HF_FLAG[@]}"} >/dev/null \
