@@ -181,3 +181,18 @@ def test_eval_script_ckpt_all_reuses_only_matching_reports(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh"), "--max_new_tokens", "32"], env=base,
                           cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     assert proc.returncode == 2 and "settings.inference.swift_args[1]: recorded \"16\", asked \"32\"" in proc.stdout, proc.stdout
+
+
+def test_reuse_of_a_rescoring_takes_the_inference_side_from_the_answers(tmp_path, capsys):
+    """A report that re-scored another evaluation's answers is reused when that record and the checkpoint match."""
+    val = tmp_path / "val.jsonl"
+    val.write_text(SAMPLE_JSONL.read_text())
+    out = _scored_run(tmp_path, val, steps=(5,))
+    d, ck = out / "eval" / "checkpoint-5", out / "checkpoint-5"
+    args = ["reuse", str(d / "report.json"), "--checkpoint", str(ck), "--gt", GT, "--decode", "argmax", "--score",
+            "logprob", "--max-dets", "100", "--inference-from", str(d / "infer_settings.json")]
+    assert infer_settings.main(args) == 0, capsys.readouterr().out
+    st = os.stat(ck / "model.safetensors")
+    os.utime(ck / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert infer_settings.main(args) == 1
+    assert "settings.inference.checkpoint_digest: recorded" in capsys.readouterr().out

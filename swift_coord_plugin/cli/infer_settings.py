@@ -8,9 +8,11 @@
     ``args.json``). Prints the value eval.sh must pass to ``swift infer`` (empty when the arguments already carry
     it or none is known).
 ``reuse REPORT --checkpoint CKPT --gt GT --decode D --score S --max-dets N [--max-pixels N] [IDENTITY OPTIONS]
-[-- SWIFT_INFER_ARGS...]``
+[--inference-from INFER_SETTINGS] [-- SWIFT_INFER_ARGS...]``
     Exit 0 when ``REPORT`` (a finished ``report.json``) was made exactly as asked (``provenance.reuse_mismatches``
-    over ``provenance.evaluation_wanted``), else print why not, one reason a line, and exit 1.
+    over ``provenance.evaluation_wanted``), else print why not (reasons joined by "; ") and exit 1. With
+    ``--inference-from``, a re-scoring of another evaluation's answers: the inference side asked is that file's
+    record, with the identity of ``CKPT``.
 ``shard-stamp --settings INFER_SETTINGS --gt GT --shard SHARD.jsonl --out STAMP``
     Record what a finished shard's result file was made with (the run's ``infer_settings.json``, the shard's
     rows, the GT file), in ``report.json``'s shape.
@@ -98,6 +100,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--score", required=True)
     r.add_argument("--max-dets", type=int, required=True)
     r.add_argument("--max-pixels", default="")
+    r.add_argument("--inference-from", default=None,
+                   help="re-scoring another evaluation's answers: its infer_settings.json gives the inference side "
+                        "(the checkpoint's identity is still taken from --checkpoint)")
     _identity_options(r)
     for name in ("shard-stamp", "shard-reuse"):
         s = sub.add_parser(name)
@@ -139,6 +144,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
         try:
             inference = inference_identity(a.checkpoint, value, **_identity(a, value, swift_args))
+            if a.inference_from:  # no inference of its own: the answers' record, for this checkpoint
+                with open(a.inference_from, encoding="utf-8") as f:
+                    inference = dict(json.load(f), checkpoint_digest=inference["checkpoint_digest"],
+                                     checkpoint_step=inference["checkpoint_step"])
             wanted = evaluation_wanted(inference, file_sha256(a.gt), decode=a.decode, score=a.score,
                                        max_dets=a.max_dets, coord_eval_args=a.eval_args)
         except FileNotFoundError as e:
