@@ -30,8 +30,8 @@
 # Re-runs skip a finished stage only when nothing that changes its numbers changed:
 #   prepare, train  a stamp (coord_stage.json) of the exact command and the SHA-256 of its input files
 #                   (cli/stage.py); an interrupted training with the same stamp resumes from its last
-#                   checkpoint; a finished one with another stamp is moved aside to <dir>.replaced-<time> and
-#                   trained afresh
+#                   checkpoint; one with another stamp moves to OUT/replaced/<name>-<time> and is trained
+#                   afresh
 #   evaluate        a report.json made exactly as asked (the reuse rule of shell/eval.sh, cli/infer_settings.py)
 #   compare         always runs (it reads the reports)
 set -euo pipefail
@@ -135,12 +135,14 @@ for g in a b c; do
           [ "$DRY" = 1 ] || exit 2
         fi
         say "train $g seed $seed: run"; resume=0 ;;
-      *)        say "train $g seed $seed: run afresh ($state); $dir moves to $dir.replaced-<time>"; resume=0 ;;
+      *)        say "train $g seed $seed: run afresh ($state); $dir moves to $OUT/replaced/$(basename "$dir")-<time>"; resume=0 ;;
     esac
     show "${CMD[@]}"
     { [ "$DRY" = 1 ] || ! wanted train; } && continue
     if [ "$NODE_RANK" = 0 ]; then
-      [ "$state" = started ] || [ ! -e "$dir" ] || mv "$dir" "$dir.replaced-$(date +%Y%m%d-%H%M%S)"
+      if [ "$state" != started ] && [ -e "$dir" ]; then   # out of compare.sh's group_<g>_seed* pattern
+        mkdir -p "$OUT/replaced"; mv "$dir" "$OUT/replaced/$(basename "$dir")-$(date +%Y%m%d-%H%M%S)"
+      fi
       "${STAGE[@]}" mark "$stamp" --status started "${INPUTS[@]}" -- "${CMD[@]}"
     fi
     RESUME="$resume" "${CMD[@]}"
