@@ -64,7 +64,7 @@ def _identity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-args", default="")
 
 
-def _identity(a, value, swift_args: List[str]) -> dict:
+def _identity(a, swift_args: List[str]) -> dict:
     # eval.sh exports COORD_DECODING=DECODING before it writes the record: the same environment is asked here.
     environ = dict(os.environ, **({"COORD_DECODING": a.decoding} if a.decoding else {}))
     return dict(decoding=a.decoding, infer_backend=a.infer_backend, val_data=a.val_data,
@@ -143,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"no report yet ({a.report})")
             return 1
         try:
-            inference = inference_identity(a.checkpoint, value, **_identity(a, value, swift_args))
+            inference = inference_identity(a.checkpoint, value, **_identity(a, swift_args))
             if a.inference_from:  # no inference of its own: the answers' record, for this checkpoint
                 with open(a.inference_from, encoding="utf-8") as f:
                     inference = dict(json.load(f), checkpoint_digest=inference["checkpoint_digest"],
@@ -157,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("; ".join(reasons))
         return 1 if reasons else 0
     write_inference_settings(a.out, a.checkpoint, value, source, coord_eval_args=a.eval_args,
-                             **_identity(a, value, swift_args))
+                             **_identity(a, swift_args))
     print("" if in_swift_args or value is None else value)
     return 0
 
