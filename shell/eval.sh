@@ -7,8 +7,10 @@
 #   GROUP      a | b | c                                  (a)
 #   OUT        the group's training output directory     (output/ablation/group_$GROUP)
 #   CKPT       checkpoint to evaluate                     (the last checkpoint-* in OUT)
-#              CKPT=all: every checkpoint-* of OUT, each into EVAL_ROOT/checkpoint-N/ (a finished report.json
-#              with the same DECODE/SCORE/MAX_DETS/DECODING/INFER_BACKEND is reused); coord-compare plots AP against step from them
+#              CKPT=all: every checkpoint-* of OUT, each into EVAL_ROOT/checkpoint-N/; coord-compare plots AP against
+#              step from them. A finished report.json is reused only when it was made exactly as asked (the
+#              checkpoint's weights and step, GT file, VAL_DATA rows, resolution, DECODE/SCORE/MAX_DETS/DECODING/
+#              INFER_BACKEND, INFER_CONFIG, flags, EVAL_ARGS, COORD_* environment); otherwise the reason is printed
 #   INFER_MAX_PIXELS  inference image resolution         (the max_pixels the run trained with, from args.json;
 #              a --max_pixels among the extra flags wins); recorded in infer_settings.json and report.json
 #   VAL_DATA   samples to run on, unified JSONL           ($COORD_DATA_ROOT/data/coco/val2017.jsonl, the file
@@ -27,7 +29,10 @@
 #   EVAL_ARGS  more coord-eval options, e.g. "--plots --keep-duplicates" or "--all-gt-images"   ("")
 #   NPROC_PER_NODE=N  N `swift infer` processes, each on a contiguous shard of VAL_DATA with its own result
 #              file (OUT/eval/shards/), merged in order into one file and checked; GPUS_PER_SHARD (1) GPUs
-#              each, taken in order from CUDA_VISIBLE_DEVICES (or 0..). Not ms-swift's own NPROC_PER_NODE
+#              each, taken in order from CUDA_VISIBLE_DEVICES (or 0..). One progress line across the shards every
+#              EVAL_PROGRESS_S seconds (30): rows done, rate, time left, counted in the result files, which
+#              receive EVAL_WRITE_BATCH rows at a time (32; 256 on vLLM). A re-run keeps each finished shard made
+#              exactly as asked and re-runs the others from scratch. Not ms-swift's own NPROC_PER_NODE
 #              launch: its gather keeps only rank 0's rows on a machine without CUDA (eval/shards.py).
 #   COORD_DATA_ROOT  folder that relative coord: paths are resolved against   (the repository root)
 #   EVAL_NAME  name of this evaluation: it goes to EVAL_ROOT=OUT/eval/EVAL_NAME/ (with its checkpoint-N/ and
@@ -71,11 +76,22 @@ if [ "${CKPT:-}" = "all" ]; then
   mapfile -t ALL_CKPTS < <(ls -d "$OUT"/checkpoint-* 2>/dev/null | awk -F'checkpoint-' '{print $NF"\t"$0}' \
                            | sort -n | cut -f2-)
   [ "${#ALL_CKPTS[@]}" -gt 0 ] || { echo "[eval] CKPT=all: no checkpoint-* in $OUT" >&2; exit 2; }
+  ALL_VAL="${VAL_DATA:-${COORD_DATA_ROOT:-$ROOT}/data/coco/val2017.jsonl}"
   for c in "${ALL_CKPTS[@]}"; do
     d="$EVAL_ROOT/$(basename "$c")"
-    if python -m swift_coord_plugin.cli.infer_settings reuse "$d/report.json" "$DECODE" "$SCORE" "$MAX_DETS" "$DECODING" "$INFER_BACKEND"; then
+    FROM=()   # RESULTS_FROM: the inference side of the reused report is that evaluation's record
+    if [ -n "${RESULTS_FROM:-}" ]; then
+      src="$OUT/eval"; [ "$RESULTS_FROM" = default ] || src="$OUT/eval/$RESULTS_FROM"
+      FROM=(--inference-from "$src/$(basename "$c")/infer_settings.json")
+    fi
+    # Reused only when everything that changes its numbers matches (provenance.reuse_mismatches); else why not.
+    if WHY=$(python -m swift_coord_plugin.cli.infer_settings reuse "$d/report.json" --checkpoint "$c" --gt "$GT" \
+             --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" --decoding "$DECODING" \
+             --infer-backend "$INFER_BACKEND" --val-data "$ALL_VAL" --infer-config "$INFER_CONFIG" \
+             --max-pixels "${INFER_MAX_PIXELS:-}" --eval-args "${EVAL_ARGS:-}" ${FROM[@]+"${FROM[@]}"} -- "$@"); then
       echo "[eval] $(basename "$c"): reusing $d/report.json"; continue
     fi
+    echo "[eval] $(basename "$c"): evaluating ($WHY)"
     CKPT="$c" EVAL_DIR="$d" bash "${BASH_SOURCE[0]}" "$@"
   done
   exit 0
@@ -127,10 +143,6 @@ ARGS=("$INFER_CONFIG" --external_plugins "$(coord-plugin-path)" --infer_backend 
 export COORD_DECODING="$DECODING" COORD_DECODING_RECORD="$EVAL_DIR/infer_result.jsonl.decoding.json"
 rm -f "$COORD_DECODING_RECORD"
 if [ -f "$CKPT/adapter_config.json" ]; then ARGS+=(--adapters "$CKPT"); else ARGS+=(--model "$CKPT"); fi
-# Inference resolution: the run's (recorded with checkpoint and step in infer_settings.json, read by coord-eval).
-PIX=$(python -m swift_coord_plugin.cli.infer_settings write --checkpoint "$CKPT" --out "$EVAL_DIR/infer_settings.json" \
-      --max-pixels "${INFER_MAX_PIXELS:-}" -- "$@")
-[ -z "$PIX" ] || ARGS+=(--max_pixels "$PIX")
 SWIFT=(swift)
 if [ "$INFER_BACKEND" = vllm ]; then
   # The vLLM environment's swift (COORD_VLLM=1 bash shell/setup.sh); VLLM_ARGS are its extra flags.
@@ -145,6 +157,11 @@ if [ "$INFER_BACKEND" = vllm ]; then
   export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
 fi
 # --- sharded inference, check against VAL_DATA, coord-eval options (cluster set-up) --------------------
+# Inference resolution: the run's (recorded with checkpoint and step in infer_settings.json, read by coord-eval).
+PIX=$(python -m swift_coord_plugin.cli.infer_settings write --checkpoint "$CKPT" --out "$EVAL_DIR/infer_settings.json" \
+      --max-pixels "${INFER_MAX_PIXELS:-}" --decoding "$DECODING" --infer-backend "$INFER_BACKEND" \
+      --val-data "$VAL_DATA" --infer-config "$INFER_CONFIG" --eval-args "${EVAL_ARGS:-}" -- "$@")
+[ -z "$PIX" ] || ARGS+=(--max_pixels "$PIX")
 NSHARDS="${NPROC_PER_NODE:-1}"
 GPUS_PER_SHARD="${GPUS_PER_SHARD:-1}"
 [[ "$NSHARDS" =~ ^[1-9][0-9]*$ ]] || { echo "[eval] NPROC_PER_NODE must be a positive integer (got '$NSHARDS')" >&2; exit 2; }
@@ -157,32 +174,73 @@ if [ "$NSHARDS" = "1" ]; then
   "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:$VAL_DATA" --result_path "$RESULT" "$@"
   "${SHARDS[@]}" check --val "$VAL_DATA" "$RESULT"
 else
-  rm -rf "$EVAL_DIR/shards"
+  # A re-run keeps a finished shard when its result file holds every row of the shard and its stamp
+  # (result_<i>.settings.json) matches this run: checkpoint, GT, rows, decoding, backend, resolution, flags
+  # (provenance.reuse_mismatches). Any other result file is deleted first: swift infer appends to it.
+  mkdir -p "$EVAL_DIR/shards"
   mapfile -t SHARD_FILES < <("${SHARDS[@]}" split --val "$VAL_DATA" --n "$NSHARDS" --out-dir "$EVAL_DIR/shards")
+  for f in "$EVAL_DIR"/shards/shard_*.jsonl; do   # left by an earlier split into more shards
+    i="${f##*/shard_}"; i="${i%.jsonl}"
+    [ "$i" -lt "${#SHARD_FILES[@]}" ] || rm -f "$f" "$EVAL_DIR/shards/result_$i.jsonl" "$EVAL_DIR/shards/result_$i.settings.json"
+  done
   NGPU="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
   IFS=',' read -r -a DEVICES <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((NGPU > 0 ? NGPU - 1 : 0)))}"
   if [ "$NGPU" -gt 0 ] && [ $(( ${#SHARD_FILES[@]} * GPUS_PER_SHARD )) -gt "$NGPU" ]; then
     echo "[eval] ${#SHARD_FILES[@]} shards x GPUS_PER_SHARD=$GPUS_PER_SHARD need more than the $NGPU visible GPUs" >&2; exit 2
   fi
-  PIDS=(); PARTS=()
+  # Rows reach the result files EVAL_WRITE_BATCH at a time (ms-swift's --write_batch_size, 1000 by default):
+  # the progress line counts them. vLLM batches only within one write batch, so it gets a larger one.
+  WRITE=()
+  [[ " $* " =~ \ --write_batch_size[\ =] ]] || \
+    WRITE=(--write_batch_size "${EVAL_WRITE_BATCH:-$([ "$INFER_BACKEND" = vllm ] && echo 256 || echo 32)}")
+  PIDS=(); PARTS=(); RUNNING=()
   for i in "${!SHARD_FILES[@]}"; do
-    part="$EVAL_DIR/shards/result_$i.jsonl"; PARTS+=("$part")
+    part="$EVAL_DIR/shards/result_$i.jsonl"; PARTS+=("$part"); stamp="$EVAL_DIR/shards/result_$i.settings.json"
+    if WHY=$(python -m swift_coord_plugin.cli.infer_settings shard-reuse "$stamp" --result "$part" \
+             --settings "$EVAL_DIR/infer_settings.json" --gt "$GT" --shard "${SHARD_FILES[$i]}"); then
+      echo "[eval] shard $i: keeping $part (finished, made with the same checkpoint, GT, rows, decoding, backend, resolution and flags)"
+      continue
+    fi
+    [ ! -e "$part" ] || echo "[eval] shard $i: deleting $part ($WHY)"
+    rm -f "$part" "$stamp"
     dev=()
     if [ "$NGPU" -gt 0 ]; then
       dev=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${DEVICES[*]:$((i * GPUS_PER_SHARD)):$GPUS_PER_SHARD}")")
     fi
-    echo "[eval] shard $i: ${dev[*]:-} ${SWIFT[*]} infer ... --val_dataset coord:${SHARD_FILES[$i]} --result_path $part (log: $EVAL_DIR/shards/infer_$i.log)"
-    env ${dev[@]+"${dev[@]}"} "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:${SHARD_FILES[$i]}" --result_path "$part" "$@" \
-      > "$EVAL_DIR/shards/infer_$i.log" 2>&1 &
-    PIDS+=($!)
+    echo "[eval] shard $i: ${dev[*]:-} ${SWIFT[*]} infer ... --val_dataset coord:${SHARD_FILES[$i]} --result_path $part ${WRITE[*]:-} (log: $EVAL_DIR/shards/infer_$i.log)"
+    env ${dev[@]+"${dev[@]}"} "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:${SHARD_FILES[$i]}" --result_path "$part" \
+      ${WRITE[@]+"${WRITE[@]}"} "$@" > "$EVAL_DIR/shards/infer_$i.log" 2>&1 &
+    PIDS+=($!); RUNNING+=("$i")
+  done
+  # One progress line across shards every EVAL_PROGRESS_S seconds (30) while any runs.
+  T0=$(date +%s); PROGRESS=("${SHARDS[@]}" progress --shards "${SHARD_FILES[@]}" --results "${PARTS[@]}")
+  BASE=$("${PROGRESS[@]}" --rows-done)
+  NEXT=$(( T0 + ${EVAL_PROGRESS_S:-30} ))
+  while [ ${#PIDS[@]} -gt 0 ]; do
+    alive=0; for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || break
+    sleep 1
+    if [ "$(date +%s)" -ge "$NEXT" ]; then
+      "${PROGRESS[@]}" --baseline "$BASE" --elapsed $(( $(date +%s) - T0 )) || true
+      NEXT=$(( $(date +%s) + ${EVAL_PROGRESS_S:-30} ))
+    fi
   done
   FAILED=()
-  for i in "${!PIDS[@]}"; do wait "${PIDS[$i]}" || FAILED+=("$i"); done
+  for k in "${!PIDS[@]}"; do
+    i="${RUNNING[$k]}"
+    if wait "${PIDS[$k]}"; then
+      python -m swift_coord_plugin.cli.infer_settings shard-stamp --out "$EVAL_DIR/shards/result_$i.settings.json" \
+        --settings "$EVAL_DIR/infer_settings.json" --gt "$GT" --shard "${SHARD_FILES[$i]}"
+    else
+      FAILED+=("$i")
+    fi
+  done
+  "${PROGRESS[@]}" --baseline "$BASE" --elapsed $(( $(date +%s) - T0 )) || true
   for i in ${FAILED[@]+"${FAILED[@]}"}; do
     echo "[eval] shard $i failed; the end of $EVAL_DIR/shards/infer_$i.log:" >&2
     tail -20 "$EVAL_DIR/shards/infer_$i.log" >&2
   done
-  [ ${#FAILED[@]} -eq 0 ] || exit 1
+  [ ${#FAILED[@]} -eq 0 ] || { echo "[eval] a re-run keeps the finished shards and re-runs the others" >&2; exit 1; }
   "${SHARDS[@]}" merge --val "$VAL_DATA" --out "$RESULT" "${PARTS[@]}"
 fi
 score

@@ -7,6 +7,8 @@
 #   GROUP       a | b | c                                   (a)
 #   CONFIG      run configuration                           (templates/group_$GROUP.yaml)
 #   MODEL       Qwen3-VL checkpoint (dir or hub id)         (the configuration's)
+#               a hub id comes from ModelScope, or Hugging Face with --use_hf true; offline (HF_HUB_OFFLINE=1)
+#               it must be in that hub's cache, else train.sh stops naming it (docs/cluster.md)
 #   DATA        training samples, unified JSONL [#N]        (the configuration's)
 #   VAL_DATA    validation samples, unified JSONL [#N]      (the configuration's; '#N': N rows, all if fewer)
 #   OUT         output directory                            (output/ablation/group_$GROUP)
@@ -87,6 +89,14 @@ elif [[ " $* " != *" --bf16 false "* ]] \
   echo "[train] (fp32; e.g. GROUP=a MODEL=<small Qwen3-VL> CPU=1 bash shell/train.sh --max_steps 2)" >&2
   exit 2
 fi
+# --- weights (docs/cluster.md): a local folder, or a hub id that ModelScope (default) or Hugging Face (--use_hf
+# true) downloads; on an offline node (HF_HUB_OFFLINE=1) a hub id must already be in that hub's cache ----------
+WEIGHTS="${MODEL:-$(sed -n 's/^model:[[:space:]]*\([^[:space:]#]*\).*/\1/p' "$CONFIG" | head -1)}"
+WHAT="${MODEL:+MODEL}"; WHAT="${WHAT:-the model of $CONFIG}"
+for ((k = 1; k < $#; k++)); do [ "${!k}" = --model ] && { n=$((k + 1)); WEIGHTS="${!n}"; WHAT="--model"; }; done
+USE_HF_FLAG=(); [[ " $* " =~ \ --use_hf\ ([Tt]rue|1)\  ]] && USE_HF_FLAG=(--use-hf)
+python -m swift_coord_plugin.cli.model_source "$WEIGHTS" --what "$WHAT" ${USE_HF_FLAG[@]+"${USE_HF_FLAG[@]}"} >/dev/null \
+  || { echo "[train] the model weights are not reachable (above); docs/cluster.md says how to bring them" >&2; exit 2; }
 # -----------------------------------------------------------------------------------------------------
 mkdir -p "$OUT"
 echo "[train] group $GROUP | tuner $TUNER | deepspeed ${DEEPSPEED:-none} | NPROC_PER_NODE=${NPROC_PER_NODE:-unset} NNODES=${NNODES:-unset} | cpu ${CPU:-0} | resume $RESUME | COORD_DATA_ROOT=$COORD_DATA_ROOT"

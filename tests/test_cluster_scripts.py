@@ -130,6 +130,25 @@ def test_cpu_recipe_paths_resume_and_sharded_eval(tiny_model_dir, sample_jsonl, 
     report = json.load(open(named / "report.json"))
     assert report["counts"]["rows"]["total"] == 9 and report["counts"]["images"]["evaluated"] == 9
     assert len(report["metrics"]) == 12
+    assert "--write_batch_size 32" in proc.stdout and "[eval] shards: 9/9 rows (100.0%)" in proc.stdout
+
+    # A re-run keeps the finished shard 0 and re-runs shard 1, whose result file is partial (deleted first:
+    # swift infer would append to it), with one progress line across both shards.
+    part1 = named / "shards" / "result_1.jsonl"
+    part1.write_text("".join(part1.read_text().splitlines(keepends=True)[:2]))
+    proc = _run("eval.sh", {"GROUP": "a", "OUT": str(out), "NPROC_PER_NODE": "2", "COORD_DATA_ROOT": str(root),
+                            "GT": gt, "EVAL_ARGS": "--plots", "EVAL_NAME": "argmax",
+                            "EVAL_PROGRESS_S": "1"},
+                "--max_new_tokens", "16", "--max_pixels", "65536", cwd=elsewhere, timeout=900)
+    (tmp_path / "eval2.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "[eval] shard 0: keeping" in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("[eval] shard 0:") and " infer " in line]
+    assert f"[eval] shard 1: deleting {part1} (incomplete: 2 of 4 requested rows have no result" in proc.stdout
+    assert "[eval] shards: 9/9 rows (100.0%)" in proc.stdout and "[eval] shards: 5/9 rows" in proc.stdout
+    rows = read_jsonl(named / "infer_result.jsonl")
+    assert [r["chat_template_kwargs"]["coord_meta"]["image_id"] for r in rows] == want
+
     # A second evaluation of the same answers (the CoordExp decision), no inference: beside the first.
     proc = _run("eval.sh", {"GROUP": "a", "OUT": str(out), "COORD_DATA_ROOT": str(root), "GT": gt,
                             "EVAL_NAME": "coordexp", "RESULTS_FROM": "argmax", "DECODE": "coordexp"},

@@ -101,3 +101,62 @@ def test_cli_exit_codes(tmp_path, capsys):
     (tmp_path / "broken.jsonl").write_text('{"response": ""}\n{not json\n')
     assert shards_main(["check", "--val", str(val), str(tmp_path / "broken.jsonl")]) == 2
     assert "broken.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_progress_counts_complete_lines_across_shards(tmp_path, capsys):
+    from swift_coord_plugin.eval.shards import count_rows, progress_line
+
+    val, rows = _samples(tmp_path, 10)
+    s0, s1 = split_samples(str(val), 2, str(tmp_path / "shards"))
+    r0 = _write(tmp_path / "r0.jsonl", [_result(s, tmp_path) for s in rows[:5]])
+    r1 = tmp_path / "r1.jsonl"
+    r1.write_text(json.dumps(_result(rows[5], tmp_path)) + "\n" + '{"response": "par')  # a line being written
+    assert count_rows(str(r1)) == 1 and count_rows(str(tmp_path / "none.jsonl")) == 0
+    assert shards_main(["progress", "--shards", s0, s1, "--results", r0, str(r1), "--rows-done"]) == 0
+    assert capsys.readouterr().out.strip() == "6"
+    assert shards_main(["progress", "--shards", s0, s1, "--results", r0, str(r1), "--elapsed", "2", "--baseline", "5"]) == 0
+    # 5 rows were kept from an earlier run: the rate counts this run's row only
+    assert capsys.readouterr().out.strip() == \
+        "[eval] shards: 6/10 rows (60.0%) | 0.50 rows/s | about 8s left | 2s elapsed"
+    assert progress_line(0, 4000, 30) == \
+        "[eval] shards: 0/4000 rows (0.0%) | 0.00 rows/s | time left unknown (no row yet) | 30s elapsed"
+    assert progress_line(1000, 4000, 600).endswith("about 30m00s left | 10m00s elapsed")
+    assert progress_line(4000, 4000, 3700).endswith("done | 1h01m elapsed")
+
+
+def test_shard_kept_only_when_complete_and_made_as_asked(tmp_path, capsys):
+    """A shard's result file is kept when its stamp matches the run and it holds every row of the shard."""
+    from swift_coord_plugin.cli import infer_settings
+
+    val, rows = _samples(tmp_path, 6)
+    s0, s1 = split_samples(str(val), 2, str(tmp_path / "shards"))
+    gt = tmp_path / "gt.json"
+    gt.write_text("{}")
+    ck = tmp_path / "checkpoint-3"
+    ck.mkdir()
+    (ck / "model.safetensors").write_bytes(b"w")
+    settings = str(tmp_path / "infer_settings.json")
+    infer_settings.main(["write", "--checkpoint", str(ck), "--out", settings, "--max-pixels", "65536",
+                         "--decoding", "constrained", "--infer-backend", "transformers", "--val-data", str(val)])
+    r0 = _write(tmp_path / "r0.jsonl", [_result(s, tmp_path) for s in rows[:3]])
+    stamp = str(tmp_path / "r0.settings.json")
+    capsys.readouterr()
+    args = ["--settings", settings, "--gt", str(gt), "--shard", s0]
+    assert infer_settings.main(["shard-reuse", stamp, "--result", r0, *args]) == 1
+    assert "r0.settings.json: not there" in capsys.readouterr().out
+    assert infer_settings.main(["shard-stamp", "--out", stamp, *args]) == 0
+    assert infer_settings.main(["shard-reuse", stamp, "--result", r0, *args]) == 0
+    # another shard's rows (another split), a partial file, another resolution: not kept
+    capsys.readouterr()
+    assert infer_settings.main(["shard-reuse", stamp, "--result", r0, "--settings", settings, "--gt", str(gt),
+                                "--shard", s1]) == 1
+    assert "settings.inference.val_data_sha256: recorded" in capsys.readouterr().out
+    partial = _write(tmp_path / "r0.jsonl", [_result(s, tmp_path) for s in rows[:2]])
+    assert infer_settings.main(["shard-reuse", stamp, "--result", partial, *args]) == 1
+    assert "incomplete: 1 of 3 requested rows have no result: image_id 102" in capsys.readouterr().out
+    _write(tmp_path / "r0.jsonl", [_result(s, tmp_path) for s in rows[:3]])
+    infer_settings.main(["write", "--checkpoint", str(ck), "--out", settings, "--max-pixels", "32768",
+                         "--decoding", "constrained", "--infer-backend", "transformers", "--val-data", str(val)])
+    capsys.readouterr()
+    assert infer_settings.main(["shard-reuse", stamp, "--result", r0, *args]) == 1
+    assert "settings.inference.max_pixels: recorded 65536, asked 32768" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from helpers import REPO, SAMPLE_DIR, swift_env
+from helpers import REPO, SAMPLE_DIR, SAMPLE_JSONL, swift_env
 from swift_coord_plugin.cli import infer_settings
 from swift_coord_plugin.experiment import provenance as pv
 
@@ -73,34 +73,129 @@ def test_report_records_gt_images_and_inference(tmp_path):
     assert s["inference"]["checkpoint_step"] == 20 and s["inference"]["env"] == {"COORD_X": "1"}
 
 
-def test_eval_script_ckpt_all_reuses_finished_reports(tmp_path):
+def test_reuse_mismatches_names_each_difference(tmp_path):
+    rec = tmp_path / "report.json"
+    assert pv.reuse_mismatches(str(rec), {"settings.decode": "argmax"}) == [f"{rec}: not there"]
+    rec.write_text(json.dumps({"settings": {"decode": "argmax", "inference": {"max_pixels": 65536}}}))
+    assert pv.reuse_mismatches(str(rec), {"settings.decode": "argmax", "settings.inference.max_pixels": 65536}) == []
+    assert pv.reuse_mismatches(str(rec), {"settings.inference.max_pixels": 32768, "settings.gt_sha256": "ab"}) == [
+        "settings.inference.max_pixels: recorded 65536, asked 32768",
+        'settings.gt_sha256: recorded (not recorded), asked "ab"']  # an older report is re-scored, not trusted
+    rec.write_text("{")
+    assert "not valid JSON" in pv.reuse_mismatches(str(rec), {"settings.decode": "argmax"})[0]
+
+
+def test_checkpoint_digest_changes_when_retrained(tmp_path):
+    ck = tmp_path / "checkpoint-5"
+    ck.mkdir()
+    (ck / "model.safetensors").write_bytes(b"a" * 10)
+    (ck / "optimizer.pt").write_bytes(b"o")
+    d = pv.checkpoint_digest(str(ck))
+    (ck / "optimizer.pt").write_bytes(b"oo")  # not the weights
+    assert pv.checkpoint_digest(str(ck)) == d
+    st = os.stat(ck / "model.safetensors")
+    os.utime(ck / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, written again
+    assert pv.checkpoint_digest(str(ck)) != d
+
+
+def _scored_run(tmp_path, val, steps=(5, 25)):
+    """A run with checkpoints (weights, args.json) and, per checkpoint, a report.json made the way shell/eval.sh
+    makes it: infer_settings.json through the same CLI, then coord-eval's scoring on synthetic answers."""
+    from swift_coord_plugin.eval.scoring import EvalSettings, evaluate_results, write_outputs
+    from swift_coord_plugin.eval.synthetic import rows_from_boxes
+
+    gt = json.load(open(GT))
+    ids = [json.loads(line)["image_id"] for line in open(val) if line.strip()]
+    rows = rows_from_boxes(gt, gt["annotations"], image_ids=ids)
     out = tmp_path / "group_a"
-    for step in (100, 25, 5):
-        (out / f"checkpoint-{step}").mkdir(parents=True)
+    for step in steps:
+        ck = out / f"checkpoint-{step}"
+        ck.mkdir(parents=True)
+        (ck / "model.safetensors").write_bytes(b"w" * step)
+        (ck / "args.json").write_text(json.dumps({"max_pixels": 65536}))
         d = out / "eval" / f"checkpoint-{step}"
         d.mkdir(parents=True)
-        (d / "report.json").write_text(json.dumps({"settings": {"decode": "argmax", "score": "logprob",
-                                                                "max_dets": 100, "decoding": "constrained",
-                                                                "infer_backend": "transformers"}}))
-    env = swift_env({"GROUP": "a", "OUT": str(out), "GT": GT, "CKPT": "all", "PYTHONPATH": str(REPO),
-                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
-    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout
-    assert [line.split()[1] for line in proc.stdout.splitlines() if "reusing" in line] == \
-        ["checkpoint-5:", "checkpoint-25:", "checkpoint-100:"]
-    # A report generated another way (here: free decoding) is not reused.
-    rep = out / "eval" / "checkpoint-25" / "report.json"
-    rep.write_text(rep.read_text().replace('"constrained"', '"free"'))
-    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=120)
-    assert proc.returncode != 0 and "checkpoint-25: reusing" not in proc.stdout
-    assert "swift infer" not in proc.stdout
-    # Another score rule is not reused: the script goes on to run inference (stopped here by a bad VAL_DATA).
-    env.update({"SCORE": "constant", "VAL_DATA": str(tmp_path / "missing.jsonl")})
-    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=120)
-    assert proc.returncode == 2 and "reusing" not in proc.stdout and "VAL_DATA not found" in proc.stdout
+        res = d / "infer_result.jsonl"
+        res.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(pv.ENV_PREFIXES) and k not in pv.RESOLUTION_ENV}
+        subprocess.run([sys.executable, "-m", "swift_coord_plugin.cli.infer_settings", "write", "--checkpoint", str(ck),
+                        "--out", str(d / "infer_settings.json"), "--decoding", "constrained", "--infer-backend",
+                        "transformers", "--val-data", str(val), "--infer-config", str(REPO / "templates" / "infer_eval.yaml"),
+                        "--", "--max_new_tokens", "16"],
+                       env={**env, "COORD_DECODING": "constrained", "PYTHONPATH": str(REPO)}, check=True,
+                       stdout=subprocess.PIPE)
+        ev = evaluate_results(str(res), GT, EvalSettings(val_data=str(val), score="logprob", decoding="constrained",
+                                                         infer_backend="transformers"), progress=False)
+        write_outputs(str(d), ev)
+    return out
+
+
+def test_eval_script_ckpt_all_reuses_only_matching_reports(tmp_path):
+    """CKPT=all reuses a finished report.json only when it was made exactly as asked; a retrained checkpoint-N,
+    another GT file, another image subset or another resolution is evaluated again, and the reason printed."""
+    val = tmp_path / "val.jsonl"
+    val.write_text(SAMPLE_JSONL.read_text())
+    out = _scored_run(tmp_path, val)
+    # Only python (no coord-plugin-path): a checkpoint that is not reused stops right after the decision.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    base = {k: v for k, v in swift_env().items() if not k.startswith(pv.ENV_PREFIXES) and k not in pv.RESOLUTION_ENV}
+    base.update({"GROUP": "a", "OUT": str(out), "GT": GT, "CKPT": "all", "VAL_DATA": str(val),
+                 "PYTHONPATH": str(REPO), "PATH": f"{bin_dir}:/usr/bin:/bin"})
+
+    def run(**change):
+        proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh"), "--max_new_tokens", "16"],
+                              env={**base, **change}, cwd=str(REPO), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=120)
+        return proc.returncode, proc.stdout
+
+    rc, log = run()
+    assert rc == 0, log
+    assert [line.split()[1] for line in log.splitlines() if "reusing" in line] == ["checkpoint-5:", "checkpoint-25:"]
+    # A retrained checkpoint-25 (new weights): checkpoint-5 still reused, checkpoint-25 evaluated again.
+    w = out / "checkpoint-25" / "model.safetensors"
+    st = os.stat(w)
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    rc, log = run()
+    assert rc == 2 and "checkpoint-5: reusing" in log and "coord-plugin-path not on PATH" in log, log
+    assert "checkpoint-25: evaluating (settings.inference.checkpoint_digest: recorded" in log, log
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # Another GT file (same name, other content), another image subset, another resolution.
+    gt2 = tmp_path / "gt" / "instances.json"
+    gt2.parent.mkdir()
+    g = json.load(open(GT))
+    g["annotations"] = g["annotations"][:-1]
+    gt2.write_text(json.dumps(g))
+    subset = tmp_path / "val_subset.jsonl"
+    subset.write_text("".join(val.read_text().splitlines(keepends=True)[:5]))
+    for change, reason in (({"GT": str(gt2)}, "settings.gt_sha256: recorded"),
+                           ({"VAL_DATA": str(subset)}, "settings.inference.val_data_sha256: recorded"),
+                           ({"INFER_MAX_PIXELS": "32768"}, "settings.inference.max_pixels: recorded 65536, asked 32768")):
+        rc, log = run(**change)
+        assert rc == 2 and "reusing" not in log and f"checkpoint-5: evaluating ({reason}" in log, (change, log)
+    # Other swift infer flags, another decoding mode: not reused either.
+    rc, log = run(DECODING="free")
+    assert rc == 2 and "settings.inference.decoding: recorded \"constrained\", asked \"free\"" in log, log
+    proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh"), "--max_new_tokens", "32"], env=base,
+                          cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 2 and "settings.inference.swift_args[1]: recorded \"16\", asked \"32\"" in proc.stdout, proc.stdout
+
+
+def test_reuse_of_a_rescoring_takes_the_inference_side_from_the_answers(tmp_path, capsys):
+    """A report that re-scored another evaluation's answers is reused when that record and the checkpoint match."""
+    val = tmp_path / "val.jsonl"
+    val.write_text(SAMPLE_JSONL.read_text())
+    out = _scored_run(tmp_path, val, steps=(5,))
+    d, ck = out / "eval" / "checkpoint-5", out / "checkpoint-5"
+    args = ["reuse", str(d / "report.json"), "--checkpoint", str(ck), "--gt", GT, "--decode", "argmax", "--score",
+            "logprob", "--max-dets", "100", "--inference-from", str(d / "infer_settings.json")]
+    assert infer_settings.main(args) == 0, capsys.readouterr().out
+    st = os.stat(ck / "model.safetensors")
+    os.utime(ck / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert infer_settings.main(args) == 1
+    assert "settings.inference.checkpoint_digest: recorded" in capsys.readouterr().out
 
 
 def _eval_sh(env, tmp_path):
@@ -123,7 +218,8 @@ def test_eval_script_named_evaluations_and_results_from(tmp_path, sample_jsonl):
     for src in (out / "eval" / "argmax", out / "eval" / "argmax" / "checkpoint-20"):   # CKPT=20 and CKPT=all
         src.mkdir(parents=True)
         (src / "infer_result.jsonl").write_text(rows)
-        pv.write_inference_settings(str(src / "infer_settings.json"), str(ck), 65536, "test", environ={})
+        pv.write_inference_settings(str(src / "infer_settings.json"), str(ck), 65536, "test", environ={},
+                                    decoding="constrained", infer_backend="transformers")   # as eval.sh records
     base = {"OUT": str(out), "GT": GT, "VAL_DATA": sample_jsonl, "EVAL_NAME": "coordexp", "RESULTS_FROM": "argmax",
             "DECODE": "coordexp"}
     proc = _eval_sh(base, tmp_path)

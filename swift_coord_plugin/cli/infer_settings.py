@@ -1,17 +1,30 @@
 """Helpers of ``shell/eval.sh`` (``python -m swift_coord_plugin.cli.infer_settings ...``).
 
-``write --checkpoint CKPT --out FILE [--max-pixels N] [-- SWIFT_INFER_ARGS...]``
-    Decide the inference image resolution and record the inference settings (``infer_settings.json``).
-    The resolution is, first found: ``--max_pixels`` among the swift infer arguments, ``--max-pixels``
-    (``INFER_MAX_PIXELS``), the ``max_pixels`` the run trained with (the checkpoint's ``args.json``).
-    Prints the value eval.sh must pass to ``swift infer`` (empty when the arguments already carry it or
-    none is known).
-``reuse REPORT DECODE SCORE MAX_DETS [DECODING [INFER_BACKEND]]``
-    Exit 0 when ``REPORT`` exists and was scored (and generated) with these settings, 1 otherwise.
+``write --checkpoint CKPT --out FILE [--max-pixels N] [IDENTITY OPTIONS] [-- SWIFT_INFER_ARGS...]``
+    Decide the inference image resolution and record the inference settings (``infer_settings.json``: the
+    checkpoint's identity and step, the resolution, decoding, backend, VAL_DATA, configuration, flags,
+    environment). The resolution is, first found: ``--max_pixels`` among the swift infer arguments,
+    ``--max-pixels`` (``INFER_MAX_PIXELS``), the ``max_pixels`` the run trained with (the checkpoint's
+    ``args.json``). Prints the value eval.sh must pass to ``swift infer`` (empty when the arguments already carry
+    it or none is known).
+``reuse REPORT --checkpoint CKPT --gt GT --decode D --score S --max-dets N [--max-pixels N] [IDENTITY OPTIONS]
+[--inference-from INFER_SETTINGS] [-- SWIFT_INFER_ARGS...]``
+    Exit 0 when ``REPORT`` (a finished ``report.json``) was made exactly as asked (``provenance.reuse_mismatches``
+    over ``provenance.evaluation_wanted``), else print why not (reasons joined by "; ") and exit 1. With
+    ``--inference-from``, a re-scoring of another evaluation's answers: the inference side asked is that file's
+    record, with the identity of ``CKPT``.
+``shard-stamp --settings INFER_SETTINGS --gt GT --shard SHARD.jsonl --out STAMP``
+    Record what a finished shard's result file was made with (the run's ``infer_settings.json``, the shard's
+    rows, the GT file), in ``report.json``'s shape.
+``shard-reuse STAMP --settings INFER_SETTINGS --gt GT --shard SHARD.jsonl --result PART``
+    Exit 0 when the shard's result file ``PART`` is complete (every row of the shard exactly once) and its stamp
+    matches this run, else print why not and exit 1.
 ``same-checkpoint SETTINGS CKPT``
     ``RESULTS_FROM``: exit 0 when the ``infer_settings.json`` ``SETTINGS`` records the checkpoint ``CKPT``
     (the same directory), 2 with a message naming both when it records another one; a missing file is a
     warning (results not made by eval.sh: the checkpoint cannot be checked) and exit 0.
+
+IDENTITY OPTIONS: ``--val-data FILE --infer-config FILE --decoding MODE --infer-backend NAME --eval-args STR``.
 """
 from __future__ import annotations
 
@@ -19,9 +32,10 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from ..experiment.provenance import report_matches, train_max_pixels, write_inference_settings
+from ..experiment.provenance import (evaluation_wanted, file_sha256, inference_identity,
+                                     reuse_mismatches, train_max_pixels, write_inference_settings)
 
 
 def _from_swift_args(argv: List[str]) -> Optional[str]:
@@ -47,6 +61,41 @@ def _same_checkpoint(settings_path: str, checkpoint: str) -> int:
     return 0
 
 
+def resolve_max_pixels(checkpoint: str, infer_max_pixels: str, swift_args: List[str]) -> Tuple[Optional[str], str, bool]:
+    """(value, where it came from, whether swift's own flags carry it) of the inference resolution."""
+    given = _from_swift_args(swift_args)
+    if given is not None:
+        return given, "swift infer --max_pixels", True
+    if infer_max_pixels:
+        return infer_max_pixels, "INFER_MAX_PIXELS", False
+    value = train_max_pixels(checkpoint)
+    return (None if value is None else str(value),
+            "the run's args.json" if value is not None else
+            "unknown (no args.json with max_pixels; ms-swift's default applies)", False)
+
+
+def _identity_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-data", default=None)
+    p.add_argument("--infer-config", default=None)
+    p.add_argument("--decoding", default=None)
+    p.add_argument("--infer-backend", default=None)
+    p.add_argument("--eval-args", default="")
+
+
+def _identity(a, swift_args: List[str]) -> dict:
+    # eval.sh exports COORD_DECODING=DECODING before it writes the record: the same environment is asked here.
+    environ = dict(os.environ, **({"COORD_DECODING": a.decoding} if a.decoding else {}))
+    return dict(decoding=a.decoding, infer_backend=a.infer_backend, val_data=a.val_data,
+                infer_config=a.infer_config, swift_args=swift_args, environ=environ)
+
+
+def _shard_wanted(settings_path: str, gt: str, shard: str) -> dict:
+    with open(settings_path, encoding="utf-8") as f:
+        inference = json.load(f)
+    inference = dict(inference, val_data_sha256=file_sha256(shard))
+    return evaluation_wanted(inference, file_sha256(gt))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     swift_args: List[str] = []
@@ -60,35 +109,81 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("--checkpoint", required=True)
     w.add_argument("--out", required=True)
     w.add_argument("--max-pixels", default="")
+    _identity_options(w)
     r = sub.add_parser("reuse")
     r.add_argument("report")
-    r.add_argument("decode")
-    r.add_argument("score")
-    r.add_argument("max_dets", type=int)
-    r.add_argument("decoding", nargs="?")
-    r.add_argument("infer_backend", nargs="?")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--gt", required=True)
+    r.add_argument("--decode", required=True)
+    r.add_argument("--score", required=True)
+    r.add_argument("--max-dets", type=int, required=True)
+    r.add_argument("--max-pixels", default="")
+    r.add_argument("--inference-from", default=None,
+                   help="re-scoring another evaluation's answers: its infer_settings.json gives the inference side "
+                        "(the checkpoint's identity is still taken from --checkpoint)")
+    _identity_options(r)
+    for name in ("shard-stamp", "shard-reuse"):
+        s = sub.add_parser(name)
+        if name == "shard-reuse":
+            s.add_argument("stamp")
+            s.add_argument("--result", required=True)
+        else:
+            s.add_argument("--out", required=True)
+        s.add_argument("--settings", required=True)
+        s.add_argument("--gt", required=True)
+        s.add_argument("--shard", required=True)
     c = sub.add_parser("same-checkpoint")
     c.add_argument("settings")
     c.add_argument("checkpoint")
     a = p.parse_args(argv)
     if a.cmd == "same-checkpoint":
         return _same_checkpoint(a.settings, a.checkpoint)
-    if a.cmd == "reuse":
-        return 0 if report_matches(a.report, a.decode, a.score, a.max_dets, a.decoding, a.infer_backend) else 1
-    given = _from_swift_args(swift_args)
-    if given is not None:  # swift uses it: record it, add nothing
-        write_inference_settings(a.out, a.checkpoint, given, "swift infer --max_pixels")
-        print("")
+    if a.cmd == "shard-stamp":
+        stamp = {}
+        for key, value in _shard_wanted(a.settings, a.gt, a.shard).items():
+            d = stamp
+            *parents, last = key.split(".")
+            for part in parents:
+                d = d.setdefault(part, {})
+            d[last] = value
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump(stamp, f, indent=2)
         return 0
-    if a.max_pixels:
-        value, source = a.max_pixels, "INFER_MAX_PIXELS"
-    else:
-        value = train_max_pixels(a.checkpoint)
-        source = "the run's args.json" if value is not None else \
-            "unknown (no args.json with max_pixels; ms-swift's default applies)"
-    write_inference_settings(a.out, a.checkpoint, value, source)
-    print("" if value is None else value)
+    if a.cmd == "shard-reuse":
+        from ..eval.shards import ShardError, check_results
+
+        reasons = reuse_mismatches(a.stamp, _shard_wanted(a.settings, a.gt, a.shard))
+        if not reasons:
+            try:
+                check_results([a.result], a.shard)
+            except (ShardError, OSError) as e:
+                reasons = [f"incomplete: {str(e).splitlines()[-1].strip()}"]
+        print("; ".join(reasons))
+        return 1 if reasons else 0
+    value, source, in_swift_args = resolve_max_pixels(a.checkpoint, a.max_pixels, swift_args)
+    if a.cmd == "reuse":
+        if not os.path.isfile(a.report):
+            print(f"no report yet ({a.report})")
+            return 1
+        try:
+            inference = inference_identity(a.checkpoint, value, **_identity(a, swift_args))
+            if a.inference_from:  # no inference of its own: the answers' record, for this checkpoint
+                with open(a.inference_from, encoding="utf-8") as f:
+                    inference = dict(json.load(f), checkpoint_digest=inference["checkpoint_digest"],
+                                     checkpoint_step=inference["checkpoint_step"])
+            wanted = evaluation_wanted(inference, file_sha256(a.gt), decode=a.decode, score=a.score,
+                                       max_dets=a.max_dets, coord_eval_args=a.eval_args)
+        except FileNotFoundError as e:
+            print(f"cannot check: {e}")
+            return 1
+        reasons = reuse_mismatches(a.report, wanted)
+        print("; ".join(reasons))
+        return 1 if reasons else 0
+    write_inference_settings(a.out, a.checkpoint, value, source, coord_eval_args=a.eval_args,
+                             **_identity(a, swift_args))
+    print("" if in_swift_args or value is None else value)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,8 @@
     python -m swift_coord_plugin.cli.shards split --val VAL.jsonl --n 4 --out-dir DIR   # prints shard paths
     python -m swift_coord_plugin.cli.shards merge --val VAL.jsonl --out infer_result.jsonl R0.jsonl R1.jsonl ...
     python -m swift_coord_plugin.cli.shards check --val VAL.jsonl infer_result.jsonl
+    python -m swift_coord_plugin.cli.shards progress --shards S0.jsonl S1.jsonl --results R0.jsonl R1.jsonl \
+        [--rows-done | --elapsed SECONDS --baseline ROWS]    # one line: rows done, rate, time left
 
 ``merge`` and ``check`` exit with code 2 and name the missing, duplicated or foreign rows unless the results
 hold every row of VAL.jsonl exactly once.
@@ -16,7 +18,7 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from swift_coord_plugin.eval.shards import ShardError, check_results, split_samples
+    from swift_coord_plugin.eval.shards import ShardError, check_results, count_rows, progress_line, split_samples
 
     p = argparse.ArgumentParser(prog="python -m swift_coord_plugin.cli.shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +34,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("check", help="check result files against --val")
     c.add_argument("--val", required=True)
     c.add_argument("results", nargs="+")
+    g = sub.add_parser("progress", help="one line on the rows written so far across shards")
+    g.add_argument("--shards", nargs="+", required=True)
+    g.add_argument("--results", nargs="+", required=True)
+    g.add_argument("--rows-done", action="store_true", help="print only the number of rows written")
+    g.add_argument("--elapsed", type=float, default=0.0, help="seconds since the shards started")
+    g.add_argument("--baseline", type=int, default=0, help="rows already written when they started")
     args = p.parse_args(argv)
+    if args.cmd == "progress":
+        done = sum(count_rows(r) for r in args.results)
+        print(done if args.rows_done else
+              progress_line(done, sum(count_rows(s) for s in args.shards), args.elapsed, args.baseline), flush=True)
+        return 0
     try:
         if args.cmd == "split":
             print("\n".join(split_samples(args.val, args.n, args.out_dir)))

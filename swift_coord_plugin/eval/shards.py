@@ -171,3 +171,35 @@ def check_results(result_paths: Sequence[str], val_path: str, out_path: str = No
     if out_path:
         os.replace(out_path + ".tmp", out_path)
     return {"requested": sum(want.values()), "results": sum(got.values())}
+
+
+def count_rows(path: str) -> int:
+    """Complete lines (ending in a newline, not blank) of a JSONL file; 0 when it does not exist yet. A line
+    being written is not counted."""
+    if not os.path.isfile(path):
+        return 0
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n") and line.strip():
+                n += 1
+    return n
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_line(done: int, total: int, elapsed_s: float, baseline: int = 0) -> str:
+    """One line on sharded inference: rows done of ``total`` (percent), the rate of this run (rows per second
+    over ``elapsed_s``, not counting the ``baseline`` rows that were already there, e.g. kept shards) and the
+    time left at that rate ("unknown" before the first row)."""
+    pct = 100.0 * done / total if total else 100.0
+    rate = (done - baseline) / elapsed_s if elapsed_s > 0 else 0.0
+    left = "done" if done >= total else (f"about {_duration((total - done) / rate)} left" if rate > 0
+                                         else "time left unknown (no row yet)")
+    return (f"[eval] shards: {done}/{total} rows ({pct:.1f}%) | {rate:.2f} rows/s | {left} | "
+            f"{_duration(elapsed_s)} elapsed")

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 ENV_FILE = "coord_env.json"
 INFER_SETTINGS_FILE = "infer_settings.json"
@@ -116,14 +116,38 @@ def train_max_pixels(checkpoint: str) -> Optional[int]:
     return None
 
 
+def inference_identity(checkpoint: str, max_pixels, *, decoding: Optional[str] = None,
+                       infer_backend: Optional[str] = None, val_data: Optional[str] = None,
+                       infer_config: Optional[str] = None, swift_args: Sequence[str] = (),
+                       environ: Optional[Mapping[str, str]] = None) -> dict:
+    """What makes the rows of an inference what they are (``INFERENCE_IDENTITY`` keys): the checkpoint's weights
+    (``checkpoint_digest``) and step, ``max_pixels``, the decoding mode and backend, the samples run on
+    (``val_data_sha256``: SHA-256 of the VAL_DATA file), the ``swift infer`` configuration file (SHA-256) and
+    extra flags, and the environment settings (``env_settings``). Raises ``FileNotFoundError`` for a missing
+    checkpoint, VAL_DATA or configuration file."""
+    return {"checkpoint_digest": checkpoint_digest(checkpoint), "checkpoint_step": checkpoint_step(checkpoint),
+            "max_pixels": None if max_pixels in (None, "") else int(max_pixels),
+            "decoding": decoding, "infer_backend": infer_backend,
+            "val_data_sha256": file_sha256(val_data) if val_data else None,
+            "infer_config_sha256": file_sha256(infer_config) if infer_config else None,
+            "swift_args": list(swift_args), "env": env_settings(environ)}
+
+
+INFERENCE_IDENTITY = ("checkpoint_digest", "checkpoint_step", "max_pixels", "decoding", "infer_backend",
+                      "val_data_sha256", "infer_config_sha256", "swift_args", "env")
+
+
 def write_inference_settings(path: str, checkpoint: str, max_pixels, source: str,
-                             environ: Optional[Mapping[str, str]] = None) -> dict:
-    """The inference side of an evaluation (``shell/eval.sh`` calls it through ``coord-infer-settings``):
-    checkpoint path and step, ``max_pixels`` and where it came from (``source``), the run's training
-    ``max_pixels`` when its ``args.json`` is found, and the environment settings."""
-    data = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_step": checkpoint_step(checkpoint),
-            "max_pixels": None if max_pixels in (None, "") else int(max_pixels), "max_pixels_source": source,
-            "train_max_pixels": train_max_pixels(checkpoint), "env": env_settings(environ)}
+                             environ: Optional[Mapping[str, str]] = None, *, coord_eval_args: str = "",
+                             **identity) -> dict:
+    """The inference side of an evaluation (``shell/eval.sh`` calls it through ``cli.infer_settings write``):
+    checkpoint path, ``max_pixels`` and where it came from (``source``), the run's training ``max_pixels`` when
+    its ``args.json`` is found, the ``inference_identity`` (``identity``: its keyword arguments) and the
+    ``coord-eval`` options eval.sh adds (``coord_eval_args``, ``EVAL_ARGS``)."""
+    data = {"checkpoint": os.path.abspath(checkpoint), "max_pixels_source": source,
+            "train_max_pixels": train_max_pixels(checkpoint),
+            **inference_identity(checkpoint, max_pixels, environ=environ, **identity),
+            "coord_eval_args": coord_eval_args}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
@@ -138,17 +162,91 @@ def evaluation_provenance(gt_path: str, image_ids: Iterable[int], results_path: 
             "inference": read_inference_settings(results_path) or {}, "env": env_settings(environ)}
 
 
-def report_matches(report_path: str, decode: str, score: str, max_dets: int,
-                   decoding: Optional[str] = None, infer_backend: Optional[str] = None) -> bool:
-    """Whether a finished ``report.json`` was scored with these settings (so it can be reused); ``decoding`` and
-    ``infer_backend`` (how ``swift infer`` generated) are compared when given."""
+# ------------------------------------------------------------------------------------------- reuse of finished work
+# Weight files whose size and modification time identify a checkpoint (a retrained ``checkpoint-N`` writes new ones).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+NOT_RECORDED = "(not recorded)"
+
+
+def checkpoint_digest(path: str) -> str:
+    """Identity of a checkpoint's weights: SHA-256 (hex) of the name, size in bytes and modification time (ns) of
+    each weight file (``*.safetensors``, ``*.bin``, ``*.pth`` at its top level; ``index.json`` files included).
+
+    Sizes and times, not bytes: reading 4-60 GB per checkpoint on every re-run would cost minutes, and a retrained
+    or copied-over ``checkpoint-N`` has new times. Raises ``FileNotFoundError`` when ``path`` is not a folder."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json"):
+            st = os.stat(os.path.join(path, name))
+            h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _recorded(d, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return NOT_RECORDED
+        d = d[part]
+    return d
+
+
+def _short(v) -> str:
+    s = v if v == NOT_RECORDED else json.dumps(v, default=str)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _differences(key: str, have, want, out: list) -> None:
+    """Append one line per differing leaf (dict keys and list items named, e.g. ``env.COORD_X``, ``command[3]``)."""
+    if json.dumps(have, sort_keys=True, default=str) == json.dumps(want, sort_keys=True, default=str):
+        return
+    if isinstance(have, dict) and isinstance(want, dict):
+        for k in sorted(set(have) | set(want)):
+            _differences(f"{key}.{k}", have.get(k, NOT_RECORDED), want.get(k, NOT_RECORDED), out)
+    elif isinstance(have, list) and isinstance(want, list):
+        if len(have) == len(want):
+            for i, (h, w) in enumerate(zip(have, want)):
+                _differences(f"{key}[{i}]", h, w, out)
+        else:  # from the first item that differs
+            i = next((i for i, (h, w) in enumerate(zip(have, want)) if h != w), min(len(have), len(want)))
+            out.append(f"{key}[{i}:]: recorded {_short(have[i:])}, asked {_short(want[i:])}")
+    else:
+        out.append(f"{key}: recorded {_short(have)}, asked {_short(want)}")
+
+
+def reuse_mismatches(recorded_path: str, wanted: Mapping[str, object]) -> list:
+    """Why a finished piece of work (a ``report.json``, a shard's or a stage's stamp: a JSON object) may NOT be
+    reused for the one asked: one line per key of ``wanted`` (dotted keys into the file's object, e.g.
+    ``"settings.inference.max_pixels"``) whose recorded value differs, naming both values. An empty list means a
+    full match: reuse it. A missing or unreadable file is one reason; a key the file does not record is a
+    mismatch too (an older report is re-scored rather than trusted). This is the one reuse rule of the project:
+    ``shell/eval.sh`` (``CKPT=all`` and sharded inference) and ``shell/ablation.sh`` call it."""
     try:
-        with open(report_path, encoding="utf-8") as f:
-            s = json.load(f).get("settings", {})
-    except (OSError, ValueError):
-        return False
-    if decoding is not None and s.get("decoding") != decoding:
-        return False
-    if infer_backend is not None and s.get("infer_backend") != infer_backend:
-        return False
-    return s.get("decode") == decode and s.get("score") == score and int(s.get("max_dets", -1)) == int(max_dets)
+        with open(recorded_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError:
+        return [f"{recorded_path}: not there"]
+    except ValueError as e:
+        return [f"{recorded_path}: not valid JSON ({e})"]
+    out: list = []
+    for key, want in wanted.items():
+        _differences(key, _recorded(data, key), want, out)
+    return out
+
+
+def evaluation_wanted(inference: Mapping[str, object], gt_sha256: str, *, decode: Optional[str] = None,
+                      score: Optional[str] = None, max_dets: Optional[int] = None,
+                      coord_eval_args: Optional[str] = None) -> Dict[str, object]:
+    """The dotted keys ``reuse_mismatches`` checks in a ``report.json`` (or a shard's stamp, written in the same
+    shape): the GT file's SHA-256 and every ``INFERENCE_IDENTITY`` key of ``inference`` (the record
+    ``inference_identity`` builds); with ``decode`` given, also the scoring side (decode, score, max detections,
+    the ``coord-eval`` options, and the decoding mode and backend coord-eval resolved)."""
+    wanted: Dict[str, object] = {"settings.gt_sha256": gt_sha256}
+    wanted.update({f"settings.inference.{k}": inference.get(k) for k in INFERENCE_IDENTITY})
+    if decode is not None:
+        wanted.update({"settings.decode": decode, "settings.score": score, "settings.max_dets": int(max_dets),
+                       "settings.decoding": inference.get("decoding"),
+                       "settings.infer_backend": inference.get("infer_backend"),
+                       "settings.inference.coord_eval_args": coord_eval_args or ""})
+    return wanted
