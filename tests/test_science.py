@@ -20,9 +20,10 @@ from helpers import REPO, swift_env
 
 pytestmark = pytest.mark.e2e
 
-# Steps per group: what each loss needs on this task (measured: at 150 steps B's CoordExp box is at 0.31 and C's
-# boxes at 0.33-0.41 held-out IoU, A's argmax box only 0.02; A's cross-entropy on 1000 separate bins starts later).
-STEPS = {"a": 300, "b": 150, "c": 200}
+# Steps per group: what each loss needs on this task, with room (measured, seed 0, mean-box IoU 0.082: A's argmax box
+# 0.02 at 150 steps and 0.35 at 300, B's CoordExp box 0.19 at 150 and 0.44 at 200, C's boxes 0.36 / 0.41 at 200;
+# A's cross-entropy on 1000 separate bins starts later than the geometric losses).
+STEPS = {"a": 300, "b": 200, "c": 200}
 MARGIN = 0.10
 SEEDS = [int(s) for s in os.environ.get("COORD_SCIENCE_SEEDS", "0").split(",")]
 READOUTS = {"a": ("argmax",), "b": ("coordexp",), "c": ("argmax", "coordexp")}
