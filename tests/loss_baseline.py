@@ -75,10 +75,11 @@ def _named(o) -> Dict[str, float]:
     return dict(zip(METRIC_NAMES, o.metric_sums.tolist()))
 
 
-def compute(perturb: Optional[Perturb] = None) -> dict:
+def compute(perturb: Optional[Perturb] = None, paths=tuple(INPUTS)) -> dict:
     """Case name -> path -> ``{loss, metric_sums: {name: sum}, grad: {input: gradient_rows}}`` on the current
-    code. ``perturb(case, input_name, tensor)``, if given, may change an input in place (under ``no_grad``)
-    before the loss is computed: the tests use it to check that the comparison sees a small change."""
+    code, for the given ``paths`` ("standard", "lean"). ``perturb(case, input_name, tensor)``, if given, may
+    change an input in place (under ``no_grad``) before the loss is computed: the tests use it to check that
+    the comparison sees a small change."""
     labels, boxes = two_rows()
     out = {}
     for name, (group, overrides) in CASES.items():
@@ -91,17 +92,19 @@ def compute(perturb: Optional[Perturb] = None) -> dict:
             with torch.no_grad():
                 for input_name, t in (("logits", logits), ("hidden", hidden), ("weight", weight)):
                     perturb(name, input_name, t)
-        o = compute_loss(logits, labels, VOCAB, cfg, num_items_in_batch=torch.tensor(40))
-        g, = torch.autograd.grad(o.loss, logits)
-        res = {"standard": {"loss": o.loss.item(), "metric_sums": _named(o),
-                            "grad": {"logits": gradient_rows(g.reshape(-1, g.shape[-1]))}}}
-        o = compute_loss_from_hidden(hidden, weight, labels, VOCAB, cfg, num_items_in_batch=torch.tensor(40),
-                                     chunk_rows=16)
-        gh, gw = torch.autograd.grad(o.loss, (hidden, weight))
-        res["lean"] = {"loss": o.loss.item(), "metric_sums": _named(o),
-                       "grad": {"hidden": gradient_rows(gh.reshape(-1, gh.shape[-1])),
-                                "weight": gradient_rows(gw.t())}}
-        out[name] = res
+        res = out[name] = {}
+        if "standard" in paths:
+            o = compute_loss(logits, labels, VOCAB, cfg, num_items_in_batch=torch.tensor(40))
+            g, = torch.autograd.grad(o.loss, logits)
+            res["standard"] = {"loss": o.loss.item(), "metric_sums": _named(o),
+                               "grad": {"logits": gradient_rows(g.reshape(-1, g.shape[-1]))}}
+        if "lean" in paths:
+            o = compute_loss_from_hidden(hidden, weight, labels, VOCAB, cfg, num_items_in_batch=torch.tensor(40),
+                                         chunk_rows=16)
+            gh, gw = torch.autograd.grad(o.loss, (hidden, weight))
+            res["lean"] = {"loss": o.loss.item(), "metric_sums": _named(o),
+                           "grad": {"hidden": gradient_rows(gh.reshape(-1, gh.shape[-1])),
+                                    "weight": gradient_rows(gw.t())}}
     return out
 
 
@@ -111,11 +114,14 @@ def _off(got: float, want: float, scale: float, rtol: float) -> bool:
 
 def compare(got: dict, recorded: dict, rtol: float = RTOL) -> List[str]:
     """Every recorded number ``got`` misses by more than ``rtol``, as ``"case/path quantity: got vs recorded"``
-    lines (empty: all within tolerance). Loss and metric sums: relative to the recorded value (a recorded 0
-    must be 0). Gradients: see the module docstring. Raises ``KeyError`` if ``got`` lacks a recorded entry."""
+    lines (empty: all within tolerance), for the paths ``got`` holds. Loss and metric sums: relative to the
+    recorded value (a recorded 0 must be 0). Gradients: see the module docstring. Raises ``KeyError`` if
+    ``got`` lacks a recorded case, metric or gradient."""
     bad = []
     for case, paths in recorded.items():
         for path, rec in paths.items():
+            if path not in got[case]:
+                continue
             now, where = got[case][path], f"{case}/{path}"
             if _off(now["loss"], rec["loss"], rec["loss"], rtol):
                 bad.append(f"{where} loss: {now['loss']!r} vs {rec['loss']!r}")
