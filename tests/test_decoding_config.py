@@ -129,3 +129,14 @@ def test_transformers_processor_ends_and_counts_a_row_handed_a_forbidden_token(c
     out = proc(torch.tensor([p + [t] for p, t in zip(prompt, [v.obj_start, v.coord_start])]), torch.zeros(2, 152704))
     assert proc.off_grammar == 1 and proc.states[1].phase == G.OFF and proc.states[0].phase == G.DESC
     assert set(torch.isfinite(out[1]).nonzero().flatten().tolist()) == set(end_ids)
+
+
+def test_coord_eval_says_coordexp_is_truncated_to_the_recorded_top_k(tmp_path, capsys):
+    from swift_coord_plugin.eval.scoring import EvalSettings, _decoding_settings
+
+    results = str(tmp_path / "r.jsonl")
+    info = _decoding_settings(EvalSettings(decode="coordexp", decoding="constrained", infer_backend="vllm"), results)
+    assert "truncated to the top k" in info["coordexp_bins"]
+    assert "top k recorded bins" in capsys.readouterr().err
+    assert "coordexp_bins" not in _decoding_settings(EvalSettings(decode="argmax", decoding="constrained",
+                                                                  infer_backend="vllm"), results)

@@ -1,11 +1,13 @@
-"""Checks of the vLLM logits processor that run inside the vLLM environment (.venv-vllm).
+"""Checks of the vLLM logits processors that run inside the vLLM environment (.venv-vllm).
 
-Not collected by the main suite (no ``test_`` prefix): ``tests/test_vllm_e2e.py`` runs this file with the
-vLLM environment's pytest, passing a checkpoint trained by the plugin in ``COORD_TEST_CKPT`` (its tokenizer
-holds the coordinate tokens). The processor is driven the way vLLM's sampler drives it: ``update_state``
-with a ``BatchUpdate`` (requests added, swapped, removed), ``apply`` on a ``[batch, vocab]`` float32
-logits tensor, the greedy token taken as the argmax of the result and appended to the request's output list,
-and the recorded log-probabilities computed as vLLM's ``processed_logprobs`` are (log-softmax of the result).
+Not collected by the main suite (no ``test_`` prefix): ``tests/test_vllm_decoding.py`` runs this file with the
+vLLM environment's pytest, passing in ``COORD_TEST_CKPT`` a folder with the plugin's tokenizer and a generation
+config (all the processors read from a checkpoint); ``tests/test_vllm_e2e.py`` runs it on a trained checkpoint.
+The V1 processor is driven the way vLLM's V1 sampler drives it: ``update_state`` with a ``BatchUpdate``
+(requests added, swapped, removed), ``apply`` on a ``[batch, vocab]`` float32 logits tensor, the greedy token
+taken as the argmax of the result and appended to the request's output list, and the recorded
+log-probabilities computed as vLLM's ``processed_logprobs`` are (log-softmax of the result). The Model Runner V2
+processor is loaded by vLLM's V2 loader and driven by a harness of that runner (below).
 """
 import functools
 import math
@@ -323,7 +325,7 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
             assert torch.equal(out2[-1], raw[-1]), "a row the processor does not own must be left as it is"
         # The V1 processor on its own batch layout: the same logits rows at the requests' V1 indices.
         v1_rows = max(r.v1_index for r in live + preempted) + 1
-        v1_logits = torch.randn(v1_rows, MODEL_VOCAB, generator=gen)
+        v1_logits = torch.zeros(v1_rows, MODEL_VOCAB)
         for i, req in enumerate(order):
             v1_logits[req.v1_index] = raw[i]
         out1 = v1.apply(v1_logits)
@@ -346,7 +348,7 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
             torch.testing.assert_close(rec1, recorded, atol=1e-6, rtol=0)
             ids = torch.tensor([req.prompt + req.generated])
             hf_out = req.hf(ids, raw[i:i + 1].clone())[0]
-            hf_rec = torch.log_softmax(req.hf.recorded[-1][0].double(), -1)  # what ms-swift records
+            hf_rec = torch.log_softmax(req.hf.recorded.pop()[0].double(), -1)  # what ms-swift records
             at_coord = g.is_coord_slot(v2.rows[req.slot].state)
             counts["coord"] += at_coord
             if t == 0:
@@ -394,3 +396,91 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
         n_objects += len(parsed.objects)
     assert n_objects >= n_requests
     print(f"[v2 harness] {mode}: {counts}, {n_objects} objects")
+
+
+def _context(slots):
+    import numpy as np
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
+
+    idx = torch.tensor(slots, dtype=torch.int64)
+    n = len(slots)
+    return LogitsContext(expanded_idx_mapping=idx, idx_mapping=idx, idx_mapping_np=np.array(slots),
+                         expanded_local_pos=torch.zeros(n, dtype=torch.int64), input_ids=torch.zeros(n, dtype=torch.int64),
+                         pos=torch.zeros(n, dtype=torch.int64), seq_lens_upper_bound_np=np.zeros(n, dtype=np.int32))
+
+
+def _allowed(row):
+    return set(torch.isfinite(row).nonzero().flatten().tolist())
+
+
+def test_asynchronous_placeholders_do_not_advance_the_grammar(monkeypatch):
+    """V1 runner with asynchronous scheduling: the step's ``update_state`` sees a placeholder (-1) for the token
+    sampled at the previous step; vLLM replaces it with the real id before the sampler (``apply``) runs."""
+    proc = _processor(G.CONSTRAINED, monkeypatch)
+    v = proc.grammar.vocab
+    out = []
+    proc.update_state(BatchUpdate(1, [], [(0, SimpleNamespace(max_tokens=None), [1], out)], []))
+    assert _allowed(proc.apply(torch.zeros(1, MODEL_VOCAB))[0]) == {v.obj_start, *v.end_ids}
+    out.append(PLACEHOLDER_ID)  # the scheduler's placeholder for the token sampled (<obj_start>)
+    proc.update_state(None)
+    assert proc.rows[0].seen == 0 and proc.rows[0].state.phase == G.START
+    out[-1] = v.obj_start  # the real id arrives
+    allowed = _allowed(proc.apply(torch.zeros(1, MODEL_VOCAB))[0])
+    assert proc.rows[0].seen == 1 and proc.rows[0].state.phase == G.DESC
+    assert v.obj_start not in allowed and set(v.desc_ids) <= allowed
+    out.append(PLACEHOLDER_ID)  # a placeholder still there when the sampler runs: refused, never guessed
+    with pytest.raises(RuntimeError, match="placeholder"):
+        proc.apply(torch.zeros(1, MODEL_VOCAB))
+    assert proc.rows[0].seen == 1 and proc.off_grammar == 0
+
+
+def test_validate_params_refuses_coordexp_with_a_temperature_on_both_runners(monkeypatch):
+    from functools import partial
+
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.sample.logits_processor import validate_logits_processors_parameters
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
+
+    from swift_coord_plugin.swift_ext.vllm_decoding import PROCESSOR_FQCN
+
+    checks = (build_custom_logits_processors_params_validator([PROCESSOR_FQCN]),
+              partial(validate_logits_processors_parameters, [PROCESSOR_FQCN]))
+    for mode in (G.CONSTRAINED, G.COORDEXP):
+        monkeypatch.setenv("COORD_DECODING", mode)
+        for check in checks:  # vLLM's admission check of each runner
+            check(SamplingParams(temperature=0.0, max_tokens=8))
+            if mode == G.COORDEXP:
+                with pytest.raises(VLLMValidationError, match="--temperature 0.7"):
+                    check(SamplingParams(temperature=0.7, max_tokens=8))
+            else:
+                check(SamplingParams(temperature=0.7, max_tokens=8))
+
+
+def test_v2_request_handed_a_forbidden_token_is_ended_and_counted(tmp_path, monkeypatch):
+    """Something other than the grammar committed a token it forbids (e.g. V2's thinking-budget forcing): the
+    answer may only end from there, and the run's record counts it (coord-eval refuses the record)."""
+    import json
+
+    from vllm import SamplingParams
+
+    record = tmp_path / "r.jsonl.decoding.json"
+    monkeypatch.setenv("COORD_DECODING_RECORD", str(record))
+    v2, _v1, rs = _v2_setup(G.CONSTRAINED, monkeypatch, 4, 32)
+    v = v2.grammar.vocab
+    for slot in (0, 2):
+        rs.prompt_len.np[slot] = rs.prefill_len.np[slot] = 2
+        rs.total_len.gpu[slot] = 2
+        rs.all_token_ids.gpu[slot, :2] = torch.tensor([1, 2], dtype=torch.int32)
+        v2.add_request(slot, SamplingParams(max_tokens=20))
+    v2.apply(torch.zeros(2, MODEL_VOCAB), _context([2, 0]))
+    rs.all_token_ids.gpu[0, 2], rs.all_token_ids.gpu[2, 2] = v.coord_start, v.obj_start  # slot 0: forbidden
+    rs.total_len.gpu[0] = rs.total_len.gpu[2] = 3
+    out = v2.apply(torch.zeros(2, MODEL_VOCAB), _context([2, 0]))
+    assert _allowed(out[1]) == set(v.end_ids) and v2.rows[0].state.phase == G.OFF
+    assert v2.rows[2].state.phase == G.DESC and v.obj_start not in _allowed(out[0])
+    assert v2.off_grammar == 1 and json.loads(record.read_text())["off_grammar_rows"] == 1
+    rs.all_token_ids.gpu[0, 3] = v.obj_start  # still off: not counted twice
+    rs.total_len.gpu[0] = 4
+    v2.apply(torch.zeros(1, MODEL_VOCAB), _context([0]))
+    assert v2.off_grammar == 1 and json.loads(record.read_text())["off_grammar_rows"] == 1

@@ -1,4 +1,11 @@
-"""The answer grammar on vLLM: a V1 logits processor around ``core.grammar.apply_grammar``.
+"""The answer grammar on vLLM: logits processors for both of vLLM's model runners around one grammar step
+(``grammar_step``, i.e. ``core.grammar.apply_grammar``).
+
+Which runner: vLLM decides when it builds the engine (``VllmConfig.use_v2_model_runner``; Model Runner V2 where
+Triton works, i.e. on GPUs), and that runner's loader checks the named class against its interface and builds
+it. ``CoordGrammarLogitsProcessor`` subclasses both interfaces and, when built, returns ``GrammarProcessorV1``
+or ``GrammarProcessorV2`` according to the arguments the building runner passes. docs/evaluation.md says
+what each reads and what is refused (beam search, ``coordexp`` with a temperature, speculative decoding).
 
 How it reaches the engine: ms-swift's ``VllmEngine`` merges ``template.prepare_engine_kwargs()`` into
 vLLM's ``EngineArgs``. The plugin's template returns :func:`engine_kwargs`, which under ``constrained``
@@ -14,9 +21,11 @@ vLLM applies a custom processor to every request of the engine, so the mode is p
 vLLM's engine processes inherit it). The run's decoding record (``COORD_DECODING_RECORD``) says
 ``infer_backend: vllm`` and which distribution the log-probabilities hold.
 
-Per-request state comes through ``update_state``: each request added to the persistent batch brings a
-reference to its running list of output token ids; before each step the processor advances that row's
-grammar state over the tokens appended since the last step.
+Per-request state: on the V1 runner through ``update_state`` (each request added to the persistent batch
+brings a reference to its running list of output token ids; ``apply`` advances the row's grammar state over the
+real ids appended since the last step, never over a placeholder of asynchronous scheduling); on Model Runner
+V2 per request slot (``add_request`` resets it; ``apply`` reads the slot's committed history). A request handed
+a token the grammar forbids is ended and counted in the record (``decoding.record_off_grammar``).
 
 CoordExp on vLLM: vLLM's greedy sampler emits the argmax of the very logits whose log-softmax it
 records, so a processor cannot emit ``round(E[k])`` and record the restricted distribution unchanged.
@@ -88,8 +97,15 @@ def grammar_for_model(model_dir: str, tokenizer_dir: Optional[str] = None,
     from transformers import AutoTokenizer
 
     config = config or DecodingConfig.from_env()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
-    return build_grammar(config, tokenizer, _end_ids(model_dir, tokenizer))
+    key = (model_dir, tokenizer_dir, config)
+    if key not in _GRAMMARS:  # one per process: a processor of each runner interface may be built (tests)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
+        _GRAMMARS.clear()
+        _GRAMMARS[key] = build_grammar(config, tokenizer, _end_ids(model_dir, tokenizer))
+    return _GRAMMARS[key]
+
+
+_GRAMMARS: Dict[tuple, G.AnswerGrammar] = {}
 
 
 def swap_in_coordexp_bins(logits: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor, coord_start: int,
