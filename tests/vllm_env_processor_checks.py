@@ -164,6 +164,7 @@ def test_removed_and_added_requests(monkeypatch):
 # choose the same tokens and record the same distributions.
 
 MODEL_VOCAB = 152704  # logit rows of the model (the tokenizer has fewer ids: those are never allowed)
+V2_REQUESTS, V2_CONCURRENCY = 200, 8  # requests through the harness, and at most this many at a time
 
 
 def _v2_setup(mode, monkeypatch, max_slots, max_len):
@@ -222,7 +223,7 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
     from swift_coord_plugin.swift_ext.decoding import _processor_cls
 
     assert CKPT, "COORD_TEST_CKPT must name a folder with the plugin's tokenizer"
-    n_requests, concurrency, max_slots, max_len = 200, 8, 12, 96
+    n_requests, concurrency, max_slots, max_len = V2_REQUESTS, V2_CONCURRENCY, 12, 96
     foreign = max_slots - 1  # a slot the processor is never given (a dummy run's row)
     v2, v1, rs = _v2_setup(mode, monkeypatch, max_slots, max_len)
     g = v2.grammar
@@ -382,12 +383,13 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
                 preempted.append(req)
                 counts["preempted"] += 1
 
+    print(f"[v2 harness] {mode}: {counts}", flush=True)
     assert len(finished) == n_requests
-    assert counts["max_live"] >= concurrency and counts["compared"] > 1000, counts
+    assert counts["max_live"] >= concurrency and counts["compared"] > 4 * n_requests, counts
     assert counts["chunked"] and counts["preempted"] and counts["resumed"] and counts["foreign"], counts
-    assert counts["coord"] > 100 and counts["v1_moves"], counts
+    assert counts["coord"] > n_requests // 2 and counts["v1_moves"], counts
     if mode == G.CONSTRAINED:
-        assert counts["sampled"] > 100, counts
+        assert counts["sampled"] > n_requests // 2, counts
     assert v2.off_grammar == v1.off_grammar == 0
     n_objects = 0
     for req in finished:
@@ -395,7 +397,7 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
         assert set(parsed.counts) <= {"repaired_reversed_coordinates", "dropped_duplicate"}, (req.rid, parsed.counts)
         n_objects += len(parsed.objects)
     assert n_objects >= n_requests
-    print(f"[v2 harness] {mode}: {counts}, {n_objects} objects")
+    print(f"[v2 harness] {mode}: all checks passed, {n_objects} objects", flush=True)
 
 
 def _context(slots):
