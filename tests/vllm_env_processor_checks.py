@@ -267,14 +267,14 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
     while queue or live or preempted:
         # V1's persistent batch: finished requests leave (their index is reused), new ones are added.
         added = []
-        while queue and len(live) < concurrency:
+        while queue and len(live) < concurrency and free:
             req = queue.pop(0)
             place(req, req.prompt)
             req.v1_index = min(v1_free)
             v1_free.remove(req.v1_index)
             added.append((req.v1_index, req.params, req.prompt, req.v1_out))
             live.append(req)
-        if preempted and rng.random() < 0.3:  # resumption after preemption, in whatever slot is free
+        if preempted and free and rng.random() < 0.3:  # resumption after preemption, in whatever slot is free
             req = preempted.pop(0)
             place(req, req.prompt + req.generated)
             assert rs.prefill_len.np[req.slot] > rs.prompt_len.np[req.slot] or not req.generated
