@@ -143,7 +143,7 @@ def patch_vllm_processor(variant: str) -> None:
     from swift_coord_plugin.swift_ext import vllm_decoding
 
     if variant == "noop":
-        vllm_decoding.CoordGrammarLogitsProcessor.apply = lambda self, logits: logits
+        vllm_decoding.GrammarProcessorV1.apply = lambda self, logits: logits  # the CPU runner's processor
     elif variant == "raw-logprobs":
         shipped = vllm_decoding.engine_kwargs
 

@@ -463,3 +463,21 @@ def test_every_trainable_description_is_writable_under_the_grammar(coord_tokeniz
         assert g.advance_all(g.initial_state(), ids).phase == "start"
     for d in ("person 2", "a<b"):
         assert d in codec.desc_problem(d)
+
+
+def test_a_forbidden_token_leaves_the_grammar_and_only_the_end_follows(gvocab):
+    from swift_coord_plugin.core.grammar import DONE, OFF
+
+    g = AnswerGrammar(gvocab, CONSTRAINED)
+    s = g.advance(g.initial_state(), gvocab.obj_start)
+    s, why = g.advance_or_leave(s, [gvocab.coord_start])  # a coordinate where the description belongs
+    assert s.phase == OFF and "not allowed" in why
+    assert g.allowed_ids(s) == sorted(END_IDS)
+    step = apply_grammar(g, torch.zeros(1, V), [s])
+    assert set(torch.isfinite(step.logits[0]).nonzero().flatten().tolist()) == set(END_IDS)
+    s2, why2 = g.advance_or_leave(s, [gvocab.obj_start])  # once off, it stays off and is not counted again
+    assert s2.phase == OFF and why2 is None
+    assert g.advance_or_leave(s, [END_IDS[0]]) == (g.advance(s, END_IDS[0]), None)
+    assert g.advance(s, END_IDS[0]).phase == DONE
+    ok, why3 = g.advance_or_leave(g.initial_state(), [gvocab.obj_start])  # allowed tokens: as advance_all
+    assert ok == g.advance_all(g.initial_state(), [gvocab.obj_start]) and why3 is None

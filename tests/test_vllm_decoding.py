@@ -1,6 +1,8 @@
-"""The vLLM side of decoding that needs no vLLM: engine arguments per mode, the run's record, and the
-CoordExp bin exchange (the processor itself runs in the vLLM environment: test_vllm_e2e.py)."""
+"""The vLLM side of decoding: engine arguments per mode, the run's record, and the CoordExp bin exchange (no
+vLLM needed); the processors themselves in the vLLM environment (``vllm_env_processor_checks.py``, run from
+here on the plugin's tokenizer; skipped when that environment was not built)."""
 import json
+import subprocess
 
 import pytest
 import torch
@@ -56,3 +58,34 @@ def test_swap_in_coordexp_bins_is_a_permutation_of_the_restricted_distribution()
         want = before[r].clone()
         want[k], want[m] = before[r, m], before[r, k]
         torch.testing.assert_close(after[r], want, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(coord_tokenizer, tmp_path_factory) -> str:
+    """What the vLLM processors read from a checkpoint: the plugin's tokenizer and the generation config's eos."""
+    from transformers import GenerationConfig
+
+    folder = tmp_path_factory.mktemp("coord_tokenizer")
+    coord_tokenizer.save_pretrained(str(folder))
+    GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643).save_pretrained(
+        str(folder))
+    return str(folder)
+
+
+def test_processors_in_the_vllm_environment(tokenizer_folder):
+    """``vllm_env_processor_checks.py`` in the vLLM environment: the V2 processor through vLLM's V2 loader in a
+    harness of Model Runner V2 (200 requests, 8 at a time, slots reused, rows permuted, chunked prefill,
+    preemption), token- and log-probability-identical to the V1 processor (driven with asynchronous
+    placeholders) and to the transformers backend's processor; placeholders, refusals, answers leaving the
+    grammar."""
+    from helpers import REPO, swift_env, vllm_venv_or_skip
+
+    vllm_bin = vllm_venv_or_skip()
+    env = swift_env({"COORD_TEST_CKPT": tokenizer_folder, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([str(vllm_bin / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s",
+                           str(REPO / "tests" / "vllm_env_processor_checks.py")], cwd=str(REPO), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout and "deselected" not in proc.stdout, \
+        proc.stdout[-2000:]
+    assert proc.stdout.count("all checks passed") == 2, proc.stdout[-2000:]

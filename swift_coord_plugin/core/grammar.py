@@ -20,6 +20,8 @@ max_desc_tokens=DEFAULT_MAX_DESC_TOKENS)``
     ``mode`` is one of ``MODES`` = ``free | constrained | coordexp``.
     ``initial_state()`` -> ``GrammarState`` (immutable, one per sequence);
     ``advance(state, token_id)`` -> the next ``GrammarState`` (``GrammarError`` for a forbidden token);
+    ``advance_or_leave(state, token_ids)`` -> ``(state, why)``: for a backend handed a token it cannot refuse,
+    a forbidden token moves the sequence to ``off`` (only the end of the turn from there) and says why;
     ``allowed_ids(state, remaining=None)`` -> sorted ``list`` of the allowed next ids (``None``: every id,
     free mode); ``allowed_mask(state, vocab_size, device, remaining=None)`` -> ``BoolTensor[vocab_size]``;
     ``is_coord_slot(state)``. ``remaining`` (optional) is the number of tokens the backend will still
@@ -90,6 +92,7 @@ COORD = "coord"        # one of the 4 coordinate slots
 POST = "post"          # the fixed tokens after the 4th coordinate, then <obj_end>
 DONE = "done"          # after the end of the turn: anything (finished rows are padded by the backend)
 FREE_PHASE = "free"    # free mode: no tracking
+OFF = "off"            # left the grammar (the backend appended a token it forbids): only the end of the turn
 
 
 class GrammarError(ValueError):
@@ -225,7 +228,7 @@ def _desc_tokens_of(encode, desc: str, vocab: GrammarVocab) -> Tuple[int, ...]:
 class GrammarState:
     """Where one sequence stands in the grammar (immutable; ``advance`` returns a new one).
 
-    ``phase``: one of ``start | desc | coord | post | done | free``; ``n_objects``: objects opened so far;
+    ``phase``: one of ``start | desc | coord | post | done | free | off``; ``n_objects``: objects opened so far;
     ``desc_len``: description tokens written; ``node``: category-trie node (-1 without categories);
     ``coords``: bins written in the current object; ``post_index``: position in ``POST + <obj_end>``;
     ``lead_space``: the description so far is one bare ``SEP`` token (it opened with a space before a digit,
@@ -330,6 +333,8 @@ class AnswerGrammar:
         closing = self._closing(state, remaining)
         if p == START:
             return list(self._end_ids) if self._cap_reached(state) or closing else list(self._start_ids)
+        if p == OFF:
+            return list(self._end_ids)
         if p == COORD:
             return list(range(v.coord_start + self._coord_low(state), v.coord_end))
         if p == POST:
@@ -356,6 +361,8 @@ class AnswerGrammar:
         p = state.phase
         if p in (FREE_PHASE, DONE):
             return state
+        if p == OFF:
+            return GrammarState(DONE, state.n_objects) if t in v.end_ids else state
         if p == START:
             if t in v.end_ids:
                 return GrammarState(DONE, state.n_objects)
@@ -396,6 +403,20 @@ class AnswerGrammar:
             state = self.advance(state, t)
         return state
 
+    def advance_or_leave(self, state: GrammarState, token_ids: Iterable[int]) -> Tuple[GrammarState, Optional[str]]:
+        """``advance_all`` for a backend that cannot refuse a token it was handed: a token the grammar forbids
+        (chosen by something other than the grammar) moves the sequence to ``off``, where only the end of the
+        turn is allowed, instead of raising. Returns ``(state, why)``: ``why`` is ``None``, or the
+        ``GrammarError`` message when the sequence left the grammar during these tokens (counted once: a
+        sequence already ``off`` stays there silently)."""
+        why = None
+        for t in token_ids:
+            try:
+                state = self.advance(state, t)
+            except GrammarError as e:
+                state, why = GrammarState(OFF, state.n_objects), str(e)
+        return state, why
+
     # -- masks ------------------------------------------------------------------------------------
     def _mask_key(self, state: GrammarState, remaining: Optional[int] = None) -> tuple:
         p = state.phase
@@ -406,6 +427,8 @@ class AnswerGrammar:
             return (COORD, self._coord_low(state))
         if p == POST:
             return (POST, state.post_index)
+        if p == OFF:
+            return (OFF,)
         if p == DESC:
             if self.categories:
                 return (DESC, state.node)

@@ -4,6 +4,10 @@ Sources, in order: the ``--decoding`` / ``--infer-backend`` flags, and the recor
 inference time when ``COORD_DECODING_RECORD`` names a file (``shell/eval.sh`` sets it to
 ``<results>.decoding.json``, the file looked for here). A flag that contradicts the record is an error;
 with neither, both are reported as ``"unknown"`` with a warning, never left out.
+
+A record that counts answers which left the grammar (``off_grammar_rows`` > 0: a token the grammar forbids
+was appended by something other than the grammar, and the answer was ended there) is refused: those results
+are not what the recorded decoding mode produces.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Optional, Tuple
 from ..core import textfiles
 
 DECODINGS = ("free", "constrained", "coordexp")
+OFF_GRAMMAR_KEY = "off_grammar_rows"  # answers that left the grammar (written by swift_ext.decoding)
 BACKENDS = ("transformers", "vllm")
 UNKNOWN = "unknown"
 
@@ -38,6 +43,14 @@ def read_record(results_path: str) -> Optional[dict]:
     if not isinstance(rec, dict) or rec.get("decoding") not in DECODINGS or rec.get("infer_backend") not in BACKENDS:
         raise DecodingInfoError(f"{path}: expected decoding in {DECODINGS} and infer_backend in {BACKENDS}, "
                                 f"got {rec!r}")
+    off = rec.get(OFF_GRAMMAR_KEY, 0)
+    if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+        raise DecodingInfoError(f"{path}: {OFF_GRAMMAR_KEY} must be a count >= 0, got {off!r}")
+    if off:
+        raise DecodingInfoError(f"{path}: {off} answer(s) left the answer grammar during inference "
+                                f"({OFF_GRAMMAR_KEY}; the inference log names each): these results were not all "
+                                f"decoded under {rec['decoding']}, so they are not scored; find what appended "
+                                "tokens outside the grammar and run inference again")
     return rec
 
 

@@ -635,6 +635,14 @@ def _decoding_settings(settings: EvalSettings, results_path: str) -> dict:
         raise EvalError(str(e)) from e
     if warning:
         print(f"coord-eval: warning: {warning}", file=sys.stderr)
+    if settings.decode == "coordexp":
+        # Re-scored from the recorded top_logprobs: an expectation over the K likeliest bins only (biased for
+        # broad distributions). On vLLM no extension point joins a processor's slot to ms-swift's result row,
+        # so nothing exact can be recorded there.
+        info["coordexp_bins"] = "top_logprobs: truncated to the top k bins recorded per coordinate slot"
+        if info["infer_backend"] == "vllm":
+            print("coord-eval: note: --decode coordexp on vLLM results is the expectation over the top k "
+                  "recorded bins (--top_logprobs), not over all bins", file=sys.stderr)
     return info
 
 

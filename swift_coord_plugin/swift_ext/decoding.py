@@ -24,6 +24,14 @@ log-softmax, which ms-swift takes, is the grammar-restricted distribution (at a 
 over the coordinate tokens), so the recorded log-probabilities of the emitted token and its top-k are those
 the answer was decoded from.
 ms-swift's streaming path (``--stream true``) records its own copy of the scores and is not covered.
+
+Refused at the first batch, naming the option (``check_generation_options``; vLLM refuses the same per request):
+``--num_beams`` > 1 under ``constrained``/``coordexp`` (beam search reorders the rows, whose grammar states
+would belong to other beams), and ``--temperature`` > 0 under ``coordexp`` (the decision is ``round(E[k])``).
+
+A row handed a token the grammar forbids (only something other than the grammar can choose one) is ended
+there (``core.grammar.OFF``: only the end of the turn) and counted in the record as ``off_grammar_rows``;
+``coord-eval`` refuses such a record.
 """
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 from ..core import grammar as G
+# The record's count of answers that left the grammar (``coord-eval`` refuses a record where it is not 0).
+from ..eval.decoding_info import OFF_GRAMMAR_KEY
 
 ENV_MODE = "COORD_DECODING"
 ENV_ORDERED = "COORD_DECODING_ORDERED"
@@ -119,6 +129,28 @@ class DecodingConfig:
         return d
 
 
+def check_generation_options(config: DecodingConfig, num_beams: Optional[int] = 1,
+                             temperature: Optional[float] = 0) -> None:
+    """Refuse generation options the grammar cannot serve, naming the option (``DecodingConfigError``).
+
+    * ``--num_beams`` > 1 under ``constrained``/``coordexp``: beam search reorders the rows every step, so a
+      row's grammar state would belong to another beam.
+    * ``--temperature`` > 0 under ``coordexp``: the CoordExp decision is ``round(E[k])``; on vLLM a sampled
+      step would draw from the restricted distribution instead, so both backends refuse it.
+    ``temperature``: the sampling temperature, 0 (or None) for greedy decoding.
+    """
+    if config.mode == G.FREE:
+        return
+    if num_beams is not None and int(num_beams) > 1:
+        raise DecodingConfigError(f"--num_beams {num_beams}: beam search is not supported under "
+                                  f"{ENV_MODE}={config.mode} (the grammar keeps one state per row, and beam "
+                                  "search reorders rows every step); use --num_beams 1")
+    if config.mode == G.COORDEXP and temperature is not None and float(temperature) > 0:
+        raise DecodingConfigError(f"--temperature {temperature}: {ENV_MODE}=coordexp writes the CoordExp bin "
+                                  "round(E[k]) at every coordinate slot, which sampling would replace; use "
+                                  "--temperature 0 (or COORD_DECODING=constrained to sample)")
+
+
 def build_grammar(config: DecodingConfig, tokenizer, end_ids) -> G.AnswerGrammar:
     vocab = G.GrammarVocab.from_tokenizer(tokenizer, end_ids=end_ids)
     cats = load_categories(config.categories_file) if config.categories_file else None
@@ -153,11 +185,11 @@ def _processor_cls():
                 self.prompt_len = input_ids.shape[1]
             else:
                 for b, t in enumerate(input_ids[:, -1].tolist()):
-                    try:
-                        self.states[b] = self.grammar.advance(self.states[b], t)
-                    except G.GrammarError:
+                    self.states[b], why = self.grammar.advance_or_leave(self.states[b], (t,))
+                    if why is not None:
                         self.off_grammar += 1
-                        self.states[b] = G.GrammarState(G.DONE)
+                        print(f"[swift-coord] decoding: row {b} of the batch left the answer grammar ({why}); "
+                              "it is ended there and counted in the decoding record", flush=True)
             remaining = None
             if self.max_new_tokens is not None:
                 remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
@@ -207,18 +239,72 @@ def _end_ids(template, generation_config) -> List[int]:
 _ANNOUNCED = set()
 
 
-def write_record(rec: dict) -> None:
-    """Print the run's decoding record and write it to ``COORD_DECODING_RECORD`` when that names a file
-    (atomically: the shards of a sharded run write the same record to one path)."""
-    print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
+
+
+def _record_path() -> Optional[str]:
     path = os.environ.get(ENV_RECORD, "").strip()
-    if path:
-        path = os.path.abspath(path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.path.abspath(path) if path else None
+
+
+def _update_record(update) -> Optional[dict]:
+    """Read-modify-write ``COORD_DECODING_RECORD`` under an exclusive lock (the shards of a sharded run, and
+    vLLM's engine process next to ms-swift's, share one record); ``update(old or None) -> new``."""
+    import fcntl
+
+    path = _record_path()
+    if path is None:
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = None
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                old = None
+        rec = update(old if isinstance(old, dict) else None)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(rec, f, indent=1)
         os.replace(tmp, path)
+    return rec
+
+
+def write_record(rec: dict) -> None:
+    """Print the run's decoding record and write it to ``COORD_DECODING_RECORD`` when that names a file.
+
+    The count of answers that left the grammar (``off_grammar_rows``) already in that file is kept, like the
+    result rows ms-swift appends to an existing result file (``shell/eval.sh`` removes the record first)."""
+    rec = dict(rec)
+
+    def update(old):
+        rec[OFF_GRAMMAR_KEY] = int((old or {}).get(OFF_GRAMMAR_KEY, 0) or 0)
+        return rec
+
+    _update_record(update)
+    rec.setdefault(OFF_GRAMMAR_KEY, 0)
+    print(f"[swift-coord] decoding: {json.dumps(rec)}", flush=True)
+
+
+def record_off_grammar(rows: int) -> None:
+    """Add ``rows`` answers that left the grammar to the record's ``off_grammar_rows`` (and say so).
+
+    A token the grammar forbids reaches a row only when something else chose it; the row is ended there
+    (``core.grammar.OFF``), and ``coord-eval`` refuses to score the run as constrained."""
+    if rows <= 0:
+        return
+
+    def update(old):
+        rec = dict(old or {})
+        rec[OFF_GRAMMAR_KEY] = int(rec.get(OFF_GRAMMAR_KEY, 0) or 0) + rows
+        return rec
+
+    rec = _update_record(update)
+    total = rows if rec is None else rec[OFF_GRAMMAR_KEY]
+    print(f"[swift-coord] decoding: {rows} answer(s) left the answer grammar ({OFF_GRAMMAR_KEY} in the record: "
+          f"{total}); coord-eval will refuse these results", flush=True)
 
 
 def _announce(config: DecodingConfig, record: bool) -> None:
@@ -235,6 +321,8 @@ def generate_with_grammar(template, base_generate, model, *args, **kwargs):
     gc = kwargs.get("generation_config")
     record = bool(gc is not None and getattr(gc, "output_logits", False)
                   and getattr(gc, "return_dict_in_generate", False))
+    check_generation_options(config, num_beams=getattr(gc, "num_beams", 1),
+                             temperature=getattr(gc, "temperature", 0) if getattr(gc, "do_sample", False) else 0)
     _announce(config, record)
     if config.mode == G.FREE:
         return base_generate(model, *args, **kwargs)
@@ -244,9 +332,7 @@ def generate_with_grammar(template, base_generate, model, *args, **kwargs):
     proc = _processor_cls()(grammar, getattr(gc, "max_new_tokens", None), record)
     kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), proc])
     out = base_generate(model, *args, **kwargs)
-    if proc.off_grammar:
-        print(f"[swift-coord] decoding: {proc.off_grammar} row step(s) received a token outside the grammar "
-              "(from another logits processor or a stop criterion); those rows were left free", flush=True)
+    record_off_grammar(proc.off_grammar)
     if record and proc.recorded and getattr(out, "logits", None) is not None:
         if len(out.logits) != len(proc.recorded):
             raise RuntimeError(f"generate returned {len(out.logits)} logit steps but the grammar saw "

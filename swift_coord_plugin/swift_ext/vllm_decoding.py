@@ -1,4 +1,11 @@
-"""The answer grammar on vLLM: a V1 logits processor around ``core.grammar.apply_grammar``.
+"""The answer grammar on vLLM: logits processors for both of vLLM's model runners around one grammar step
+(``grammar_step``, i.e. ``core.grammar.apply_grammar``).
+
+Which runner: vLLM decides when it builds the engine (``VllmConfig.use_v2_model_runner``; Model Runner V2 where
+Triton works, i.e. on GPUs), and that runner's loader checks the named class against its interface and builds
+it. ``CoordGrammarLogitsProcessor`` subclasses both interfaces and, when built, returns ``GrammarProcessorV1``
+or ``GrammarProcessorV2`` according to the arguments the building runner passes. docs/evaluation.md says
+what each reads and what is refused (beam search, ``coordexp`` with a temperature, speculative decoding).
 
 How it reaches the engine: ms-swift's ``VllmEngine`` merges ``template.prepare_engine_kwargs()`` into
 vLLM's ``EngineArgs``. The plugin's template returns :func:`engine_kwargs`, which under ``constrained``
@@ -14,9 +21,11 @@ vLLM applies a custom processor to every request of the engine, so the mode is p
 vLLM's engine processes inherit it). The run's decoding record (``COORD_DECODING_RECORD``) says
 ``infer_backend: vllm`` and which distribution the log-probabilities hold.
 
-Per-request state comes through ``update_state``: each request added to the persistent batch brings a
-reference to its running list of output token ids; before each step the processor advances that row's
-grammar state over the tokens appended since the last step.
+Per-request state: on the V1 runner through ``update_state`` (each request added to the persistent batch
+brings a reference to its running list of output token ids; ``apply`` advances the row's grammar state over the
+real ids appended since the last step, never over a placeholder of asynchronous scheduling); on Model Runner
+V2 per request slot (``add_request`` resets it; ``apply`` reads the slot's committed history). A request handed
+a token the grammar forbids is ended and counted in the record (``decoding.record_off_grammar``).
 
 CoordExp on vLLM: vLLM's greedy sampler emits the argmax of the very logits whose log-softmax it
 records, so a processor cannot emit ``round(E[k])`` and record the restricted distribution unchanged.
@@ -29,12 +38,13 @@ recorded probability is the mode's. When the CoordExp bin is the mode nothing mo
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..core import grammar as G
-from .decoding import LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, build_grammar, write_record
+from .decoding import (LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, build_grammar, record_off_grammar,
+                       write_record)
 
 PROCESSOR_FQCN = "swift_coord_plugin.swift_ext.vllm_decoding:CoordGrammarLogitsProcessor"
 BACKEND = "vllm"
@@ -87,8 +97,15 @@ def grammar_for_model(model_dir: str, tokenizer_dir: Optional[str] = None,
     from transformers import AutoTokenizer
 
     config = config or DecodingConfig.from_env()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
-    return build_grammar(config, tokenizer, _end_ids(model_dir, tokenizer))
+    key = (model_dir, tokenizer_dir, config)
+    if key not in _GRAMMARS:  # one per process: a processor of each runner interface may be built (tests)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
+        _GRAMMARS.clear()
+        _GRAMMARS[key] = build_grammar(config, tokenizer, _end_ids(model_dir, tokenizer))
+    return _GRAMMARS[key]
+
+
+_GRAMMARS: Dict[tuple, G.AnswerGrammar] = {}
 
 
 def swap_in_coordexp_bins(logits: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor, coord_start: int,
@@ -111,100 +128,291 @@ def swap_in_coordexp_bins(logits: torch.Tensor, rows: torch.Tensor, chosen: torc
     logits[rows, coord_start:coord_start + num_bins] = block
 
 
-try:  # the class exists only where vLLM is installed (the .venv-vllm environment)
+def grammar_step(grammar: G.AnswerGrammar, logits: torch.Tensor, states: List["G.GrammarState"],
+                 remaining: List[Optional[int]]) -> torch.Tensor:
+    """The grammar's step on vLLM, for both runners: ``logits`` ``[rows, V]`` float32 (masked in place) and one
+    state and budget per row (``None`` state: a row the processor does not own, left as it is) -> the logits
+    vLLM samples from and records (``processed_logprobs``: their log-softmax, after temperature and min_p).
+
+    Under ``coordexp`` a coordinate slot gets the restricted logits with the CoordExp bin and the restricted
+    mode exchanged (``swap_in_coordexp_bins``, module docstring)."""
+    done = G.GrammarState(G.DONE)
+    states = [done if s is None else s for s in states]
+    step = G.apply_grammar(grammar, logits, states, with_logprobs=False, remaining=remaining, inplace=True)
+    if grammar.mode != G.COORDEXP:
+        return step.logits
+    # coordexp: step.logits keeps only the chosen token; record the restricted distribution instead.
+    v = grammar.vocab
+    coord_rows = [i for i, s in enumerate(states) if grammar.is_coord_slot(s)]
+    out = step.logits
+    if coord_rows:
+        rows = torch.tensor(coord_rows, dtype=torch.long, device=out.device)
+        block = torch.full_like(out[rows], float("-inf"))
+        block[:, v.coord_start:v.coord_end] = step.coord_logprobs[rows].to(out.dtype)
+        swap_in_coordexp_bins(block, torch.arange(rows.numel(), device=out.device), step.chosen[rows],
+                              v.coord_start, v.num_bins)
+        out[rows] = block
+    return out
+
+
+PLACEHOLDER = -1  # vLLM's token id for a sampled token not yet copied back (asynchronous scheduling)
+
+
+class _Row:
+    """One request's grammar state: ``state`` after the first ``seen`` generated tokens; ``max_tokens``: the
+    request's length limit (the grammar closes boxes before it)."""
+
+    __slots__ = ("state", "seen", "max_tokens")
+
+    def __init__(self, grammar: G.AnswerGrammar, max_tokens: Optional[int]):
+        self.state = grammar.initial_state()
+        self.seen = 0
+        self.max_tokens = max_tokens
+
+    def catch_up(self, grammar: G.AnswerGrammar, generated: List[int]) -> int:
+        """Advance over ``generated`` (all the request's generated ids so far) beyond ``seen``; returns 1 when the
+        request left the grammar here, else 0.
+
+        Only real ids advance: the history is read up to the first placeholder (-1); the real ids replace it
+        in vLLM's list before the next step and are read then. A history shorter than ``seen`` (vLLM discarded
+        tokens) is replayed from the start."""
+        n = len(generated)
+        try:
+            n = generated.index(PLACEHOLDER)
+        except ValueError:
+            pass
+        if n < self.seen:
+            self.state, self.seen = grammar.initial_state(), 0
+        if n == self.seen:
+            return 0
+        self.state, why = grammar.advance_or_leave(self.state, generated[self.seen:n])
+        self.seen = n
+        if why is not None:
+            print(f"[swift-coord] vLLM: a request left the answer grammar ({why}); its answer is ended there",
+                  flush=True)
+            return 1
+        return 0
+
+    def remaining(self, generated: int) -> Optional[int]:
+        return None if self.max_tokens is None else self.max_tokens - generated
+
+
+def _grammar_from_config(vllm_config) -> G.AnswerGrammar:
+    model_config = vllm_config.model_config
+    if getattr(vllm_config, "speculative_config", None):
+        raise ValueError("the answer grammar's logits processor does not support speculative decoding "
+                         "(remove --speculative_config / speculative decoding)")
+    return grammar_for_model(model_config.model, model_config.tokenizer)
+
+
+def validate_sampling_params(sampling_params) -> None:
+    """vLLM's per-request check (both runners' ``validate_params``): ``ValueError`` naming the option the
+    grammar cannot serve (``decoding.check_generation_options``: beam search, ``coordexp`` with a temperature)."""
+    from .decoding import DecodingConfigError, check_generation_options
+
+    try:
+        check_generation_options(DecodingConfig.from_env(), num_beams=1,
+                                 temperature=getattr(sampling_params, "temperature", 0) or 0)
+    except DecodingConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+try:  # the classes exist only where vLLM is installed (the .venv-vllm environment)
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 except ImportError:  # pragma: no cover - main environment
     LogitsProcessor = None
+try:  # Model Runner V2's interface (vLLM >= 0.32)
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as LogitsProcessorV2
+except ImportError:  # pragma: no cover - older vLLM or main environment
+    LogitsProcessorV2 = None
 
 
 if LogitsProcessor is not None:
 
-    class _Row:
-        __slots__ = ("output_ids", "state", "seen", "max_tokens")
+    class GrammarProcessorV1(LogitsProcessor):
+        """The grammar on vLLM's V1 model runner (``vllm.v1.sample.logits_processor``): per-request state
+        comes through ``update_state`` (rows added, moved, removed by batch index); each request brings a
+        reference to its running list of generated ids, read in ``apply`` (after vLLM has replaced the
+        placeholders of asynchronous scheduling)."""
 
-        def __init__(self, output_ids: List[int], state: "G.GrammarState", max_tokens: Optional[int]):
-            self.output_ids = output_ids  # vLLM's running list of this request's generated ids
-            self.state = state
-            self.seen = 0
-            self.max_tokens = max_tokens  # the request's length limit: the grammar closes boxes before it
-
-    class CoordGrammarLogitsProcessor(LogitsProcessor):
-        """vLLM V1 logits processor applying the answer grammar (``COORD_DECODING``) to every request."""
+        runner = "v1"
 
         def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-            model_config = vllm_config.model_config
-            self.grammar = grammar_for_model(model_config.model, model_config.tokenizer)
+            self.grammar = _grammar_from_config(vllm_config)
             self.rows: Dict[int, _Row] = {}
-            self.violations = 0
-            print(f"[swift-coord] vLLM logits processor: answer grammar, mode {self.grammar.mode}", flush=True)
+            self.outputs: Dict[int, List[int]] = {}
+            self.off_grammar = 0
+            print(f"[swift-coord] vLLM logits processor (V1 model runner): answer grammar, mode "
+                  f"{self.grammar.mode}", flush=True)
+
+        @classmethod
+        def validate_params(cls, sampling_params) -> None:
+            validate_sampling_params(sampling_params)
 
         def is_argmax_invariant(self) -> bool:
             return False  # it decides what greedy decoding emits
 
         def update_state(self, batch_update: Optional["BatchUpdate"]) -> None:
             t0 = time.perf_counter()
-            self._update_state(batch_update)
-            STATS["seconds"] += time.perf_counter() - t0  # the grammar's time (bench/bench_decode.py)
-
-        def _update_state(self, batch_update: Optional["BatchUpdate"]) -> None:
             if batch_update is not None:
                 for index in batch_update.removed:
                     self.rows.pop(index, None)
+                    self.outputs.pop(index, None)
                 for index, params, _prompt_ids, output_ids in batch_update.added:
-                    self.rows[index] = _Row(output_ids, self.grammar.initial_state(),
-                                            getattr(params, "max_tokens", None))
+                    self.rows[index] = _Row(self.grammar, getattr(params, "max_tokens", None))
+                    self.outputs[index] = output_ids
                 for a, b, direction in batch_update.moved:
-                    ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
-                    if ra is not None:
-                        self.rows[b] = ra
-                    if direction == MoveDirectionality.SWAP and rb is not None:
-                        self.rows[a] = rb
-            for row in self.rows.values():
-                new = row.output_ids[row.seen:]
-                if not new:
-                    continue
-                row.seen += len(new)
-                try:
-                    row.state = self.grammar.advance_all(row.state, new)
-                except G.GrammarError as e:
-                    # Only reachable when something else chose the token (e.g. a forced stop string):
-                    # the row is left unconstrained rather than the engine stopped.
-                    self.violations += 1
-                    print(f"[swift-coord] a request left the answer grammar ({e}); it decodes freely from "
-                          f"here ({self.violations} such requests)", flush=True)
-                    row.state = G.GrammarState(G.DONE)
+                    for table in (self.rows, self.outputs):
+                        va, vb = table.pop(a, None), table.pop(b, None)
+                        if va is not None:
+                            table[b] = va
+                        if direction == MoveDirectionality.SWAP and vb is not None:
+                            table[a] = vb
+            STATS["seconds"] += time.perf_counter() - t0  # the grammar's time (bench/bench_decode.py)
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             if not self.rows:
                 return logits
             t0 = time.perf_counter()
-            out = self._apply(logits)
+            states, remaining, left = [], [], 0
+            for i in range(logits.shape[0]):
+                row = self.rows.get(i)
+                if row is None:
+                    states.append(None)
+                    remaining.append(None)
+                    continue
+                out = self.outputs[i]
+                left += row.catch_up(self.grammar, out)
+                if row.seen != len(out):
+                    raise RuntimeError(f"row {i}: generated ids still hold a placeholder at sampling time "
+                                       f"({out[-4:]}); the grammar cannot mask this step")
+                states.append(row.state)
+                remaining.append(row.remaining(len(out)))
+            if left:
+                self.off_grammar += left
+                record_off_grammar(left)
+            # In place, like vLLM's own processors: this step's logits are the engine's to overwrite.
+            out = grammar_step(self.grammar, logits, states, remaining)
             STATS["steps"] += 1
             STATS["seconds"] += time.perf_counter() - t0
             return out
 
-        def _apply(self, logits: torch.Tensor) -> torch.Tensor:
-            done = G.GrammarState(G.DONE)
-            states, remaining = [], []
-            for i in range(logits.shape[0]):
-                row = self.rows.get(i)
-                states.append(row.state if row is not None else done)
-                remaining.append(None if row is None or row.max_tokens is None
-                                 else row.max_tokens - len(row.output_ids))
-            # In place, like vLLM's own processors: this step's logits are the engine's to overwrite.
-            step = G.apply_grammar(self.grammar, logits, states, with_logprobs=False, remaining=remaining,
-                                   inplace=True)
-            if self.grammar.mode != G.COORDEXP:
-                return step.logits
-            # coordexp: step.logits keeps only the chosen token; record the restricted distribution instead.
-            v = self.grammar.vocab
-            coord_rows = [i for i, s in enumerate(states) if self.grammar.is_coord_slot(s)]
-            out = step.logits
-            if coord_rows:
-                rows = torch.tensor(coord_rows, dtype=torch.long, device=out.device)
-                block = torch.full_like(out[rows], float("-inf"))
-                block[:, v.coord_start:v.coord_end] = step.coord_logprobs[rows].to(out.dtype)
-                swap_in_coordexp_bins(block, torch.arange(rows.numel(), device=out.device), step.chosen[rows],
-                                      v.coord_start, v.num_bins)
-                out[rows] = block
+
+if LogitsProcessorV2 is not None:
+
+    class GrammarProcessorV2(LogitsProcessorV2):
+        """The grammar on vLLM's Model Runner V2 (``vllm.v1.worker.gpu.sample.logits_processor``).
+
+        State per request slot (``add_request`` resets it all: slots are reused and there is no removal
+        hook). Each ``apply`` maps its rows to slots through ``ctx.expanded_idx_mapping`` (rows of slots never
+        added here, e.g. a dummy run's, are left as they are), reads each slot's committed history
+        ``all_token_ids[slot, prompt_len:total_len]`` (only real sampled ids are committed there; after a
+        preemption the request is added again with ``prefill_len > prompt_len`` and its partial answer is
+        replayed), and applies the same grammar step as on the V1 runner. A chunked-prefill step commits no
+        token, so the state does not move. Cost: two small device-to-host reads per step (the slots' lengths and
+        their new ids)."""
+
+        runner = "v2"
+
+        def __init__(self, vllm_config, req_states: "LogitsProcRequestState"):
+            self.grammar = _grammar_from_config(vllm_config)
+            self.req_states = req_states
+            self.rows: Dict[int, _Row] = {}
+            self.off_grammar = 0
+            print(f"[swift-coord] vLLM logits processor (Model Runner V2): answer grammar, mode "
+                  f"{self.grammar.mode}", flush=True)
+
+        @classmethod
+        def validate_params(cls, sampling_params) -> None:
+            validate_sampling_params(sampling_params)
+
+        def add_request(self, req_idx: int, sampling_params) -> bool:
+            self.rows[req_idx] = _Row(self.grammar, getattr(sampling_params, "max_tokens", None))
+            return True
+
+        def _histories(self, slots: List[int]) -> Tuple[Dict[int, int], Dict[int, List[int]]]:
+            """For ``slots``: how many ids each request has generated, and those beyond what its row has seen
+            (two device reads)."""
+            rs = self.req_states
+            dev = rs.total_len.gpu.device
+            idx = torch.tensor(slots, dtype=torch.long, device=dev)
+            total = rs.total_len.gpu[idx].tolist()
+            prompt = [int(rs.prompt_len.np[s]) for s in slots]
+            generated = {s: t - p for s, t, p in zip(slots, total, prompt)}
+            want_s, want_p, owner = [], [], []
+            for s, p in zip(slots, prompt):
+                row = self.rows[s]
+                if generated[s] < row.seen:  # cannot happen in vLLM 0.32: replay from the start
+                    row.state, row.seen = self.grammar.initial_state(), 0
+                for k in range(row.seen, generated[s]):
+                    want_s.append(s)
+                    want_p.append(p + k)
+                    owner.append(s)
+            new: Dict[int, List[int]] = {s: [] for s in slots}
+            if want_s:
+                ids = rs.all_token_ids.gpu[torch.tensor(want_s, dtype=torch.long, device=dev),
+                                           torch.tensor(want_p, dtype=torch.long, device=dev)].tolist()
+                for s, t in zip(owner, ids):
+                    new[s].append(int(t))
+            return generated, new
+
+        def apply(self, logits: torch.Tensor, ctx: "LogitsContext") -> torch.Tensor:
+            t0 = time.perf_counter()
+            row_slots = ctx.expanded_idx_mapping.tolist()
+            if len(row_slots) != logits.shape[0]:
+                raise RuntimeError(f"{logits.shape[0]} logits rows for {len(row_slots)} slots")
+            mine = sorted({s for s in row_slots if s in self.rows})
+            if not mine:
+                return logits
+            generated, new = self._histories(mine)
+            left = 0
+            for s in mine:
+                row = self.rows[s]
+                if new[s]:
+                    row.state, why = self.grammar.advance_or_leave(row.state, new[s])
+                    row.seen += len(new[s])
+                    if why is not None:
+                        left += 1
+                        print(f"[swift-coord] vLLM: a request left the answer grammar ({why}); its answer is "
+                              "ended there", flush=True)
+            if left:
+                self.off_grammar += left
+                record_off_grammar(left)
+            states = [self.rows[s].state if s in self.rows else None for s in row_slots]
+            remaining = [self.rows[s].remaining(generated[s]) if s in self.rows else None for s in row_slots]
+            out = grammar_step(self.grammar, logits, states, remaining)
+            STATS["steps"] += 1
+            STATS["seconds"] += time.perf_counter() - t0
             return out
+
+
+def _select_processor(cls, vllm_config, *args, **kwargs):
+    """The processor for the runner that constructs it: Model Runner V2's loader passes
+    ``(vllm_config, LogitsProcRequestState)``, the V1 runner's ``(vllm_config, device, is_pin_memory)``."""
+    if LogitsProcessorV2 is not None and len(args) + len(kwargs) == 1:
+        state = args[0] if args else kwargs.get("req_states")
+        if isinstance(state, LogitsProcRequestState):
+            return GrammarProcessorV2(vllm_config, state)
+    if LogitsProcessor is None:
+        raise RuntimeError("vLLM's logits-processor interface is not importable")
+    return GrammarProcessorV1(vllm_config, *args, **kwargs)
+
+
+if LogitsProcessor is not None:
+    _BASES = (LogitsProcessor,) if LogitsProcessorV2 is None else (LogitsProcessor, LogitsProcessorV2)
+
+    class CoordGrammarLogitsProcessor(*_BASES):
+        """The name ``engine_kwargs`` gives vLLM (``PROCESSOR_FQCN``). vLLM chooses its model runner when it
+        builds the engine (``VllmConfig.use_v2_model_runner``: V2 where Triton works, i.e. on GPUs, unless
+        ``VLLM_USE_V2_MODEL_RUNNER=0``), and that runner's loader checks the class against its own interface and
+        constructs it. This class passes both checks and, when constructed, returns the processor of the
+        runner that constructs it (``GrammarProcessorV1`` or ``GrammarProcessorV2``, the same grammar step);
+        it is never an instance itself."""
+
+        def __new__(cls, vllm_config, *args, **kwargs):
+            return _select_processor(cls, vllm_config, *args, **kwargs)
+
+        @classmethod
+        def validate_params(cls, sampling_params) -> None:
+            validate_sampling_params(sampling_params)
