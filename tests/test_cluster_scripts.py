@@ -130,7 +130,7 @@ def test_setup_vllm_reruns_keep_the_vllm_build_the_environment_was_made_with(tmp
     an environment made before the record is read from its installed vLLM."""
     venv = tmp_path / "venv-vllm"
     base = {"VLLM_VENV": str(venv), "COORD_SETUP_DRY_RUN": "1", "PYTHON": getattr(sys, "_base_executable", sys.executable)}
-    proc = _run("setup_vllm.sh", {**base, "VLLM_PACKAGE": "vllm==0.32.0", "COORD_SKIP_TORCH": "1"}, timeout=300)
+    proc = _run("setup_vllm.sh", {**base, "VLLM_PACKAGE": "vllm==0.32.0", "COORD_SKIP_TORCH": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stdout
     made = _vllm_plan(proc.stdout)
     assert any(step.endswith(" vllm==0.32.0") for step in made) and not any("torch===" in s for s in made), made
@@ -145,7 +145,8 @@ def test_setup_vllm_reruns_keep_the_vllm_build_the_environment_was_made_with(tmp
     assert proc.returncode == 2 and "was made with VLLM_PACKAGE=vllm==0.32.0" in proc.stdout, proc.stdout
 
     # made before the record: the installed distribution tells (a metadata-only stand-in)
-    (venv / ".coord-setup-choice").unlink()
+    shutil.rmtree(venv)
+    subprocess.run([base["PYTHON"], "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python*/site-packages"))
     info = site / "vllm-0.31.1.dist-info"
     info.mkdir()
