@@ -246,6 +246,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="passes per mode; the fastest is reported")
     p.add_argument("--logprobs", action="store_true", help="also record log-probabilities (top 20)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--dtype", default="float32", help="the engine's torch dtype (bfloat16 on a GPU)")
     p.add_argument("--vllm-variant", default=None, choices=("noop", "raw-logprobs"),
                    help="vLLM only, a diagnosis of the time outside the grammar: 'noop' installs the processor but "
                         "returns the logits untouched; 'raw-logprobs' keeps vLLM's default logprobs_mode")
@@ -281,7 +282,7 @@ def main() -> None:
         from swift_coord_plugin.tiny_model import build_tiny_model
 
         model = build_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny"), head_dim=64 if a.backend == "vllm" else None)
-    engine = make_engine(a.backend, model, a.batch) if a.backend != "vllm" else None
+    engine = make_engine(a.backend, model, a.batch, a.dtype) if a.backend != "vllm" else None
     reqs = requests(a.samples, a.n)
     print(f"command: python bench/bench_decode.py {' '.join(sys.argv[1:])}")
     print(f"machine: {torch_machine()}, torch threads {torch.get_num_threads()}, "
@@ -295,7 +296,7 @@ def main() -> None:
             from swift_coord_plugin.swift_ext import decoding
 
             os.environ[decoding.ENV_MODE] = m
-            engine = make_engine(a.backend, model, a.batch)
+            engine = make_engine(a.backend, model, a.batch, a.dtype)
         rows.append(run_mode(engine, reqs, m, a.max_new_tokens, a.logprobs, a.repeat))
         if a.backend == "vllm":
             engine.engine.shutdown() if hasattr(engine.engine, "shutdown") else None

@@ -209,9 +209,14 @@ def build_model(sz: Sizes, work: Path) -> str:
         from swift_coord_plugin.tiny_model import build_tiny_model
 
         return build_tiny_model(str(work / "tiny"))
+    import torch
+
     from bench_decode import build_shaped_model
 
-    return build_shaped_model(str(work / sz.model), sz.model, vision=True, dtype=sz.model_dtype, device=sz.device)
+    out = build_shaped_model(str(work / sz.model), sz.model, vision=True, dtype=sz.model_dtype, device=sz.device)
+    if sz.device == "cuda":
+        torch.cuda.empty_cache()  # the sft runs are other processes
+    return out
 
 
 def parameter_count(model_dir: str) -> int:
@@ -295,7 +300,7 @@ def stage_vllm(sz: Sizes, model_dir: Optional[str]) -> Tuple[List[dict], str]:
         raise RuntimeError("no model: the model build failed")
     cmd = [sys.executable, str(REPO / "bench" / "bench_decode.py"), "--backend", "vllm", "--model", model_dir,
            "--modes", "free", "constrained", "--n", str(sz.decode_batch), "--batch", str(sz.decode_batch),
-           "--max-new-tokens", str(sz.decode_max_new_tokens), "--repeat", "1"]
+           "--max-new-tokens", str(sz.decode_max_new_tokens), "--repeat", "1", "--dtype", sz.model_dtype]
     proc = subprocess.run(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"vLLM {info}: bench_decode failed:\n{proc.stdout[-3000:]}")
