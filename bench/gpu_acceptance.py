@@ -196,7 +196,8 @@ def stage_loss(sz: Sizes, variants=LOSS_VARIANTS) -> Tuple[List[dict], str]:
                          "memory x stock": r["peak"] / ref["peak"] if ref and ref["peak"] > 0 else None,
                          "loss": r["loss"]})
     memory = ("`torch.cuda.max_memory_allocated` minus what was allocated before the step" if sz.device == "cuda"
-              else "peak RSS minus the RSS with the inputs (at these sizes mostly allocator noise)")
+              else "peak RSS minus the RSS with the inputs, not comparable here: every variant runs in one process, "
+                   "whose peak RSS only grows")
     notes = (f"Hidden {sz.loss_hidden}, vocabulary {sz.loss_vocab}, {sz.loss_dtype}; rows of 1,024 tokens (25% "
              f"prompt, then objects); median of {sz.loss_repeat} timed steps after {sz.loss_warmup} warm-up; peak memory: {memory}.")
     return rows, notes
