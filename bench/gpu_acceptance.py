@@ -396,7 +396,8 @@ def main(argv=None) -> int:
     ])
     (out / "sizes.json").write_text(json.dumps({"device": device, "versions": v, "sizes": asdict(sz)}, indent=1))
     t0 = time.perf_counter()
-    run(sz, report, a.stages)
+    with tempfile.TemporaryDirectory(prefix="acceptance-") as work:  # the model, the sft runs' folders
+        run(sz, report, a.stages, Path(work))
     total = time.perf_counter() - t0
     report._append(f"\nAll stages: {total:.0f} s" + (f"; FAILED: {', '.join(report.failed)}" if report.failed else "")
                    + "\n")
