@@ -269,14 +269,19 @@ def stage_decode(sz: Sizes, model_dir: str) -> Tuple[List[dict], str]:
     del engine
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    per_step = {m: (r["wall_s"] - r["prefill_s"]) / max(r["steps"], 1) for m, r in runs.items()}
+    # a per-step time needs decode steps to divide by: a random model may end its (constrained) answer at once,
+    # and then there is none to measure (the cells stay empty)
+    per_step = {m: (r["wall_s"] - r["prefill_s"]) / r["steps"] if r["steps"] >= 4 and r["wall_s"] > r["prefill_s"]
+                else None for m, r in runs.items()}
     rows = []
     for m, r in runs.items():
+        share = None
+        if m != "free" and per_step[m] and per_step["free"]:
+            share = 1 - per_step["free"] / per_step[m]
         rows.append({"decoding": m, "tokens": r["tokens"], "decode steps": r["steps"], "wall s": r["wall_s"],
-                     "prefill s": r["prefill_s"], "ms per decode step": per_step[m] * 1e3,
-                     "tokens/s": r["tokens_per_s"],
-                     "grammar share of a decode step": (1 - per_step["free"] / per_step[m]) if m != "free" else None,
-                     "processor timer share": r["step_share"] if m != "free" else None})
+                     "prefill s": r["prefill_s"], "ms per decode step": per_step[m] * 1e3 if per_step[m] else None,
+                     "tokens/s": r["tokens_per_s"], "grammar share of a decode step": share,
+                     "processor timer share": r["step_share"] if m != "free" and per_step[m] else None})
     notes = (f"Transformers backend, {sz.model} model in {sz.model_dtype}, {sz.decode_batch} images in one batch, "
              f"greedy, max_new_tokens {sz.decode_max_new_tokens}, one timed pass after a warm-up. The grammar's "
              f"share = 1 - free / constrained ms per decode step; the processor timer share is its own clock over "
