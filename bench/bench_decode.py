@@ -42,21 +42,22 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_PIXELS = "65536"
 
 
-def make_engine(backend: str, model: str, batch: int):
-    """The ms-swift inference engine of ``backend`` on ``model`` (plugin registered, fp32 on CPU)."""
+def make_engine(backend: str, model: str, batch: int, dtype: str = "float32"):
+    """The ms-swift inference engine of ``backend`` on ``model`` (plugin registered; ``dtype`` a torch dtype name,
+    float32 on CPU)."""
+    import torch
+
     if backend == "transformers":
-        import torch
         from swift.infer_engine import TransformersEngine
 
-        return TransformersEngine(model, max_batch_size=batch, torch_dtype=torch.float32,
+        return TransformersEngine(model, max_batch_size=batch, torch_dtype=getattr(torch, dtype),
                                   model_type="qwen3_vl_coord", template_type="qwen3_vl_coord")
     if backend == "vllm":  # run with the vLLM environment's python (.venv-vllm)
-        import torch
         from swift.infer_engine import VllmEngine
 
         # The engine process is this one (VLLM_ENABLE_V1_MULTIPROCESSING=0, set in main), so the grammar's
         # time lands in decoding.STATS here. The grammar is per engine: one engine per mode.
-        return VllmEngine(model, torch_dtype=torch.float32, model_type="qwen3_vl_coord",
+        return VllmEngine(model, torch_dtype=getattr(torch, dtype), model_type="qwen3_vl_coord",
                           template_type="qwen3_vl_coord", max_model_len=4096, max_num_seqs=batch,
                           enforce_eager=True)
     raise SystemExit(f"--backend {backend}: not available in this script yet")
@@ -66,11 +67,18 @@ def make_engine(backend: str, model: str, batch: int):
 # and 8 key/value heads of 128, MLP 6144, tied head. The vision tower stays tiny (it runs in the prefill only).
 SHAPES = {"qwen3-vl-2b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                               num_attention_heads=16, num_key_value_heads=8, head_dim=128)}
+# Its vision tower (``vision_config``): 24 blocks of hidden 1024 (MLP 4096, 16 heads), 48x48 position embeddings,
+# deep-stack features from blocks 5, 11 and 17.
+VISION_SHAPES = {"qwen3-vl-2b": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                                     num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17])}
 
 
-def build_shaped_model(out_dir: str, shape: str) -> str:
-    """A randomly initialised Qwen3-VL with the language-model dimensions of ``shape`` (``SHAPES``), fp32, with
-    the tiny model's processor and tokenizer, written to ``out_dir``."""
+def build_shaped_model(out_dir: str, shape: str, vision: bool = False, dtype: str = "float32",
+                       device: str = "cpu") -> str:
+    """A randomly initialised Qwen3-VL with the language-model dimensions of ``shape`` (``SHAPES``) and, with
+    ``vision``, its vision tower's too (``VISION_SHAPES``; otherwise the tiny one), with the tiny model's
+    processor and tokenizer (the real vocabulary), written to ``out_dir`` in ``dtype`` (a torch dtype name).
+    ``device``: where the weights are initialised (``cuda`` is much faster for billions of parameters)."""
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
@@ -84,9 +92,13 @@ def build_shaped_model(out_dir: str, shape: str) -> str:
     half = dims["head_dim"] // 2  # mrope sections (t, h, w) sum to head_dim // 2, as Qwen3-VL's [24, 20, 20]
     config.text_config.rope_parameters["mrope_section"] = [half - 2 * (half * 5 // 16), half * 5 // 16,
                                                            half * 5 // 16]
+    if vision:
+        for k, v in VISION_SHAPES[shape].items():
+            setattr(config.vision_config, k, v)
     config.vision_config.out_hidden_size = dims["hidden_size"]
     torch.manual_seed(0)
-    model = Qwen3VLForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = Qwen3VLForConditionalGeneration(config).to(getattr(torch, dtype)).eval()
     for f in os.listdir(out_dir):
         if f.endswith(".safetensors") or f == "model.safetensors.index.json":
             os.remove(os.path.join(out_dir, f))
@@ -128,7 +140,9 @@ def run_mode(engine, reqs, mode: str, max_new_tokens: int, logprobs: bool, repea
         resp = engine.infer(reqs, cfg, use_tqdm=False)
         wall = time.perf_counter() - t0
         tokens = sum(r.usage.completion_tokens for r in resp)
-        run = {"wall_s": wall, "tokens": tokens, "grammar_s": decoding.STATS["seconds"],
+        # decode steps of the batch: its longest answer (batches of at most ``max_batch_size`` rows)
+        run = {"wall_s": wall, "tokens": tokens, "steps": max(r.usage.completion_tokens for r in resp),
+               "grammar_s": decoding.STATS["seconds"],
                "grammar_steps": decoding.STATS["steps"]}
         if best is None or wall < best["wall_s"]:
             best = run
@@ -232,6 +246,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="passes per mode; the fastest is reported")
     p.add_argument("--logprobs", action="store_true", help="also record log-probabilities (top 20)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--dtype", default="float32", help="the engine's torch dtype (bfloat16 on a GPU)")
     p.add_argument("--vllm-variant", default=None, choices=("noop", "raw-logprobs"),
                    help="vLLM only, a diagnosis of the time outside the grammar: 'noop' installs the processor but "
                         "returns the logits untouched; 'raw-logprobs' keeps vLLM's default logprobs_mode")
@@ -267,7 +282,7 @@ def main() -> None:
         from swift_coord_plugin.tiny_model import build_tiny_model
 
         model = build_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny"), head_dim=64 if a.backend == "vllm" else None)
-    engine = make_engine(a.backend, model, a.batch) if a.backend != "vllm" else None
+    engine = make_engine(a.backend, model, a.batch, a.dtype) if a.backend != "vllm" else None
     reqs = requests(a.samples, a.n)
     print(f"command: python bench/bench_decode.py {' '.join(sys.argv[1:])}")
     print(f"machine: {torch_machine()}, torch threads {torch.get_num_threads()}, "
@@ -281,7 +296,7 @@ def main() -> None:
             from swift_coord_plugin.swift_ext import decoding
 
             os.environ[decoding.ENV_MODE] = m
-            engine = make_engine(a.backend, model, a.batch)
+            engine = make_engine(a.backend, model, a.batch, a.dtype)
         rows.append(run_mode(engine, reqs, m, a.max_new_tokens, a.logprobs, a.repeat))
         if a.backend == "vllm":
             engine.engine.shutdown() if hasattr(engine.engine, "shutdown") else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from machine import torch_machine  # bench/machine.py (the script's folder is on
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "swift_coord_plugin" / "entry" / "swift_plugin.py"
-SWIFT = str(Path(sys.executable).parent / "swift")
+# the `swift` command next to this python (a virtual environment), else the one on PATH (a wheel kit's bin/)
+SWIFT = str(Path(sys.executable).parent / "swift") if (Path(sys.executable).parent / "swift").exists() else \
+    (shutil.which("swift") or "swift")
 VARIANTS = {  # name -> (loss type, lean)
     "stock": ("cross_entropy", False),
     "A": ("coordexp_ce", False), "B": ("coordexp_geom", False), "C": ("coordexp_hybrid", False),
@@ -41,28 +44,50 @@ def absolute_samples(src: Path, dst: Path) -> None:
 
 
 def run(variant: str, model_dir: str, data: str, out: Path, a) -> float:
+    """Seconds per step of one ``swift sft`` run of ``variant`` (float32, no DeepSpeed)."""
+    return run_sft(variant, model_dir, data, out, a.steps, a.batch_size, a.max_pixels)["s_per_step"]
+
+
+def run_sft(variant: str, model_dir: str, data: str, out: Path, steps: int, batch_size: int, max_pixels: int,
+            dtype: str = "float32", deepspeed: str = None, timeout: float = None) -> dict:
+    """One real ``swift sft`` run of ``variant`` (full fine-tuning) for ``steps`` steps; returns ``s_per_step``
+    (seconds, mean of steps 2..steps from ms-swift's per-step ``train_speed(s/it)``), ``memory_gib`` (ms-swift's
+    logged peak reserved accelerator memory, GiB; None on CPU, where it logs none) and ``wall_s`` of the process.
+    ``dtype``: ``float32`` or ``bfloat16`` (weights and mixed precision); ``deepspeed``: ``zero2``/``zero3`` (one
+    process through torchrun) or None. Raises SystemExit with the end of the log when the run fails."""
     loss_type, lean = VARIANTS[variant]
+    bf16 = "true" if dtype == "bfloat16" else "false"
     args = ["--model", model_dir, "--model_type", "qwen3_vl_coord", "--template", "qwen3_vl_coord",
             "--external_plugins", str(PLUGIN), "--dataset", f"coord:{data}", "--tuner_type", "full",
-            "--torch_dtype", "float32", "--fp16", "false", "--bf16", "false", "--check_model", "false",
-            "--max_steps", str(a.steps), "--per_device_train_batch_size", str(a.batch_size),
+            "--torch_dtype", dtype, "--fp16", "false", "--bf16", bf16, "--check_model", "false",
+            "--max_steps", str(steps), "--per_device_train_batch_size", str(batch_size),
             "--gradient_accumulation_steps", "1", "--learning_rate", "1e-5", "--output_dir", str(out),
             "--add_version", "false", "--save_strategy", "no", "--logging_steps", "1", "--dataloader_num_workers", "0",
-            "--report_to", "none", "--seed", "42", "--data_seed", "42", "--max_pixels", str(a.max_pixels),
+            "--report_to", "none", "--seed", "42", "--data_seed", "42", "--max_pixels", str(max_pixels),
             "--dataset_num_proc", "1", "--loss_type", loss_type]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               MAX_PIXELS=str(a.max_pixels))
+               MAX_PIXELS=str(max_pixels))
     env.pop("COORDEXP_LEAN", None)
     if lean:
         env["COORDEXP_LEAN"] = "1"
+    if deepspeed:
+        args += ["--deepspeed", deepspeed]
+        env.setdefault("NPROC_PER_NODE", "1")
+        env.setdefault("MASTER_PORT", "29617")
+    t0 = time.perf_counter()
     proc = subprocess.run([SWIFT, "sft", *args], env=env, cwd=str(out.parent), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "swift-sft.log").write_text(proc.stdout)
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{proc.stdout[-4000:]}")
     logs = [json.loads(line) for line in open(out / "logging.jsonl") if '"train_speed(s/it)"' in line]
     logs = [r for r in logs if "loss" in r]
     elapsed = [r["train_speed(s/it)"] * int(r["global_step/max_steps"].split("/")[0]) for r in logs]
-    return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
+    memory = [r["memory(GiB)"] for r in logs if "memory(GiB)" in r]
+    return {"s_per_step": (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1), "memory_gib": max(memory) if memory else None,
+            "wall_s": wall, "loss": logs[-1]["loss"], "steps": len(logs)}
 
 
 def main() -> None:

@@ -12,13 +12,42 @@
 #   uses another file, COORD_CONSTRAINTS=none installs the newest releases the requirements allow.
 # COORD_SETUP_DRY_RUN=1: resolve only (pip --dry-run), print what would be installed, change nothing else.
 # COORD_VLLM=1 also builds the optional vLLM environment .venv-vllm (shell/setup_vllm.sh).
+# Re-runs keep what the environment was made with: the torch choice is recorded in $VENV/.coord-setup-choice when
+#   the environment is made, and a later run without COORD_SKIP_TORCH (shell/test.sh, shell/demo.sh) uses it; a
+#   run asking for the other choice stops (exit 2) instead of installing a second torch over the first.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
-SKIP_TORCH="${COORD_SKIP_TORCH:-0}"
 DRY_RUN="${COORD_SETUP_DRY_RUN:-0}"
 CONSTRAINTS="${COORD_CONSTRAINTS:-$ROOT/shell/constraints.txt}"
+
+# --- the torch choice: as recorded with the environment, else as asked (default 0) ----------------------
+CHOICE="$VENV/.coord-setup-choice"
+RECORDED=""
+if [ -f "$CHOICE" ]; then
+  RECORDED="$(sed -n 's/^COORD_SKIP_TORCH=//p' "$CHOICE")"
+elif [ -x "$VENV/bin/python" ] && [ -f "$VENV/.coord-setup-stamp" ]; then
+  # set up before the choice was recorded: COORD_SKIP_TORCH=1 left the kept versions (and a venv it made sees
+  # the system site-packages)
+  if [ -f "$VENV/.coord-kept-torch.txt" ] || grep -qs '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+    RECORDED=1
+  else
+    RECORDED=0
+  fi
+fi
+case "${COORD_SKIP_TORCH:-0}" in 0|1) ;; *) echo "[setup] COORD_SKIP_TORCH must be 0 or 1, got '$COORD_SKIP_TORCH'" >&2; exit 2;; esac
+case "${RECORDED:-0}" in 0|1) ;; *) echo "[setup] $CHOICE: COORD_SKIP_TORCH must be 0 or 1, got '$RECORDED'" >&2; exit 2;; esac
+if [ -n "${COORD_SKIP_TORCH:-}" ] && [ -n "$RECORDED" ] && [ "$COORD_SKIP_TORCH" != "$RECORDED" ]; then
+  echo "[setup] $VENV was made with COORD_SKIP_TORCH=$RECORDED (${CHOICE#"$VENV/"}); COORD_SKIP_TORCH=$COORD_SKIP_TORCH" \
+       "would put another torch in it. Leave COORD_SKIP_TORCH unset to keep it, or remove the environment" \
+       "first (rm -r $VENV) to make it the other way." >&2
+  exit 2
+fi
+SKIP_TORCH="${COORD_SKIP_TORCH:-${RECORDED:-0}}"
+if [ -n "$RECORDED" ] && [ -z "${COORD_SKIP_TORCH:-}" ]; then
+  echo "[setup] COORD_SKIP_TORCH=$SKIP_TORCH, as $VENV was made (${CHOICE#"$VENV/"})"
+fi
 
 # --- environment and constraints (keep torch as found) ----------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
@@ -29,7 +58,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV"
     "$PY" -m venv "$VENV"
   fi
+  echo "COORD_SKIP_TORCH=$SKIP_TORCH" > "$CHOICE"
 fi
+# an environment made elsewhere (VENV=...) or before the choice was recorded: recorded by its first real set-up
+[ -f "$CHOICE" ] || [ "$DRY_RUN" = "1" ] || echo "COORD_SKIP_TORCH=$SKIP_TORCH" > "$CHOICE"
 PIP=("$VENV/bin/python" -m pip)
 PIP_C=()
 if [ "$CONSTRAINTS" != "none" ]; then

