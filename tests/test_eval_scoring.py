@@ -168,21 +168,25 @@ def test_every_row_and_object_is_accounted_for(c128, tmp_path):
              f"{codec.OBJ_START} people {''.join(codec.coord_token(k) for k in (5, 6, 7, 8))} {codec.OBJ_END}")
     rows[0]["response"] += extra
     rows[0]["logprobs"] = None
-    results = write_rows(tmp_path / "r.jsonl", rows[:8] + [dup, unknown_id, unknown_name, no_image])
+    # A second row for an image (ms-swift appends to an existing result file): the evaluation stops, naming the lines.
+    mixed = write_rows(tmp_path / "mixed.jsonl", rows[:8] + [dup, unknown_id, unknown_name, no_image])
+    with pytest.raises(EvalError, match=r"line 9 repeats image .* \(first at line 3\)"):
+        evaluate_results(mixed, str(C128), EvalSettings(subset_from_results=True), progress=False)
+    results = write_rows(tmp_path / "r.jsonl", rows[:8] + [unknown_id, unknown_name, no_image])
     ev = evaluate_results(results, str(C128), EvalSettings(subset_from_results=True), progress=False)
     c = ev.report["counts"]
-    assert c["rows"]["total"] == 12
+    assert c["rows"]["total"] == 11
     assert c["rows"]["matched_by_image_id"] == 7 and c["rows"]["matched_by_file_name"] == 1
     assert c["rows"]["unmatched"] == {"unknown_image_id": 1, "unknown_file_name": 1, "no_image_id_or_file_name": 1}
-    assert c["rows"]["duplicate_image"] == 1
+    assert c["rows"]["duplicate_image"] == 0
     # rows name bare file names: no image file to compare with the GT size (tests/test_eval_inputs.py does)
     assert c["rows"]["size_differs_from_gt"] == 0 and c["rows"]["image_file_not_checked"] == 8
     assert c["images"]["evaluated"] == 8 and c["images"]["gt_images_without_row"] == 120
     o = c["objects"]
     n_in = lambda r: len(codec.parse_objects(r["response"]).objects)  # noqa: E731
-    assert o["parsed"] == sum(n_in(r) for r in rows[:8] + [dup, unknown_id, unknown_name])
+    assert o["parsed"] == sum(n_in(r) for r in rows[:8] + [unknown_id, unknown_name])
     assert o["in_unmatched_rows"] == n_in(unknown_id) + n_in(unknown_name)
-    assert o["in_duplicate_rows"] == n_in(dup)
+    assert o["in_duplicate_rows"] == 0
     assert o["unmatched_description"] == 1 and c["unmatched_descriptions"] == {"unicorn": 1}
     assert ev.report["settings"]["category_mapping"]["aliases_used"] == {"people -> person": 1}
     assert o["parsed"] == o["in_unmatched_rows"] + o["in_duplicate_rows"] + o["unmatched_description"] + \
