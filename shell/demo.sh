@@ -82,7 +82,7 @@ else
                 --eval_steps $(( STEPS / 3 )) --save_steps $(( STEPS / 3 )) --save_total_limit 3 --logging_steps 20
                 --freeze_vit false --freeze_aligner false)
     INFER_ARGS=(--max_new_tokens 64 --max_batch_size 50)
-    EVALS=(argmax coordexp)
+    EVALS=(argmax expectation-top20 coordexp)
     EVAL_CKPT=all
   else
     echo "[demo] DEMO must be shapes or coco-sample (got '$DEMO')" >&2; exit 2
@@ -110,7 +110,12 @@ for ((s = 0; s < SEEDS; s++)); do
     d="$(run_dir "$g" "$s")"
     for e in "${EVALS[@]}"; do
       say "evaluate group $g seed $s: $e"
-      if [ "$e" = coordexp ]; then
+      if [ "$e" = expectation-top20 ]; then
+        # The argmax answers re-read: each box from E[k] over the coordinate tokens among the recorded top-20
+        # log-probabilities (no second inference).
+        GROUP=$g OUT="$d" VAL_DATA="$VAL" GT="$GT" CKPT="${EVAL_CKPT:-}" EVAL_NAME="$e" RESULTS_FROM=argmax \
+          DECODE=coordexp bash shell/eval.sh
+      elif [ "$e" = coordexp ]; then
         # The CoordExp readout: at every coordinate slot the decoder writes round(E[k]) over all 1000 bins (under
         # the answer grammar), and feeds it back; the last checkpoint.
         GROUP=$g OUT="$d" VAL_DATA="$VAL" GT="$GT" EVAL_NAME=coordexp DECODING=coordexp DECODE=argmax \
