@@ -1,4 +1,4 @@
-"""GPU acceptance run: on one GPU, in a few minutes, the numbers a first GPU session needs, each stage through the
+"""GPU acceptance run: on one GPU, in a few minutes, the numbers a first run on a GPU node needs, each stage through the
 project's own benchmark code, each stage's rows written as soon as it finishes.
 
 Stages (``--device cuda``: one H100/H200 with the machine's own torch and transformers; ``--device cpu``: the same
