@@ -161,7 +161,7 @@ for run in "${RUNS[@]}"; do
   if [ -n "$ckpt" ] && [ -f "$VAL" ] && WHY=$(python -m swift_coord_plugin.cli.infer_settings reuse "$dir/eval/report.json" \
        --checkpoint "$ckpt" --gt "$ANN_VAL" --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" \
        --decoding "$DECODING" --infer-backend "$INFER_BACKEND" --val-data "$VAL" --infer-config "$INFER_CONFIG" \
-       --max-pixels "${INFER_MAX_PIXELS:-}" --eval-args "${EVAL_ARGS:-}"); then
+       --max-pixels "${INFER_MAX_PIXELS:-}" --eval-args="${EVAL_ARGS:-}"); then
     say "evaluate $(basename "$dir"): skip ($dir/eval/report.json made exactly as asked)"; show "${CMD[@]}"; continue
   fi
   say "evaluate $(basename "$dir"): run ($WHY)"; show "${CMD[@]}"

@@ -88,7 +88,7 @@ if [ "${CKPT:-}" = "all" ]; then
     if WHY=$(python -m swift_coord_plugin.cli.infer_settings reuse "$d/report.json" --checkpoint "$c" --gt "$GT" \
              --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" --decoding "$DECODING" \
              --infer-backend "$INFER_BACKEND" --val-data "$ALL_VAL" --infer-config "$INFER_CONFIG" \
-             --max-pixels "${INFER_MAX_PIXELS:-}" --eval-args "${EVAL_ARGS:-}" ${FROM[@]+"${FROM[@]}"} -- "$@"); then
+             --max-pixels "${INFER_MAX_PIXELS:-}" --eval-args="${EVAL_ARGS:-}" ${FROM[@]+"${FROM[@]}"} -- "$@"); then
       echo "[eval] $(basename "$c"): reusing $d/report.json"; continue
     fi
     echo "[eval] $(basename "$c"): evaluating ($WHY)"
@@ -160,7 +160,7 @@ fi
 # Inference resolution: the run's (recorded with checkpoint and step in infer_settings.json, read by coord-eval).
 PIX=$(python -m swift_coord_plugin.cli.infer_settings write --checkpoint "$CKPT" --out "$EVAL_DIR/infer_settings.json" \
       --max-pixels "${INFER_MAX_PIXELS:-}" --decoding "$DECODING" --infer-backend "$INFER_BACKEND" \
-      --val-data "$VAL_DATA" --infer-config "$INFER_CONFIG" --eval-args "${EVAL_ARGS:-}" -- "$@")
+      --val-data "$VAL_DATA" --infer-config "$INFER_CONFIG" --eval-args="${EVAL_ARGS:-}" -- "$@")
 [ -z "$PIX" ] || ARGS+=(--max_pixels "$PIX")
 NSHARDS="${NPROC_PER_NODE:-1}"
 GPUS_PER_SHARD="${GPUS_PER_SHARD:-1}"

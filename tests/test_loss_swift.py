@@ -245,4 +245,6 @@ def test_cli_refused_configurations_stop_before_the_model_loads(tiny_model_dir, 
     proc = _sft(tiny_model_dir, four_samples, sp, "coordexp_hybrid", batch_size=1, check=False,
                 extra=["--sequence_parallel_size", "2", "--use_cpu", "true"], launcher_env={"NPROC_PER_NODE": "2"})
     assert proc.returncode != 0
-    assert "refuses sequence parallel (sequence_parallel_size=2)" in proc.stdout
+    # Refused with the other ms-swift options the plugin's loss would replace (swift_ext.settings), before the model.
+    assert "--sequence_parallel_size 2: ms-swift pre-shifts and shards the labels" in proc.stdout
+    assert "[swift-coord] added" not in proc.stdout
