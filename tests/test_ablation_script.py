@@ -13,6 +13,12 @@ from helpers import REPO, SAMPLE_DIR, swift_env
 BIN = os.path.dirname(sys.executable)
 
 
+def _clean_environ() -> dict:
+    """This process's environment without the plugin's settings: an in-process ms-swift run of another test in this
+    worker may have exported some (``--model_kwargs`` goes to os.environ), and the stage stamps record them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("COORDEXP_", "COORD_"))}
+
+
 def _run(script, env, *args, timeout=300):
     full = swift_env({"PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), **env})
     for k in [k for k in full if k.startswith(("COORDEXP_", "COORD_"))]:
@@ -88,7 +94,7 @@ def test_rerun_skips_finished_stages_only_when_nothing_changed(tmp_path, coco):
     stamp = out / "group_a" / "coord_stage.json"
     inputs = ["--input", str(out / "data" / "train2017.jsonl"), "--input", str(out / "data" / "val2017.jsonl")]
     subprocess.run([sys.executable, "-m", "swift_coord_plugin.cli.stage", "mark", str(stamp), "--status", "finished",
-                    *inputs, "--", *shlex.split(cmd)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    *inputs, "--", *shlex.split(cmd)], check=True, env={**_clean_environ(), "PYTHONPATH": str(REPO)})
     proc = _run("ablation.sh", env, "--dry-run")
     assert "[ablation] train a seed 42: skip (finished with this command and data)" in proc.stdout, proc.stdout
     assert "[ablation] train b seed 42: run" in proc.stdout
