@@ -82,7 +82,7 @@ else
                 --eval_steps $(( STEPS / 3 )) --save_steps $(( STEPS / 3 )) --save_total_limit 3 --logging_steps 20
                 --freeze_vit false --freeze_aligner false)
     INFER_ARGS=(--max_new_tokens 64 --max_batch_size 50)
-    EVALS=(argmax expectation-top20 coordexp)
+    EVALS=(argmax expectation coordexp)
     EVAL_CKPT=all
   else
     echo "[demo] DEMO must be shapes or coco-sample (got '$DEMO')" >&2; exit 2
@@ -110,9 +110,9 @@ for ((s = 0; s < SEEDS; s++)); do
     d="$(run_dir "$g" "$s")"
     for e in "${EVALS[@]}"; do
       say "evaluate group $g seed $s: $e"
-      if [ "$e" = expectation-top20 ]; then
-        # The argmax answers re-read: each box from E[k] over the coordinate tokens among the recorded top-20
-        # log-probabilities (no second inference).
+      if [ "$e" = expectation ]; then
+        # The argmax answers re-read: each box from E[k] over all 1000 bins of each coordinate slot, recorded at
+        # inference (<result>.slots.jsonl; no second inference).
         GROUP=$g OUT="$d" VAL_DATA="$VAL" GT="$GT" CKPT="${EVAL_CKPT:-}" EVAL_NAME="$e" RESULTS_FROM=argmax \
           DECODE=coordexp bash shell/eval.sh
       elif [ "$e" = coordexp ]; then

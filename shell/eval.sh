@@ -168,10 +168,13 @@ GPUS_PER_SHARD="${GPUS_PER_SHARD:-1}"
 unset NPROC_PER_NODE   # each shard is one plain process; the shards are launched here
 SHARDS=(python -m swift_coord_plugin.cli.shards)
 RESULT="$EVAL_DIR/infer_result.jsonl"
-rm -f "$RESULT"
+rm -f "$RESULT" "$RESULT.slots.jsonl"
+# The exact E[k] and spread of every coordinate slot go to <result>.slots.jsonl (transformers backend, constrained or
+# coordexp decoding; swift_ext/slots.py): coord-eval --decode coordexp then reads all 1000 bins, not the top k.
 if [ "$NSHARDS" = "1" ]; then
+  SL=(); [ "$INFER_BACKEND" = vllm ] || SL=("COORD_DECODING_SLOTS=$RESULT.slots.jsonl")
   echo "[eval] COORD_DECODING=$DECODING ${SWIFT[*]} infer ${ARGS[*]} --val_dataset coord:$VAL_DATA --result_path $RESULT $*"
-  "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:$VAL_DATA" --result_path "$RESULT" "$@"
+  env ${SL[@]+"${SL[@]}"} "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:$VAL_DATA" --result_path "$RESULT" "$@"
   "${SHARDS[@]}" check --val "$VAL_DATA" "$RESULT"
 else
   # A re-run keeps a finished shard when its result file holds every row of the shard and its stamp
@@ -181,7 +184,8 @@ else
   mapfile -t SHARD_FILES < <("${SHARDS[@]}" split --val "$VAL_DATA" --n "$NSHARDS" --out-dir "$EVAL_DIR/shards")
   for f in "$EVAL_DIR"/shards/shard_*.jsonl; do   # left by an earlier split into more shards
     i="${f##*/shard_}"; i="${i%.jsonl}"
-    [ "$i" -lt "${#SHARD_FILES[@]}" ] || rm -f "$f" "$EVAL_DIR/shards/result_$i.jsonl" "$EVAL_DIR/shards/result_$i.settings.json"
+    [ "$i" -lt "${#SHARD_FILES[@]}" ] || rm -f "$f" "$EVAL_DIR/shards/result_$i.jsonl" "$EVAL_DIR/shards/result_$i.jsonl.slots.jsonl" \
+      "$EVAL_DIR/shards/result_$i.settings.json"
   done
   NGPU="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
   IFS=',' read -r -a DEVICES <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((NGPU > 0 ? NGPU - 1 : 0)))}"
@@ -202,10 +206,10 @@ else
       continue
     fi
     [ ! -e "$part" ] || echo "[eval] shard $i: deleting $part ($WHY)"
-    rm -f "$part" "$stamp"
-    dev=()
+    rm -f "$part" "$part.slots.jsonl" "$stamp"
+    dev=(); [ "$INFER_BACKEND" = vllm ] || dev=("COORD_DECODING_SLOTS=$part.slots.jsonl")
     if [ "$NGPU" -gt 0 ]; then
-      dev=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${DEVICES[*]:$((i * GPUS_PER_SHARD)):$GPUS_PER_SHARD}")")
+      dev+=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${DEVICES[*]:$((i * GPUS_PER_SHARD)):$GPUS_PER_SHARD}")")
     fi
     echo "[eval] shard $i: ${dev[*]:-} ${SWIFT[*]} infer ... --val_dataset coord:${SHARD_FILES[$i]} --result_path $part ${WRITE[*]:-} (log: $EVAL_DIR/shards/infer_$i.log)"
     env ${dev[@]+"${dev[@]}"} "${SWIFT[@]}" infer "${ARGS[@]}" --val_dataset "coord:${SHARD_FILES[$i]}" --result_path "$part" \
@@ -242,5 +246,12 @@ else
   done
   [ ${#FAILED[@]} -eq 0 ] || { echo "[eval] a re-run keeps the finished shards and re-runs the others" >&2; exit 1; }
   "${SHARDS[@]}" merge --val "$VAL_DATA" --out "$RESULT" "${PARTS[@]}"
+  # The slots files in shard order (each line keyed by its row); only when every shard has one.
+  SLOTS_PARTS=(); for p in "${PARTS[@]}"; do [ ! -f "$p.slots.jsonl" ] || SLOTS_PARTS+=("$p.slots.jsonl"); done
+  if [ ${#SLOTS_PARTS[@]} -gt 0 ] && [ ${#SLOTS_PARTS[@]} -eq ${#PARTS[@]} ]; then
+    cat "${SLOTS_PARTS[@]}" > "$RESULT.slots.jsonl"
+  elif [ ${#SLOTS_PARTS[@]} -gt 0 ]; then
+    echo "[eval] only ${#SLOTS_PARTS[@]} of ${#PARTS[@]} shards wrote a slots file: no $RESULT.slots.jsonl (--decode coordexp reads the top k)" >&2
+  fi
 fi
 score

@@ -11,6 +11,8 @@ import pytest
 
 from helpers import REPO, read_jsonl, swift_env
 
+from swift_coord_plugin.core.samples import row_key
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -221,6 +223,10 @@ def test_cpu_recipe_paths_resume_and_sharded_eval(tiny_model_dir, sample_jsonl, 
     assert "[eval] shards: 9/9 rows (100.0%)" in proc.stdout and "[eval] shards: 5/9 rows" in proc.stdout
     rows = read_jsonl(named / "infer_result.jsonl")
     assert [r["chat_template_kwargs"]["coord_meta"]["image_id"] for r in rows] == want
+    # The exact CoordExp side files: one per shard (shard 0's kept with it), merged in shard order, a line per row.
+    slots = read_jsonl(named / "infer_result.jsonl.slots.jsonl")
+    assert [s["key"] for s in slots] == [row_key(r) for r in rows]
+    assert len(read_jsonl(named / "shards" / "result_0.jsonl.slots.jsonl")) == 5
 
     # A second evaluation of the same answers (the CoordExp decision), no inference: beside the first.
     proc = _run("eval.sh", {"GROUP": "a", "OUT": str(out), "COORD_DATA_ROOT": str(root), "GT": gt,
@@ -230,5 +236,7 @@ def test_cpu_recipe_paths_resume_and_sharded_eval(tiny_model_dir, sample_jsonl, 
     assert "swift infer" not in proc.stdout
     second = json.load(open(out / "eval" / "coordexp" / "report.json"))
     assert second["settings"]["decode"] == "coordexp" and second["counts"]["rows"]["total"] == 9
+    assert second["settings"]["coordexp_bins"].startswith("exact: all 1000 bins")
+    assert second["counts"]["coordexp"]["exact_positions"] == second["counts"]["coordexp"]["coordinate_positions"]
     assert second["settings"]["results"] == str(named / "infer_result.jsonl")
     assert json.load(open(named / "report.json"))["settings"]["decode"] == "argmax"   # not replaced

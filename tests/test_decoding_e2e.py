@@ -85,3 +85,71 @@ def test_b_writes_boxes_only_under_the_grammar(b_checkpoint, tmp_path):
             assert s["logprobs_distribution"].startswith("grammar")
             assert parser.get(codec.DROP_INCOMPLETE, 0) == 0 and parser.get(codec.DROP_TRUNCATED, 0) == 0
             assert report["counts"]["objects"]["parsed"] >= 2
+
+
+def test_exact_coordexp_slots_join_their_rows_through_batching_and_appending(b_checkpoint, tmp_path):
+    """COORD_DECODING_SLOTS: every answer's line holds, per coordinate token, the exact E[k] and spread over all
+    1000 bins; under coordexp the written bin is round(E[k]) of that very line (the slot and the values belong
+    together); a second run appended to the same files joins row by row; coord-eval reads the exact values."""
+    from swift_coord_plugin.core.grammar import round_half_up
+    from swift_coord_plugin.eval.results import read_row
+    from swift_coord_plugin.eval.slots import SlotIndex, slots_path
+
+    ckpt, data, _ = b_checkpoint
+    result = tmp_path / "coordexp.jsonl"
+    env = {"COORD_DECODING": "coordexp", "COORD_DECODING_RECORD": f"{result}.decoding.json",
+           "COORD_DECODING_SLOTS": slots_path(str(result))}
+    args = base_infer_args(ckpt, str(data), str(result), max_new_tokens=48,  # both rows in one batch of 4
+                           extra=["--logprobs", "true", "--top_logprobs", str(TOP_K)])
+    run_swift("infer", args, tmp_path, env=env)
+    run_swift("infer", args, tmp_path, env=env)  # appended to both files, as swift infer appends
+    rows = read_jsonl(result)
+    assert len(rows) == 4 and len(read_jsonl(slots_path(str(result)))) == 4
+    index = SlotIndex(slots_path(str(result)))
+    import torch
+
+    truncated_differs = 0
+    for line, row in enumerate(rows, 1):
+        pred = read_row(row, line)
+        line_slots = index.take(pred.row_key)
+        assert line_slots is not None and line_slots.line == line  # the n-th row of an image: its n-th line
+        assert pred.objects
+        for obj in pred.objects:
+            for tok in obj.coords:
+                e, std = line_slots.at(tok.index, tok.bin, f"line {line}")
+                assert int(round_half_up(torch.tensor(e, dtype=torch.float32))) == tok.bin  # the coordexp decision
+                assert 0 < std < 1000 and 0 <= e <= 999
+                trunc = sum(math.exp(lp) * k for k, lp in tok.top) / sum(math.exp(lp) for _, lp in tok.top)
+                truncated_differs += abs(trunc - e) > 0.5
+    assert truncated_differs > 0  # B's broad distributions: the top-5 expectation is not the exact one
+    assert index.take(json.dumps(["image_id", IMAGE_IDS[0]])) is None  # every line used once
+
+    # coord-eval on the first run's rows: the exact values, each box at E[k]/1000 of the image.
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    lines = read_jsonl(slots_path(str(result)))[:2]
+    with open(slots_path(str(first)), "w") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "eval"
+    assert coord_eval(["--results", str(first), "--gt", str(GT), "--val-data", str(data), "--out", str(out),
+                       "--decode", "coordexp", "--decoding", "coordexp", "--infer-backend", "transformers",
+                       "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ce = report["counts"]["coordexp"]
+    assert report["settings"]["coordexp_bins"].startswith("exact: all 1000 bins")
+    assert ce["exact_positions"] == ce["coordinate_positions"] == 4 * report["counts"]["objects"]["detections"] > 0
+    gt = json.loads(GT.read_text())
+    width = {im["id"]: im["width"] for im in gt["images"]}
+    dets = json.loads((out / "detections.json").read_text())
+    pred = read_row(rows[0], 1)
+    x1 = SlotIndex(slots_path(str(first))).take(pred.row_key).at(pred.objects[0].coords[0].index,
+                                                                 pred.objects[0].coords[0].bin, "")[0]
+    mine = [d for d in dets if d["image_id"] == pred.image_id]
+    assert any(abs(d["bbox"][0] - x1 / 1000 * width[pred.image_id]) < 1e-6 for d in mine)
+
+    # The spread score ranks by the coordinate distributions' spread.
+    assert coord_eval(["--results", str(first), "--gt", str(GT), "--val-data", str(data), "--out",
+                       str(tmp_path / "spread"), "--score", "spread", "--decoding", "coordexp",
+                       "--infer-backend", "transformers", "--no-progress"]) == 0
+    spread_dets = json.loads((tmp_path / "spread" / "detections.json").read_text())
+    assert all(0 < d["score"] <= 1 for d in spread_dets) and len({d["score"] for d in spread_dets}) > 1

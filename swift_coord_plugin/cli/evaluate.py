@@ -20,10 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="COCO instances JSON of the same images")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--decode", choices=DECODES, default="argmax",
-                   help="argmax: k/1000 of the generated token; coordexp: expectation over the coordinate "
-                        "tokens in top_logprobs (needs swift infer --logprobs true --top_logprobs K)")
+                   help="argmax: k/1000 of the generated token; coordexp: expectation over all 1000 bins from "
+                        "RESULTS.slots.jsonl when it exists (transformers backend, written by shell/eval.sh), else "
+                        "over the coordinate tokens in top_logprobs (needs swift infer --logprobs true "
+                        "--top_logprobs K)")
     p.add_argument("--score", choices=SCORES, default=None,
-                   help="detection confidence (default: logprob when the results have logprobs, else constant)")
+                   help="detection confidence (default: logprob when the results have logprobs, else constant; "
+                        "spread: 1/(1 + mean std in bins of the 4 coordinate distributions, needs "
+                        "RESULTS.slots.jsonl)")
     p.add_argument("--max-dets", type=int, default=100, help="COCOeval's maximum detections per image (default 100)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--all-gt-images", action="store_true",

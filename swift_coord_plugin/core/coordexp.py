@@ -16,6 +16,8 @@ columns (``coord_logits_at``); a softmax over the coordinate slice of every posi
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -57,6 +59,19 @@ def expected_bins(coord_logits: Tensor) -> Tensor:
     probs = coord_probs(coord_logits)
     k = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
     return probs @ k
+
+
+def expected_bins_and_spread(coord_logits: Tensor) -> Tuple[Tensor, Tensor]:
+    """Expected bin ``E[k] = sum_k p_k * k`` and the standard deviation ``sqrt(E[k^2] - E[k]^2)`` of the
+    restricted distribution, both in bins: ``[n, K]`` -> ``([n], [n])`` (float32, or float64 for float64 input).
+
+    Log-probabilities over the coordinate tokens are valid input too (their softmax is the same distribution).
+    """
+    probs = coord_probs(coord_logits)
+    k = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
+    mean = probs @ k
+    var = (probs @ (k * k) - mean * mean).clamp_min(0)
+    return mean, var.sqrt()
 
 
 def expected_coords(coord_logits: Tensor) -> Tensor:

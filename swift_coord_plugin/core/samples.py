@@ -49,6 +49,26 @@ def row_meta(row) -> dict:
     return dict(meta)
 
 
+def row_key(row) -> Optional[str]:
+    """The identity of a row that both an inference request and its ``swift infer`` result line carry: its
+    ``image_id`` (``row_meta``) when it has one, else its first image path (normalised); ``None`` for a row with
+    neither (an in-memory image). A JSON string, e.g. ``'["image_id", 42]'``; ``swift_ext.slots`` writes it
+    and ``eval.slots`` joins on it."""
+    import json
+
+    meta = row_meta(row)
+    if meta.get("image_id") is not None:
+        return json.dumps(["image_id", meta["image_id"]])
+    images = row.get("images") if isinstance(row, dict) else None
+    if isinstance(images, (list, tuple)):
+        images = images[0] if images else None
+    if isinstance(images, dict):
+        images = images.get("path")
+    if isinstance(images, str) and images.strip():
+        return json.dumps(["image", os.path.normpath(images.strip())])
+    return None
+
+
 def image_problem(path: str, check_readable: bool = True, width=None, height=None) -> Optional[Tuple[str, str]]:
     """The cheap image checks (file present; with ``check_readable`` the header: readable, stored size equal
     to the declared ``width``/``height`` when given, EXIF orientation, processor limits; see ``core.images``).

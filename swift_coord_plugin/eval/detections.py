@@ -3,7 +3,9 @@
 Decoding (per coordinate position, result in bin units, then ``codec.dequantize``):
 
 * ``argmax``: the generated token's bin ``k`` -> ``k / 1000``.
-* ``coordexp``: ``sum_k p_k * k / 1000`` over the coordinate tokens among the position's
+* ``coordexp`` with the run's slots file (``eval.slots``, transformers backend): the exact ``sum_k p_k * k / 1000``
+  over all 1000 coordinate tokens, recorded at inference.
+* ``coordexp`` without it: ``sum_k p_k * k / 1000`` over the coordinate tokens among the position's
   ``top_logprobs``, with ``p`` renormalised over those tokens. A position whose top-k holds no
   coordinate token, or only coordinate tokens of log-probability ``-inf`` (grammar-constrained engines
   and some vLLM versions write ``-Infinity``; their expectation would be 0/0, a NaN box), keeps its
@@ -15,6 +17,8 @@ Scores:
 * ``logprob``: ``exp(mean of the log-probabilities of the object's 4 coordinate tokens)``, the geometric
   mean of their probabilities, in (0, 1].
 * ``logprob_desc``: the same mean taken over the 4 coordinate tokens and the description's tokens.
+* ``spread`` (needs the slots file): ``1 / (1 + mean std)``, the standard deviation in bins of each of the 4
+  coordinate distributions (all 1000 bins): a box-uncertainty score.
 * ``constant``: 1.0 for every object; COCOeval's stable sort then ranks an image's objects in the
   order they were generated, so AP depends on generation order.
 
@@ -30,18 +34,22 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..core import codec
 from .results import PredictedObject, expectation_and_mass
+from .slots import RowSlots
 
 DECODES = ("argmax", "coordexp")
-SCORES = ("logprob", "logprob_desc", "constant")
+SCORES = ("logprob", "logprob_desc", "constant", "spread")
 
 SCORE_FORMULAS = {
     "logprob": "exp(mean log-probability of the 4 coordinate tokens)",
     "logprob_desc": "exp(mean log-probability of the 4 coordinate tokens and the description tokens)",
     "constant": "1.0 for every object (COCOeval ranks an image's objects in generation order)",
+    "spread": "1 / (1 + mean over the 4 coordinate slots of the standard deviation, in bins, of the restricted "
+              "distribution over all 1000 bins; from the slots file)",
 }
 DECODE_FORMULAS = {
     "argmax": "generated coordinate token k -> k/1000",
     "coordexp": "sum_k p_k * k / 1000 over the coordinate tokens in top_logprobs, p renormalised over them",
+    "coordexp_exact": "sum_k p_k * k / 1000 over all 1000 coordinate tokens (the slots file written at inference)",
 }
 
 
@@ -50,6 +58,7 @@ class DecodeStats:
     """What coordexp saw: how many of each position's top-k were coordinate tokens, and the repairs."""
 
     positions: int = 0
+    exact_positions: int = 0  # of those: read from the slots file (all 1000 bins)
     top_k_max: int = 0
     coord_in_top_k: Counter = field(default_factory=Counter)  # n coordinate tokens -> positions
     coord_mass_sum: float = 0.0
@@ -58,11 +67,12 @@ class DecodeStats:
     swapped_pairs: int = 0
 
     def as_dict(self) -> dict:
-        n = self.positions
+        n = self.positions - self.exact_positions  # the positions read from the top k
         hist = {str(k): v for k, v in sorted(self.coord_in_top_k.items())}
         mean_in = sum(k * v for k, v in self.coord_in_top_k.items()) / n if n else None
         return {
-            "coordinate_positions": n,
+            "coordinate_positions": self.positions,
+            "exact_positions": self.exact_positions,
             "top_k": self.top_k_max,
             "mean_coordinate_tokens_in_top_k": mean_in,
             "min_coordinate_tokens_in_top_k": min(self.coord_in_top_k) if n else None,
@@ -74,8 +84,12 @@ class DecodeStats:
         }
 
 
-def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] = None) -> Tuple[float, ...]:
-    """The object's ``(x1, y1, x2, y2)`` in bin units (fractional for coordexp)."""
+def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] = None,
+                slots: Optional[RowSlots] = None, where: str = "") -> Tuple[float, ...]:
+    """The object's ``(x1, y1, x2, y2)`` in bin units (fractional for coordexp).
+
+    ``slots``: the row's line of the slots file; coordexp then reads the exact ``E[k]`` of each coordinate
+    token from it (``SlotsError`` naming ``where`` when a token does not match it) instead of the top-k."""
     if method == "argmax":
         return tuple(float(k) for k in obj.bins)
     if method != "coordexp":
@@ -83,6 +97,13 @@ def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] 
     if obj.coords is None:
         raise ValueError("coordexp needs per-token top_logprobs")
     out: List[float] = []
+    if slots is not None:
+        for tok in obj.coords:
+            out.append(slots.at(tok.index, tok.bin, where)[0])
+        if stats is not None:
+            stats.positions += 4
+            stats.exact_positions += 4
+        return _ordered(out, stats)
     for tok in obj.coords:
         if tok.top is None:
             raise ValueError("coordexp needs per-token top_logprobs")
@@ -97,6 +118,10 @@ def decode_bins(obj: PredictedObject, method: str, stats: Optional[DecodeStats] 
                 stats.no_coord_in_top_k += 1
                 stats.only_minus_infinity += bool(tok.top)
         out.append(float(tok.bin) if e is None else e)
+    return _ordered(out, stats)
+
+
+def _ordered(out: List[float], stats: Optional[DecodeStats]) -> Tuple[float, ...]:
     for lo, hi in ((0, 2), (1, 3)):
         if out[hi] < out[lo]:
             out[lo], out[hi] = out[hi], out[lo]
@@ -116,6 +141,14 @@ def object_score(obj: PredictedObject, method: str) -> float:
     elif method != "logprob":
         raise ValueError(f"unknown score {method!r}; expected one of {SCORES}")
     return math.exp(sum(lps) / len(lps))
+
+
+def spread_score(obj: PredictedObject, slots: RowSlots, where: str = "") -> float:
+    """The ``spread`` score: ``1 / (1 + mean std)`` over the object's 4 coordinate slots, std in bins, in (0, 1]."""
+    if obj.coords is None:
+        raise ValueError("score 'spread' needs per-token logprobs (the positions of the coordinate tokens)")
+    stds = [slots.at(tok.index, tok.bin, where)[1] for tok in obj.coords]
+    return 1.0 / (1.0 + sum(stds) / len(stds))
 
 
 def coco_bbox(bins: Sequence[float], width: float, height: float) -> List[float]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..core import codec, textfiles
-from ..core.samples import row_meta
+from ..core.samples import row_key, row_meta
 
 # Tokens that end a turn: the engine keeps them in ``logprobs`` but not in ``response``.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -42,6 +42,7 @@ class CoordToken:
     logprob: float
     top: Optional[Tuple[Tuple[int, float], ...]] = None
     top_k: int = 0
+    index: Optional[int] = None  # its entry in ``logprobs.content`` (its position among the generated tokens)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class RowPrediction:
     # With logprobs: does the parse of the tokens give the same boxes as the parse of ``response``?
     text_agrees: Optional[bool] = None
     image_path: Optional[str] = None  # the row's first image path as written (None: no path)
+    row_key: Optional[str] = None  # ``core.samples.row_key`` (joins the row to its slots file line)
 
 
 def count_lines(path: str) -> int:
@@ -214,7 +216,7 @@ def _bin_of(token: str) -> Optional[int]:
 def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> CoordToken:
     top = entry.get("top_logprobs")
     if top is None or not keep_top:
-        return CoordToken(k, _logprob(entry, where, i))
+        return CoordToken(k, _logprob(entry, where, i), index=i)
     if not isinstance(top, list):
         raise ResultsError(f"{where}: logprobs.content[{i}]: top_logprobs must be a list, got {type(top).__name__}")
     coords = []
@@ -232,7 +234,7 @@ def _coord_token(entry: dict, k: int, where: str, i: int, keep_top: bool) -> Coo
             if type(lp) is not float or not lp < _INF:
                 lp = _logprob(alt, where, i, j)
             coords.append((b, lp))
-    return CoordToken(k, _logprob(entry, where, i), tuple(coords), len(top))
+    return CoordToken(k, _logprob(entry, where, i), tuple(coords), len(top), i)
 
 
 def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True,
@@ -254,6 +256,7 @@ def read_row(row: dict, line: int, path: str = "<results>", dedupe: bool = True,
         image_id=_id_field(meta, "image_id", where),
         file_name=image_file_name(row.get("images")),
         image_path=image_path(row.get("images")),
+        row_key=row_key(row),
         width=_int_field(meta, "width", where),
         height=_int_field(meta, "height", where),
         objects=[],

@@ -27,7 +27,8 @@ from ..experiment.provenance import evaluation_provenance
 from .categories import AmbiguousCategoriesError, CategoryMapper
 from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
-    object_score
+    object_score, spread_score
+from .slots import SlotsError, load as load_slots, slots_path
 from .results import RowPrediction, count_lines, iter_lines, merge_counts, read_row
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -276,6 +277,7 @@ class _Kept:
     bbox: List[float]
     logprob: Optional[float]
     logprob_desc: Optional[float]
+    spread: Optional[float] = None
 
 
 class _Tally:
@@ -283,11 +285,23 @@ class _Tally:
 
     def __init__(self, results_path: str, gt_images: GtImages, mapper: CategoryMapper, settings: EvalSettings):
         self.path, self.gt_images, self.mapper, self.settings = results_path, gt_images, mapper, settings
-        self.need_logprobs = settings.decode == "coordexp" or settings.score in ("logprob", "logprob_desc")
+        self.need_logprobs = settings.decode == "coordexp" or settings.score in ("logprob", "logprob_desc", "spread")
         self.rows, self.unmatched, self.objects = Counter(), Counter(), Counter()
         self.unmatched_desc, self.aliases_used = Counter(), Counter()
         self.parse_counts: Dict[str, int] = {}
         self.decode_stats = DecodeStats()
+        # The exact CoordExp side file (``eval.slots``), read when coordexp or the spread score asks for it.
+        self.slots = None
+        if settings.decode == "coordexp" or settings.score == "spread":
+            try:
+                self.slots = load_slots(results_path)
+            except SlotsError as e:
+                raise EvalError(str(e)) from None
+            if self.slots is None and settings.score == "spread":
+                raise EvalError(f"--score spread needs {slots_path(results_path)}, written at inference on the "
+                                "transformers backend under constrained or coordexp decoding (shell/eval.sh sets "
+                                "COORD_DECODING_SLOTS)")
+        self.row_slots = None
         self.seen: Dict[int, int] = {}  # GT image id -> line of the row that gave it
         self.size_mismatch_lines: List[int] = []
         self.unmatched_lines: List[tuple] = []  # (line, reason, image id or file name)
@@ -298,6 +312,12 @@ class _Tally:
     def add(self, pred: RowPrediction) -> None:
         rows, objects = self.rows, self.objects
         rows["total"] += 1
+        if self.slots is not None:  # every row takes its line, in order, so that later rows get theirs
+            self.row_slots = self.slots.take(pred.row_key)
+            if self.row_slots is None and pred.objects:
+                raise EvalError(f"{self.path}:{pred.line}: no line for this row (key {pred.row_key}) in "
+                                f"{self.slots.path}: the slots file is not of this run, or is missing rows; "
+                                "run inference again into a new file")
         merge_counts(self.parse_counts, pred.parse_counts)
         objects["parsed"] += len(pred.objects)
         if pred.has_logprobs:
@@ -352,11 +372,14 @@ class _Tally:
         cid, via_alias = hit
         if via_alias:
             self.aliases_used[f"{codec.clean_desc(obj.desc).lower()} -> {self.mapper.names[cid]}"] += 1
+        where = f"{self.path}:{line}"
         if self.settings.decode == "coordexp":
             try:
-                bins = decode_bins(obj, "coordexp", self.decode_stats)
+                bins = decode_bins(obj, "coordexp", self.decode_stats, self.row_slots, where)
+            except SlotsError as e:
+                raise EvalError(str(e)) from None
             except ValueError:
-                raise EvalError(f"{self.path}:{line}: --decode coordexp needs top_logprobs for every token; run "
+                raise EvalError(f"{where}: --decode coordexp needs top_logprobs for every token; run "
                                 "swift infer with --logprobs true --top_logprobs K (K >= 5)") from None
         else:
             bins = decode_bins(obj, "argmax")
@@ -366,8 +389,16 @@ class _Tally:
         if bbox[2] <= 0 or bbox[3] <= 0:
             self.objects["zero_area_boxes"] += 1
         has_lp = obj.coords is not None
+        spread = None
+        if self.settings.score == "spread":
+            try:
+                spread = spread_score(obj, self.row_slots, where)
+            except SlotsError as e:
+                raise EvalError(str(e)) from None
+            except ValueError as e:
+                raise EvalError(f"{where}: {e}; run swift infer with --logprobs true") from None
         self.kept.append(_Kept(gid, cid, bbox, object_score(obj, "logprob") if has_lp else None,
-                               object_score(obj, "logprob_desc") if has_lp else None))
+                               object_score(obj, "logprob_desc") if has_lp else None, spread))
         self.per_image[gid] += 1
         self.per_image_cat[gid, cid] += 1
 
@@ -608,7 +639,8 @@ def _settings_report(settings: EvalSettings, score: str, score_note: str, tally:
                      gt_path: str) -> dict:
     return {
         "decode": settings.decode,
-        "decode_formula": DECODE_FORMULAS[settings.decode],
+        "decode_formula": DECODE_FORMULAS["coordexp_exact" if settings.decode == "coordexp" and tally.slots is not None
+                                          else settings.decode],
         "score": score,
         "score_formula": SCORE_FORMULAS[score],
         "score_choice": score_note,
@@ -624,18 +656,20 @@ def _settings_report(settings: EvalSettings, score: str, score_note: str, tally:
         },
         "results": results_path,
         "gt": gt_path,
-        **_decoding_settings(settings, results_path),
+        **_decoding_settings(settings, results_path, tally.slots),
     }
 
 
-def _decoding_settings(settings: EvalSettings, results_path: str) -> dict:
+def _decoding_settings(settings: EvalSettings, results_path: str, slots=None) -> dict:
     try:
         info, warning = resolve(results_path, settings.decoding, settings.infer_backend)
     except DecodingInfoError as e:
         raise EvalError(str(e)) from e
     if warning:
         print(f"coord-eval: warning: {warning}", file=sys.stderr)
-    if settings.decode == "coordexp":
+    if settings.decode == "coordexp" and slots is not None:
+        info["coordexp_bins"] = f"exact: all 1000 bins per coordinate slot, from {slots.path}"
+    elif settings.decode == "coordexp":
         # Re-scored from the recorded top_logprobs: an expectation over the K likeliest bins only (biased for
         # broad distributions). On vLLM no extension point joins a processor's slot to ms-swift's result row,
         # so nothing exact can be recorded there.

@@ -42,8 +42,10 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 from ..core import grammar as G
+from ..core.coordexp import expected_bins_and_spread
 # The record's count of answers that left the grammar (``coord-eval`` refuses a record where it is not 0).
 from ..eval.decoding_info import OFF_GRAMMAR_KEY
+from .slots import ENV_SLOTS, append_rows, slots_path
 
 ENV_MODE = "COORD_DECODING"
 ENV_ORDERED = "COORD_DECODING_ORDERED"
@@ -169,8 +171,11 @@ def _processor_cls():
         log-softmax is the distribution the step was decoded from).
         """
 
-        def __init__(self, grammar: G.AnswerGrammar, max_new_tokens: Optional[int], record: bool):
+        def __init__(self, grammar: G.AnswerGrammar, max_new_tokens: Optional[int], record: bool,
+                     slots: bool = False):
             self.grammar = grammar
+            # With ``slots``: per row, ``[t, E, std]`` of each coordinate slot (``swift_ext.slots``).
+            self.slots = [] if slots else None
             self.max_new_tokens = max_new_tokens
             self.record = record
             self.recorded = []
@@ -183,6 +188,8 @@ def _processor_cls():
             if self.states is None:
                 self.states = [self.grammar.initial_state() for _ in range(input_ids.shape[0])]
                 self.prompt_len = input_ids.shape[1]
+                if self.slots is not None:
+                    self.slots = [[] for _ in range(input_ids.shape[0])]
             else:
                 for b, t in enumerate(input_ids[:, -1].tolist()):
                     self.states[b], why = self.grammar.advance_or_leave(self.states[b], (t,))
@@ -200,6 +207,12 @@ def _processor_cls():
                                    remaining=remaining, inplace=True, with_masked_logits=self.record)
             if self.record:
                 self.recorded.append(step.masked_logits)
+            if self.slots is not None and bool(step.coord_slot.any()):
+                rows = step.coord_slot.nonzero().flatten()
+                mean, std = expected_bins_and_spread(step.coord_logprobs[rows])
+                t = input_ids.shape[1] - self.prompt_len
+                for r, e, s in zip(rows.tolist(), mean.tolist(), std.tolist()):
+                    self.slots[r].append([t, e, s])
             STATS["steps"] += 1
             STATS["seconds"] += time.perf_counter() - t0
             return step.logits
@@ -315,9 +328,28 @@ def _announce(config: DecodingConfig, record: bool) -> None:
         write_record(rec)
 
 
+def _write_slots(path: str, proc, out, row_keys, vocab) -> None:
+    """Append one ``swift_ext.slots`` line per answer of the batch: ``[t, bin, E, std]`` per coordinate slot."""
+    seqs = out["sequences"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    gen = seqs[:, proc.prompt_len:].tolist()
+    slots = proc.slots or [[] for _ in gen]
+    if row_keys is None or len(gen) % max(len(row_keys), 1) or not row_keys:
+        raise RuntimeError(f"{ENV_SLOTS}: the batch has {len(gen)} answers but the template saw "
+                           f"{0 if row_keys is None else len(row_keys)} requests; no slot can be joined to its row")
+    per_request = len(gen) // len(row_keys)  # num_return_sequences answers per request, in order
+    lines = []
+    for b, row in enumerate(slots):
+        lines.append([[t, gen[b][t] - vocab.coord_start, e, s] for t, e, s in row])
+    append_rows(path, [row_keys[b // per_request] for b in range(len(gen))], lines)
+
+
 def generate_with_grammar(template, base_generate, model, *args, **kwargs):
     """``Template.generate`` under the decoding mode of ``COORD_DECODING`` (see the module docstring)."""
     config = DecodingConfig.from_env()
+    # The rows' keys, left by the template's data_collator for this batch (``swift_ext.slots``).
+    row_keys = getattr(template, "coord_row_keys", None)
+    if row_keys is not None:
+        template.coord_row_keys = None
     gc = kwargs.get("generation_config")
     record = bool(gc is not None and getattr(gc, "output_logits", False)
                   and getattr(gc, "return_dict_in_generate", False))
@@ -329,10 +361,13 @@ def generate_with_grammar(template, base_generate, model, *args, **kwargs):
     from transformers import LogitsProcessorList
 
     grammar = grammar_for(template, config, _end_ids(template, gc))
-    proc = _processor_cls()(grammar, getattr(gc, "max_new_tokens", None), record)
+    side_file = slots_path()
+    proc = _processor_cls()(grammar, getattr(gc, "max_new_tokens", None), record, slots=side_file is not None)
     kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), proc])
     out = base_generate(model, *args, **kwargs)
     record_off_grammar(proc.off_grammar)
+    if side_file is not None:
+        _write_slots(side_file, proc, out, row_keys, grammar.vocab)
     if record and proc.recorded and getattr(out, "logits", None) is not None:
         if len(out.logits) != len(proc.recorded):
             raise RuntimeError(f"generate returned {len(out.logits)} logit steps but the grammar saw "

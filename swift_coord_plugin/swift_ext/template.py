@@ -55,6 +55,7 @@ from transformers import TrainerCallback
 
 from ..core import codec
 from .model import TEMPLATE_TYPE
+from . import slots
 
 # bbox_type of rows whose boxes the dataset preprocessor already quantised (see dataset.py).
 BINS_TYPE = "coord_bins"
@@ -188,8 +189,11 @@ def _template_cls():
         # -- encode failures ------------------------------------------------------------------------
         def encode(self, inputs, return_template_inputs: bool = False, return_length: bool = False):
             try:
-                return super().encode(inputs, return_template_inputs=return_template_inputs,
-                                      return_length=return_length)
+                encoded = super().encode(inputs, return_template_inputs=return_template_inputs,
+                                         return_length=return_length)
+                if not self.is_training and isinstance(encoded, dict) and slots.slots_path() is not None:
+                    encoded[slots.KEY_FIELD] = slots.request_key(inputs)  # joins the slots to the row
+                return encoded
             except Exception as e:
                 if not self.is_training:
                     raise
@@ -216,6 +220,14 @@ def _template_cls():
                 raise
 
         # -- inference ------------------------------------------------------------------------------
+        def data_collator(self, batch, *, padding_to=None):
+            keys = None
+            if batch and isinstance(batch[0], dict) and slots.KEY_FIELD in batch[0]:
+                keys = [b.pop(slots.KEY_FIELD, None) for b in batch]
+            out = super().data_collator(batch, padding_to=padding_to)
+            self.coord_row_keys = keys  # read (and cleared) by generate_with_grammar for this batch
+            return out
+
         def generate(self, model, *args, **kwargs):
             # COORD_DECODING=constrained|coordexp: the answer grammar as a logits processor (decoding.py).
             from .decoding import generate_with_grammar
