@@ -13,6 +13,8 @@ key                             meaning                                         
                                 instances JSON (its ``categories``) or a text file,
                                 one name a line
 ``COORD_DECODING_RECORD``       a JSON file to write how the run was decoded to         none
+``COORD_DECODING_SLOTS``        a JSONL file to append E[k] and spread of every         none
+                                coordinate slot to (``slots.py``)
 ==============================  ======================================================  ===========
 
 Hook: ``Template.generate`` (the template calls ``generate_with_grammar``), which the transformers engine
