@@ -2,7 +2,7 @@
 # Idempotent set-up: a virtual environment at .venv in the repo root with everything the
 # plugin, its tests and the demo need on a CPU machine.
 #
-# Where it installs (see README "Set-up on a GPU node"):
+# Where it installs (see docs/setup.md):
 #   (default)            .venv/, isolated, with the tested torch/torchvision builds (they run on CPU too)
 #   COORD_SKIP_TORCH=1   .venv/ created with --system-site-packages from $PYTHON: the torch that python
 #                        already has (a node's CUDA build) is used and never replaced (pinned to its version)
