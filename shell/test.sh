@@ -7,6 +7,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 COORD_VLLM="${COORD_VLLM:-1}" bash shell/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The package's import layers (.importlinter): an import from a lower layer into a higher one fails here.
+"$ROOT/.venv/bin/lint-imports" --no-logo --no-cache
 # Two pytest-xdist workers, each taking whole test files (module fixtures such as a trained checkpoint are built
 # once): most of an end-to-end test is a `swift` process starting up, so two at a time use the 2 cores of the
 # test machine better than one. COORD_TEST_WORKERS=0 runs in one process.

@@ -17,7 +17,7 @@ from swift_coord_plugin.core.yardsticks import COMMON_CURVES
 from swift_coord_plugin.eval.scoring import EvalSettings, evaluate_results, write_outputs
 from swift_coord_plugin.eval.synthetic import rows_from_boxes
 from swift_coord_plugin.experiment import compare as cmp
-from swift_coord_plugin.experiment.provenance import write_env_settings, write_inference_settings
+from swift_coord_plugin.provenance import write_env_settings, write_inference_settings
 
 GT = str(SAMPLE_DIR / "instances.json")
 LOSS = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
@@ -377,7 +377,7 @@ def test_select_on_a_held_out_split_and_test_set_selection(tmp_path):
 
 
 def test_selection_overlap_of_the_selection_and_scored_images():
-    from swift_coord_plugin.experiment.provenance import image_set_digest
+    from swift_coord_plugin.provenance import image_set_digest
     s = lambda gt, ids: {"gt_sha256": gt, "image_set": image_set_digest(ids)}  # noqa: E731
     assert cmp.selection_overlap(s("g", [1, 2, 3]), s("g", [1, 2, 3])) == ("same", 3)
     assert cmp.selection_overlap(s("g", [1, 2, 3]), s("g", [3, 4])) == ("overlap", 1)

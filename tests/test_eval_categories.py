@@ -1,7 +1,8 @@
 """Description -> category mapping: exact names, plurals, the synonym table, what stays unmatched."""
 import pytest
 
-from swift_coord_plugin.eval.categories import SYNONYMS, CategoryMapper, normalize_desc, plural
+from swift_coord_plugin.data.descriptions import normalize_desc
+from swift_coord_plugin.eval.categories import SYNONYMS, CategoryMapper, plural
 
 COCO_NAMES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",

@@ -7,7 +7,7 @@ import sys
 
 from helpers import REPO, SAMPLE_DIR, SAMPLE_JSONL, swift_env
 from swift_coord_plugin.cli import infer_settings
-from swift_coord_plugin.experiment import provenance as pv
+from swift_coord_plugin import provenance as pv
 
 GT = str(SAMPLE_DIR / "instances.json")
 

@@ -34,7 +34,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-from ..experiment.provenance import (evaluation_wanted, file_sha256, inference_identity,
+from ..provenance import (evaluation_wanted, file_sha256, inference_identity,
                                      reuse_mismatches, train_max_pixels, write_inference_settings)
 
 

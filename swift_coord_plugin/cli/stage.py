@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from ..experiment.provenance import checkpoint_digest, env_settings, file_sha256, reuse_mismatches
+from ..provenance import checkpoint_digest, env_settings, file_sha256, reuse_mismatches
 
 STATUSES = ("started", "finished")
 

@@ -15,7 +15,7 @@ The rules (documented with their reasons in ``docs/data.md``):
 * ``iscrowd=1`` annotations are never targets (counted as ``crowd``). ``"ignore": 1`` on a non-crowd
   annotation is not a COCO field: it is trained as an object, as pycocotools scores it, and counted
   (``ignore_flagged``).
-* two categories whose descriptions normalise alike (``eval.categories.distinct_descriptions``) and
+* two categories whose descriptions normalise alike (``descriptions.distinct_descriptions``) and
   that both have annotations are an error naming their ids: the evaluator could not tell them apart.
 * image file: ``file_name`` under the images folder; without ``file_name``, the last part of
   ``coco_url`` (LVIS), under ``<images>/<split folder of the URL>/`` when that file exists, else
@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from ..core import textfiles
 from ..core.codec import (DetObject, OrderPolicy, clean_desc, desc_problem, is_narrow, normalize_box, order_objects,
                           order_policy)
+from .descriptions import AmbiguousCategoriesError, distinct_descriptions
 
 CAP_POLICIES = ("area", "scan")
 DEFAULT_MAX_OBJECTS = 30
@@ -507,9 +508,7 @@ def convert_instances(instances: Mapping[str, Any], images_dir: str, options: Co
 
 def _check_distinct(instances: Mapping[str, Any], descs: Mapping[Any, str], source: str,
                     options: ConvertOptions) -> None:
-    """Refuse two annotated categories with one description (``eval.categories.distinct_descriptions``)."""
-    from ..eval.categories import AmbiguousCategoriesError, distinct_descriptions
-
+    """Refuse two annotated categories with one description (``descriptions.distinct_descriptions``)."""
     annotated = set()
     for a in instances["annotations"]:
         try:

@@ -11,8 +11,8 @@ Categories that normalise to the same description (two categories with one name,
 only in case or spacing, or a description map giving two categories one phrase) cannot be told apart
 from what the model writes. When only one of them has annotations (Roboflow exports add a root
 category, often named like its class, that owns no boxes) the description maps to that one; when two or
-more have annotations the ground truth is refused naming their ids (``distinct_descriptions``, the
-converter applies the same rule to what it writes).
+more have annotations the ground truth is refused naming their ids (``data.descriptions.distinct_descriptions``;
+the converter applies the same rule to what it writes).
 
 A synonym only applies when its target name is one of the ground truth's categories. Anything else is
 unmatched: the evaluator drops it and lists it with its count. There is no fuzzy or embedding match
@@ -21,10 +21,10 @@ image's ground truth (that would not be COCO AP).
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ..core import codec
+from ..data.coco import category_descs
+from ..data.descriptions import AmbiguousCategoriesError, distinct_descriptions, normalize_desc
 
 # COCO category name -> other names a model may write for it. Plurals of everything here are added by
 # ``plural``; only irregular plurals are listed.
@@ -65,17 +65,6 @@ SYNONYMS: Mapping[str, Tuple[str, ...]] = {
     "hair drier": ("hair dryer", "hairdryer", "blow dryer"),
 }
 
-_SEP_RE = re.compile(r"[\s_\-]+")
-_STRIP = " \t\n.,;:!?\"'`()[]{}"
-
-
-def normalize_desc(desc: str) -> str:
-    """Unicode NFC (``codec.clean_desc``, as training writes descriptions), lower case; ``-``/``_``/runs of
-    white space -> one space; surrounding punctuation removed. GT names and model descriptions both pass
-    here, so "crème brûlée" matches whether either side was stored composed or decomposed."""
-    return _SEP_RE.sub(" ", codec.clean_desc(desc).lower()).strip(_STRIP).strip()
-
-
 def plural(name: str) -> str:
     """Regular English plural of the last word: ``+es`` after s/x/z/ch/sh, ``y`` -> ``ies`` after a
     consonant, else ``+s``."""
@@ -87,38 +76,6 @@ def plural(name: str) -> str:
     else:
         last = last + "s"
     return f"{head} {last}" if head else last
-
-
-class AmbiguousCategoriesError(ValueError):
-    """Two or more annotated categories share a description; the message names their ids."""
-
-
-def distinct_descriptions(descs: Mapping[Any, str], annotated: Collection, names: Optional[Mapping[Any, str]] = None,
-                          what: str = "description") -> Dict[str, Any]:
-    """``normalize_desc(description) -> category id`` with one id per description.
-
-    ``descs``: category id -> the description the model writes for it (its name, or a description map's
-    phrase), in the file's category order; ``annotated``: the ids that have at least one annotation;
-    ``names``: category id -> name, only for the message. Where several categories share a normalised
-    description, the annotated one wins; none annotated: the first. Raises ``AmbiguousCategoriesError``
-    naming every group of two or more annotated categories with one description (``what`` names it).
-    """
-    groups: Dict[str, List[Any]] = {}
-    for cid, desc in descs.items():
-        groups.setdefault(normalize_desc(desc), []).append(cid)
-    out, clashes = {}, []
-    for key, cids in groups.items():
-        owners = [c for c in cids if c in annotated]
-        if len(owners) > 1:
-            clashes.append(" and ".join(f"id {c!r}" + (f" ({names[c]!r})" if names and c in names else "")
-                                        for c in owners) + f" share the {what} {key!r}")
-        out[key] = owners[0] if owners else cids[0]
-    if clashes:
-        raise AmbiguousCategoriesError(
-            f"annotated categories the evaluator cannot tell apart (case, spacing and punctuation are ignored): "
-            f"{'; '.join(clashes)}. A detection would always go to one of them. Merge them, rename one, or give "
-            "each its own phrase with --desc-map.")
-    return out
 
 
 class CategoryMapper:
@@ -137,8 +94,6 @@ class CategoryMapper:
         self.exact: Dict[str, int] = {}
         self.aliases: Dict[str, int] = {}
         if desc_map:
-            from ..data.coco import category_descs
-
             trained = {int(cid): phrase for cid, phrase in category_descs(cats, desc_map, "the ground truth").items()}
             self.exact.update(distinct_descriptions(trained, annotated, self.names, "description (after --desc-map)"))
         else:

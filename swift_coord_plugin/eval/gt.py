@@ -30,15 +30,24 @@ never checked for counts as a false positive, so a perfect answer scores below 1
 Counted, not changed: annotations with ``"ignore": 1`` (CityPersons/CrowdHuman-style files). pycocotools
 overwrites ``ignore`` with ``iscrowd``, so they are scored as ordinary boxes; ``GtRepairs.ignore_flagged``
 counts them and the report's headline says so (the rule and its reason: the project's data docs).
-Category names are NFC-normalised for matching (``categories.normalize_desc``), never rewritten here.
+Category names are NFC-normalised for matching (``data.descriptions.normalize_desc``), never rewritten here.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from ..data.coco import CocoFormatError, read_instances
+
+
+@contextlib.contextmanager
+def quiet():
+    """pycocotools prints progress on stdout; keep it out of the evaluator's output."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 class GtError(ValueError):
@@ -184,8 +193,6 @@ def load_gt(path: str):
     Raises ``GtError`` for a file the scorer cannot score (before any result row is read).
     """
     from pycocotools.coco import COCO
-
-    from .scoring import quiet
 
     try:
         data = read_instances(path, skip_polygons=True)

@@ -6,9 +6,7 @@ pycocotools as it is). Every count in the report is explained in the project's e
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import json
 import math
 import os
@@ -16,23 +14,27 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..core import codec
 from ..core.images import stored_size
-from ..experiment.provenance import evaluation_provenance
-from .categories import AmbiguousCategoriesError, CategoryMapper
+from ..data.descriptions import AmbiguousCategoriesError
+from ..provenance import evaluation_provenance
+from .categories import CategoryMapper
 from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, DECODES, SCORE_FORMULAS, SCORES, DecodeStats, coco_bbox, decode_bins, \
     object_score, spread_score
+from .evaluation import IOU_HIST_EDGES, Evaluation
+from .gt import GtError, quiet
+from .gt import load_gt as _load
+from .plots import write_plots
 from .slots import SlotsError, load as load_slots, slots_path
 from .results import RowPrediction, count_lines, iter_lines, merge_counts, read_row
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-IOU_HIST_EDGES = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.50, 0.55, ..., 1.00
 MAX_LISTED = 10  # ids / lines an error message lists before it only counts
 
 
@@ -72,30 +74,10 @@ class EvalSettings:
             raise EvalError(f"--max-dets {self.max_dets}: must be at least 10 (COCOeval also reports AR@1, AR@10)")
 
 
-@dataclass
-class Evaluation:
-    report: dict
-    detections: List[dict]
-    coco_gt: object = None
-    coco_eval: object = None
-    gt_boxes_norm: List[Sequence[float]] = field(default_factory=list)
-    matched_ious: List[float] = field(default_factory=list)
-
-
 # ----------------------------------------------------------------------------- ground truth
-@contextlib.contextmanager
-def quiet():
-    """pycocotools prints progress on stdout; keep it out of the evaluator's output."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
 def load_gt(path: str):
     """pycocotools' ``COCO`` for a ground-truth file, checked and with its optional fields filled
     (``eval.gt``; the repairs are in ``coco.coord_repairs``). Raises ``EvalError`` naming the record."""
-    from .gt import GtError
-    from .gt import load_gt as _load
-
     try:
         coco, repairs = _load(path)
     except GtError as e:
@@ -861,7 +843,5 @@ def write_outputs(out_dir: str, evaluation: Evaluation, plots: bool = False) -> 
         f.write(format_markdown(evaluation.report))
     paths.append(p)
     if plots:
-        from .plots import write_plots
-
         paths += write_plots(out_dir, evaluation)
     return paths

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..core.yardsticks import COMMON_CURVES
 from . import figures
-from .provenance import read_env_settings
+from ..provenance import file_sha256, read_env_settings
 
 # The groups' own objectives: (key in logging.jsonl, title). Not comparable across groups.
 LOSS_CURVES = (("loss", "total loss"), ("text_loss", "text CE"), ("coord_ce_loss", "coordinate CE"),
@@ -612,7 +612,6 @@ def _ci(ci, digits: int = 4) -> str:
 def _per_image_matches(run: Run, notes: List[str]):
     from ..eval.bootstrap import PerImageMatches
     from ..eval.scoring import load_gt, run_cocoeval
-    from .provenance import file_sha256
 
     s = (run.report or {}).get("settings") or {}
     gt, ids = s.get("gt"), (s.get("image_set") or {}).get("ids")

@@ -51,9 +51,9 @@ from ..core import codec
 from ..core import images as image_rules
 from ..core import textfiles
 from ..core import samples as sample_rules
-from .template import BINS_TYPE
+from .dataset_args import file_kind
+from .rows import BINS_TYPE, DATASET_NAME, bad_samples_policy, coco_json_message, unescape_path
 
-DATASET_NAME = "coord"
 DATA_ROOT_ENV = "COORD_DATA_ROOT"
 META_COLUMNS = ("image_id", "width", "height")
 MAX_LISTED = 20
@@ -61,13 +61,6 @@ MAX_LISTED = 20
 
 class BadSamplesError(ValueError):
     pass
-
-
-def _policy() -> str:
-    policy = os.environ.get("COORD_BAD_SAMPLES", "error").strip().lower()
-    if policy not in ("error", "drop"):
-        raise ValueError(f"COORD_BAD_SAMPLES must be 'error' or 'drop', got {policy!r}")
-    return policy
 
 
 def resolve_data_path(path: str) -> str:
@@ -132,7 +125,7 @@ def _build_classes():
             Cheap checks on every row (``sample_problem``: shape, boxes, descriptions, the image header
             against the declared size and the processor's limits), then a full decode of every image still
             kept, read from the decode cache where it holds the file (``core.images.decode_problems``)."""
-            policy = _policy()
+            policy = bad_samples_policy()
             features = set(dataset.features)
             if "image" not in features and "objects" not in features and features & {"annotations", "categories"}:
                 raise BadSamplesError(coco_json_message(self.source))
@@ -248,8 +241,6 @@ def _build_classes():
             if not path:
                 raise ValueError("--dataset coord needs a file: --dataset coord:/path/to/samples.jsonl")
             path = resolve_data_path(path)
-            from .dataset_args import file_kind
-
             if file_kind(path) == "coco":
                 raise BadSamplesError(coco_json_message(path))
             try:  # the pyarrow JSON reader would stop with a message that names neither file nor encoding
@@ -275,20 +266,6 @@ def _build_classes():
                                               split_dataset_ratio=split_dataset_ratio, **kwargs)
 
     return CoordSamplePreprocessor, CoordSampleLoader
-
-
-def coco_json_message(path: str) -> str:
-    return (f"{path} is a COCO instances JSON, not unified samples (one JSON object per line with 'image' and "
-            f"'objects'). Convert it first: coord-prepare-coco --ann {path} --images IMAGE_DIR --out train.jsonl, "
-            "then --dataset coord:train.jsonl")
-
-
-def unescape_path(path: str) -> str:
-    """``%23`` -> ``#`` in a ``coord:`` path: ms-swift reads ``#N`` as a sample count, so a real ``#`` is
-    written ``%23`` (``%25`` for a real ``%``)."""
-    import re
-
-    return re.sub(r"%(23|25)", lambda m: "#" if m.group(1) == "23" else "%", path)
 
 
 def register() -> None:

@@ -15,7 +15,7 @@ import re
 from typing import Iterable, List, Optional
 
 from ..core import textfiles
-from .dataset import DATASET_NAME, coco_json_message, unescape_path
+from .rows import DATASET_NAME, coco_json_message, unescape_path
 
 _COCO_KEYS = re.compile(rb'"(images|annotations|categories)"\s*:\s*\[')
 SNIFF_BYTES = 1 << 20

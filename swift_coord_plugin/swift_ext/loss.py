@@ -33,7 +33,7 @@ from ..core.losses import (METRICS, LossConfig, compute_loss, compute_loss_from_
                            logged_metric_names)
 from ..core.vocab import CoordVocab
 from ..core.yardsticks import YARDSTICKS, yardstick_sums
-from ..experiment.provenance import write_env_settings
+from ..provenance import write_env_settings
 from . import lean as lean_path
 
 logger = get_logger()

@@ -55,10 +55,9 @@ from transformers import TrainerCallback
 
 from ..core import codec
 from .model import TEMPLATE_TYPE
+from .rows import BINS_TYPE, bad_samples_policy
 from . import slots
 
-# bbox_type of rows whose boxes the dataset preprocessor already quantised (see dataset.py).
-BINS_TYPE = "coord_bins"
 
 _TEMPLATE_CLS = None
 
@@ -199,11 +198,9 @@ def _template_cls():
                     raise
                 from swift.template.base import MaxLengthError
 
-                from .dataset import _policy
-
                 where = _row_where(inputs)
                 reason = "max_length" if isinstance(e, MaxLengthError) else "encode_error"
-                if reason == "encode_error" and _policy() == "error":
+                if reason == "encode_error" and bad_samples_policy() == "error":
                     raise EncodeFailure(
                         f"[swift-coord] cannot encode the training row of {where}: {e.__class__.__name__}: {e}. "
                         "ms-swift would train on a random other row instead; the run stops. Fix or remove the "
