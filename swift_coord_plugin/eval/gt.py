@@ -34,20 +34,12 @@ Category names are NFC-normalised for matching (``data.descriptions.normalize_de
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from ..data.coco import CocoFormatError, read_instances
-
-
-@contextlib.contextmanager
-def quiet():
-    """pycocotools prints progress on stdout; keep it out of the evaluator's output."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+from .pycoco import quiet
 
 
 class GtError(ValueError):

@@ -6,7 +6,7 @@ from typing import List
 
 import numpy as np
 
-from .evaluation import IOU_HIST_EDGES, Evaluation
+from .pycoco import IOU_HIST_EDGES, Evaluation
 
 
 def write_plots(out_dir: str, evaluation: Evaluation) -> List[str]:
