@@ -332,12 +332,12 @@ def _announce(config: DecodingConfig, record: bool) -> None:
 
 def _write_slots(path: str, proc, out, row_keys, vocab) -> None:
     """Append one ``swift_ext.slots`` line per answer of the batch: ``[t, bin, E, std]`` per coordinate slot."""
-    seqs = out["sequences"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    seqs = out["sequences"] if hasattr(out, "keys") else out
     gen = seqs[:, proc.prompt_len:].tolist()
     slots = proc.slots or [[] for _ in gen]
-    if row_keys is None or len(gen) % max(len(row_keys), 1) or not row_keys:
+    if not row_keys or len(gen) % len(row_keys):
         raise RuntimeError(f"{ENV_SLOTS}: the batch has {len(gen)} answers but the template saw "
-                           f"{0 if row_keys is None else len(row_keys)} requests; no slot can be joined to its row")
+                           f"{len(row_keys or ())} requests; no slot can be joined to its row")
     per_request = len(gen) // len(row_keys)  # num_return_sequences answers per request, in order
     lines = []
     for b, row in enumerate(slots):
