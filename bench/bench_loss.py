@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 STOCK = "stock"
 STANDARD = ("A", "B", "C")
 LEAN = ("lean A", "lean B", "lean C")
-LOSS_TYPES = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
 # Qwen3-VL ids with the plugin's 1002 tokens: <|coord_0|> .. <|coord_999|>, <obj_start>, <obj_end>.
 COORD_START, OBJ_START, OBJ_END, IM_END = 151669, 152669, 152670, 151645
 
@@ -73,6 +72,7 @@ def worker(a) -> dict:
         os.environ["COORDEXP_LEAN"] = "1"
     from swift.loss import loss_map
 
+    from swift_coord_plugin.core.losses import LOSS_TYPES
     from swift_coord_plugin.core.vocab import CoordVocab
     from swift_coord_plugin.swift_ext import lean as lean_glue
     from swift_coord_plugin.swift_ext import loss as coord_loss

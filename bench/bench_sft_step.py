@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 from machine import torch_machine  # bench/machine.py (the script's folder is on sys.path)
 
+from swift_coord_plugin.core.losses import LOSS_TYPES
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "swift_coord_plugin" / "entry" / "swift_plugin.py"
 # the `swift` command next to this python (a virtual environment), else the one on PATH (a wheel kit's bin/)
 SWIFT = str(Path(sys.executable).parent / "swift") if (Path(sys.executable).parent / "swift").exists() else \
     (shutil.which("swift") or "swift")
-VARIANTS = {  # name -> (loss type, lean)
-    "stock": ("cross_entropy", False),
-    "A": ("coordexp_ce", False), "B": ("coordexp_geom", False), "C": ("coordexp_hybrid", False),
-    "lean A": ("coordexp_ce", True), "lean B": ("coordexp_geom", True), "lean C": ("coordexp_hybrid", True),
-}
+VARIANTS = {"stock": ("cross_entropy", False)}  # name -> (loss type, lean)
+VARIANTS.update({f"{lean}{g}": (loss_type, bool(lean)) for lean in ("", "lean ") for g, loss_type in LOSS_TYPES.items()})
 
 
 def absolute_samples(src: Path, dst: Path) -> None:

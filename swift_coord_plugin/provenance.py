@@ -73,6 +73,12 @@ def image_set_digest(image_ids: Iterable[int]) -> Dict[str, object]:
     return {"count": len(ids), "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(), "ids": ids}
 
 
+def checkpoint_name_step(path: str) -> Optional[int]:
+    """N of a path whose last part is ``checkpoint-N`` (a trailing separator allowed), else None."""
+    m = re.search(r"checkpoint-(\d+)$", os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
+
+
 def checkpoint_step(path: Optional[str]) -> Optional[int]:
     """The global step of a checkpoint directory: ``trainer_state.json``'s ``global_step``, else the
     ``checkpoint-N`` suffix of its name; None when neither is there."""
@@ -87,8 +93,7 @@ def checkpoint_step(path: Optional[str]) -> Optional[int]:
                 return step
         except ValueError:
             pass
-    m = re.search(r"checkpoint-(\d+)$", os.path.basename(os.path.normpath(path)))
-    return int(m.group(1)) if m else None
+    return checkpoint_name_step(path)
 
 
 def read_inference_settings(results_path: str) -> Optional[dict]:

@@ -9,10 +9,10 @@ import os
 import pytest
 
 from helpers import base_sft_args, run_swift
+from swift_coord_plugin.core.losses import LOSS_TYPES
 from test_loss_swift import (SGD_ONE_STEP, _assert_same_update, _base_weights, _train_logs, _weights,
                              four_samples)  # noqa: F401  (four_samples is a fixture)
 
-LOSS_TYPES = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
 # A: 4 accumulated micro-batches of 1 (logits_to_keep = a mask of the labelled positions); B, C: one
 # micro-batch of 4 (logits_to_keep = a suffix).
 BATCHING = {"A": (1, 4), "B": (4, 1), "C": (4, 1)}

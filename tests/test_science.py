@@ -49,7 +49,7 @@ def mean_box_iou(train_jsonl: Path, val_jsonl: Path) -> float:
     """Mean IoU, over the held-out boxes, of the per-class mean training box (the best constant box readout)."""
     import torch
 
-    from swift_coord_plugin.core.yardsticks import box_iou
+    from swift_coord_plugin.core.geometry import box_iou
 
     def rows(p):
         return [json.loads(line) for line in Path(p).read_text().splitlines()]

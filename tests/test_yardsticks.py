@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from swift_coord_plugin.core.yardsticks import (YARDSTICK_NAMES, box_iou, ordered_boxes, teacher_forced_ious,
-                                                yardstick_sums)
+from swift_coord_plugin.core.geometry import box_iou
+from swift_coord_plugin.core.yardsticks import YARDSTICK_NAMES, ordered_boxes, teacher_forced_ious, yardstick_sums
 
 
 def _iou_ref(a, b):

@@ -16,14 +16,9 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+from ..core.flags import is_true
+
 OFFLINE_VAR = "HF_HUB_OFFLINE"
-TRUE = ("1", "true", "yes", "on")
-
-
-def _is_true(value: Optional[str]) -> bool:
-    return str(value or "").strip().lower() in TRUE
-
-
 def looks_like_path(model: str) -> bool:
     """A value meant as a folder rather than a hub id (``owner/name``): absolute, ``./``, ``~`` or more than
     one slash."""
@@ -42,7 +37,7 @@ def locate(model: str, use_hf: bool, environ=None, what: str = "MODEL") -> Tuple
         return False, f"{what}={model} is a folder without config.json (not a model folder)"
     if looks_like_path(model):
         return False, f"{what}={model}: no such folder"
-    if not _is_true(environ.get(OFFLINE_VAR)):
+    if not is_true(environ.get(OFFLINE_VAR)):
         return True, f"online: {hub} downloads {model}"
     try:
         if use_hf:
@@ -68,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--use-hf", action="store_true", help="the weights come from Hugging Face (also: USE_HF=1)")
     p.add_argument("--what", default="MODEL", help="where the value came from, for the message")
     a = p.parse_args(argv)
-    ok, where = locate(a.model, a.use_hf or _is_true(os.environ.get("USE_HF")), what=a.what)
+    ok, where = locate(a.model, a.use_hf or is_true(os.environ.get("USE_HF")), what=a.what)
     print(where if ok else f"error: {where}", file=sys.stdout if ok else sys.stderr)
     code = 0 if ok else 2
     if "modelscope" in sys.modules:

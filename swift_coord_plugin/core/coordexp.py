@@ -49,16 +49,34 @@ def coord_logits_at(logits: Tensor, positions: Tensor, coord_start: int, num_bin
     return flat[:, coord_start:coord_start + num_bins][positions]
 
 
+def restricted_softmax(coord_logits: Tensor) -> Tuple[Tensor, Tensor]:
+    """Softmax over the coordinate tokens only, with its log-normaliser: ``[n, K]`` -> ``(probs [n, K],
+    lse [n])``, ``probs = exp(z - lse)`` (float32, or float64 for float64 input; differentiable).
+
+    The one restricted softmax of the package: the loss (``losses.coord_terms``), the yardsticks, the
+    grammar's CoordExp decision and the slot recorder all read the distribution from here. ``z - lse`` is its
+    log-probabilities.
+    """
+    z = coord_logits.to(_compute_dtype(coord_logits))
+    lse = torch.logsumexp(z, dim=-1)
+    return torch.exp(z - lse.unsqueeze(-1)), lse
+
+
 def coord_probs(coord_logits: Tensor) -> Tensor:
-    """Softmax over the coordinate tokens only: ``[n, K]`` -> ``[n, K]`` (float32, or float64 for float64 input)."""
-    return torch.softmax(coord_logits.to(_compute_dtype(coord_logits)), dim=-1)
+    """Softmax over the coordinate tokens only: ``[n, K]`` -> ``[n, K]`` (``restricted_softmax``'s probabilities)."""
+    return restricted_softmax(coord_logits)[0]
+
+
+def bin_expectation(probs: Tensor) -> Tensor:
+    """Expected bin index ``E[k] = sum_k p_k * k`` of a distribution over the bins: ``[n, K]`` -> ``[n]``
+    (fractional bins, the probabilities' dtype)."""
+    k = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
+    return probs @ k
 
 
 def expected_bins(coord_logits: Tensor) -> Tensor:
-    """Expected bin index ``sum_k p_k * k`` (fractional): ``[n, K]`` -> ``[n]``."""
-    probs = coord_probs(coord_logits)
-    k = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
-    return probs @ k
+    """Expected bin index ``sum_k p_k * k`` (fractional) of the restricted softmax: ``[n, K]`` -> ``[n]``."""
+    return bin_expectation(coord_probs(coord_logits))
 
 
 def expected_bins_and_spread(coord_logits: Tensor) -> Tuple[Tensor, Tensor]:

@@ -60,17 +60,33 @@ def box_l1(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).abs().sum(dim=-1)
 
 
-def _iou_and_enclosure(pred: Tensor, target: Tensor, eps: float):
-    """IoU, union and the enclosing box's corners of elementwise pairs (reversed sides have zero extent)."""
+def _intersection_and_union(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+    """Intersection and union areas of elementwise pairs ``[..., 4]`` -> ``([...], [...])``."""
     _check(pred, target)
-    px1, py1, px2, py2 = pred.unbind(-1)
-    tx1, ty1, tx2, ty2 = target.unbind(-1)
-    iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
-    ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
+    iw = (torch.minimum(pred[..., 2], target[..., 2]) - torch.maximum(pred[..., 0], target[..., 0])).clamp(min=0)
+    ih = (torch.minimum(pred[..., 3], target[..., 3]) - torch.maximum(pred[..., 1], target[..., 1])).clamp(min=0)
     # No extra case for reversed sides: if px2 < px1 then min(px2, tx2) <= px2 < px1 <= max(px1, tx1),
     # so the overlap is clamped to zero, consistent with the zero area of a reversed box.
     inter = iw * ih
-    union = box_area(pred) + box_area(target) - inter
+    return inter, box_area(pred) + box_area(target) - inter
+
+
+def box_iou(pred: Tensor, target: Tensor) -> Tensor:
+    """Exact elementwise IoU (no ``eps``): ``[..., 4]`` x ``[..., 4]`` -> ``[...]`` in ``[0, 1]``.
+
+    Pairs ``pred[i]`` with ``target[i]`` (unlike ``torchvision.ops.box_iou``'s all-pairs matrix). A
+    reversed side has zero extent (``box_area``); a zero union gives IoU 0. Raises ``ValueError`` unless the
+    last dimension is 4. What the yardsticks measure; the losses use the ``eps`` form inside ``giou``.
+    """
+    inter, union = _intersection_and_union(pred, target)
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
+
+
+def _iou_and_enclosure(pred: Tensor, target: Tensor, eps: float):
+    """IoU, union and the enclosing box's corners of elementwise pairs (reversed sides have zero extent)."""
+    inter, union = _intersection_and_union(pred, target)
+    px1, py1, px2, py2 = pred.unbind(-1)
+    tx1, ty1, tx2, ty2 = target.unbind(-1)
     iou = inter / (union + eps)
     cx1 = torch.minimum(torch.minimum(px1, px2), torch.minimum(tx1, tx2))
     cy1 = torch.minimum(torch.minimum(py1, py2), torch.minimum(ty1, ty2))

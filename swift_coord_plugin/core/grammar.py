@@ -78,6 +78,7 @@ from torch import Tensor
 
 from . import codec
 from .codec import NUM_BINS, OBJ_END, OBJ_START
+from .coordexp import expected_bins
 
 FREE, CONSTRAINED, COORDEXP = "free", "constrained", "coordexp"
 MODES = (FREE, CONSTRAINED, COORDEXP)
@@ -622,8 +623,6 @@ def apply_grammar(grammar: AnswerGrammar, logits: Tensor, states: Sequence[Gramm
         block = x[cr, v.coord_start:v.coord_end]
         coord_logprobs[cr] = torch.log_softmax(block.float(), dim=-1)
         if decide:
-            from .coordexp import expected_bins
-
             bins = round_half_up(expected_bins(block)).clamp(0, v.num_bins - 1)
             ids = bins + v.coord_start
             if with_logprobs or with_masked_logits:

@@ -49,8 +49,9 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .coordexp import dequantize_bins
+from .coordexp import bin_expectation, dequantize_bins, restricted_softmax
 from .codec import NUM_BINS
+from .flags import parse_bool
 from .geometry import BOX_LOSSES, DEFAULT_EPS, box_l1, box_loss, box_order_penalty, giou_loss, match_boxes
 from .lean import linear_ce_and_coord_logits
 from .sequence import IGNORE_INDEX, STAT_NAMES, SequenceLayout, parse_targets, shift_labels
@@ -178,7 +179,7 @@ class LossConfig:
         for key, raw in overrides.items():
             f = known[key]
             if f.type in ("bool", bool):
-                values[f.name] = _parse_bool(key, raw)
+                values[f.name] = parse_bool(key, raw, LossConfigError)
             elif f.type in ("str", str):
                 values[f.name] = str(raw).strip().lower()
             else:
@@ -226,20 +227,14 @@ PRESETS: Dict[str, Dict[str, bool]] = {
     # C: both.
     "C": dict(use_coord_ce=True, use_coordexp_loss=True, use_geom_loss=True),
 }
+# The one group <-> ``--loss_type`` table (the registered ms-swift losses, ``swift_ext.loss``).
+LOSS_TYPES: Dict[str, str] = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
+GROUP_OF_LOSS_TYPE: Dict[str, str] = {loss_type: group for group, loss_type in LOSS_TYPES.items()}
 
 
 def env_key(field_name: str) -> str:
     """The environment key of a config field, e.g. ``lambda_coord`` -> ``COORDEXP_LAMBDA_COORD``."""
     return ENV_PREFIX + field_name.upper()
-
-
-def _parse_bool(key: str, raw: str) -> bool:
-    s = str(raw).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise LossConfigError(f"{key}={raw!r} is not a boolean (true/false/1/0)")
 
 
 def _parse_float(key: str, raw: str) -> float:
@@ -376,11 +371,9 @@ def coord_terms(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor,
     target boxes are paired by ``geometry.match_boxes``. Everything works on the ``[n, K]`` rows: no
     full-vocabulary pass.
     """
-    z = coord_logits if coord_logits.dtype == torch.float64 else coord_logits.float()
-    lse_c = torch.logsumexp(z, dim=-1)                                    # [n]
-    probs = torch.exp(z - lse_c.unsqueeze(-1))
-    k = torch.arange(z.shape[-1], device=z.device, dtype=z.dtype)
-    e_bins = probs @ k                                                    # [n]
+    probs, lse_c = restricted_softmax(coord_logits)                      # [n, K], [n]
+    z = coord_logits.to(probs.dtype)
+    e_bins = bin_expectation(probs)                                       # [n]
     pred = dequantize_bins(e_bins)[box_coords]                            # [m, 4]
     target = dequantize_bins(coord_bins.to(z.dtype))[box_coords]          # [m, 4]
     pred_idx, target_idx = match_boxes(pred, target)

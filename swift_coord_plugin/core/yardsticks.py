@@ -32,8 +32,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .coordexp import dequantize_bins
-from .geometry import box_area
+from .coordexp import argmax_bins, dequantize_bins, expected_bins
+from .geometry import box_iou
 
 IOU_THRESHOLDS = (0.5, 0.75)
 # (name, kind): every yardstick is a mean over the boxes of the logging interval.
@@ -56,22 +56,6 @@ def ordered_boxes(boxes: Tensor) -> Tensor:
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
-def box_iou(pred: Tensor, target: Tensor) -> Tensor:
-    """Elementwise IoU: ``[..., 4]`` x ``[..., 4]`` -> ``[...]`` in ``[0, 1]``.
-
-    Pairs ``pred[i]`` with ``target[i]`` (unlike ``torchvision.ops.box_iou``'s all-pairs matrix). A
-    reversed side has zero extent (``geometry.box_area``); a zero union gives IoU 0.
-    """
-    if pred.shape[-1] != 4 or target.shape[-1] != 4:
-        raise ValueError(f"boxes must have a last dimension of 4 (x1, y1, x2, y2), got {tuple(pred.shape)} "
-                         f"and {tuple(target.shape)}")
-    iw = (torch.minimum(pred[..., 2], target[..., 2]) - torch.maximum(pred[..., 0], target[..., 0])).clamp(min=0)
-    ih = (torch.minimum(pred[..., 3], target[..., 3]) - torch.maximum(pred[..., 1], target[..., 1])).clamp(min=0)
-    inter = iw * ih
-    union = box_area(pred) + box_area(target) - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
-
-
 @torch.no_grad()
 def teacher_forced_ious(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor) -> Tuple[Tensor, Tensor]:
     """IoU of the argmax box and of the CoordExp box with the target box, per box.
@@ -81,9 +65,8 @@ def teacher_forced_ious(coord_logits: Tensor, coord_bins: Tensor, box_coords: Te
     x2, y2 (``SequenceLayout.box_coords``). Returns ``(iou_argmax [m], iou_coordexp [m])``, float64.
     """
     z = coord_logits.detach().double()
-    k = torch.arange(z.shape[-1], device=z.device, dtype=z.dtype)
-    expected = torch.softmax(z, dim=-1) @ k                                    # [n] fractional bins
-    argmax = z.argmax(dim=-1).to(z.dtype)                                      # [n]
+    expected = expected_bins(z)                                                # [n] fractional bins
+    argmax = argmax_bins(z).to(z.dtype)                                        # [n]
     target = dequantize_bins(coord_bins.to(z.dtype))[box_coords]               # [m, 4]
     iou_argmax = box_iou(ordered_boxes(dequantize_bins(argmax)[box_coords]), target)
     iou_exp = box_iou(ordered_boxes(dequantize_bins(expected)[box_coords]), target)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_HIST_EDGES = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.50, 0.55, ..., 1.00
@@ -124,15 +125,6 @@ def per_category_by_id(report: dict) -> Dict[int, dict]:
     return out
 
 
-def _iou_xywh(a, b, crowd: bool) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] if crowd else a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 def matched_ious(ev) -> List[float]:
     """IoU of every detection matched to a non-ignored GT box at IoU >= 0.5 (area all, max dets)."""
     p = ev.params
@@ -144,5 +136,7 @@ def matched_ious(ev) -> List[float]:
         for dt_id, gt_id, ignored in zip(e["dtIds"], e["dtMatches"][0], e["dtIgnore"][0]):
             if gt_id > 0 and not ignored:
                 g = ev.cocoGt.anns[int(gt_id)]
-                out.append(_iou_xywh(ev.cocoDt.anns[dt_id]["bbox"], g["bbox"], bool(g.get("iscrowd", 0))))
+                # pycocotools' own box IoU (the one COCOeval matched with; a crowd box's union is the detection)
+                iou = mask_utils.iou([ev.cocoDt.anns[dt_id]["bbox"]], [g["bbox"]], [int(bool(g.get("iscrowd", 0)))])
+                out.append(float(iou[0][0]))
     return out

@@ -45,6 +45,7 @@ from typing import List, Optional
 
 from ..core import grammar as G
 from ..core.coordexp import expected_bins_and_spread
+from ..core.flags import parse_bool
 # The record's count of answers that left the grammar (``coord-eval`` refuses a record where it is not 0).
 from ..eval.decoding_info import OFF_GRAMMAR_KEY
 from .slots import ENV_SLOTS, append_rows, slots_path
@@ -63,15 +64,6 @@ LOGPROBS_GRAMMAR = "grammar: softmax over the tokens the grammar allows (coordin
 
 class DecodingConfigError(ValueError):
     pass
-
-
-def _bool(key: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off", ""):
-        return False
-    raise DecodingConfigError(f"{key}={value!r}: expected true or false")
 
 
 def load_categories(path: str) -> List[str]:
@@ -123,7 +115,7 @@ class DecodingConfig:
         cats = env.get(ENV_CATEGORIES, "").strip() or None
         if cats is not None:
             load_categories(cats)  # fail at start-up, naming the file
-        return cls(mode, _bool(ENV_ORDERED, env.get(ENV_ORDERED, "false")), max_objects, cats)
+        return cls(mode, parse_bool(ENV_ORDERED, env.get(ENV_ORDERED, "false"), DecodingConfigError, empty=False), max_objects, cats)
 
     def record(self, logprobs_recorded: bool) -> dict:
         """What a run writes about its decoding (``COORD_DECODING_RECORD``; ``coord-eval`` reads it)."""

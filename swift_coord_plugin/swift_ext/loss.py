@@ -29,7 +29,7 @@ from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
 from ..core import codec
-from ..core.losses import (METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
+from ..core.losses import (LOSS_TYPES, METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
                            logged_metric_names)
 from ..core.vocab import CoordVocab
 from ..core.yardsticks import YARDSTICKS, yardstick_sums
@@ -109,7 +109,7 @@ class CoordExpLoss(BaseLoss):
     """Base of the three registered presets; ``group`` selects the preset."""
 
     group = "A"
-    loss_type = "coordexp_ce"
+    loss_type = LOSS_TYPES["A"]
     # The coordinate vocabulary; looked up from the trainer's template on the first call unless set (e.g. to
     # use the loss outside a trainer).
     vocab: Optional[CoordVocab] = None
@@ -289,19 +289,22 @@ class CoordExpLoss(BaseLoss):
 class CoordExpCELoss(CoordExpLoss):
     """Group A: cross-entropy on every token."""
 
-    group, loss_type = "A", "coordexp_ce"
+    group = "A"
+    loss_type = LOSS_TYPES["A"]
 
 
 class CoordExpGeomLoss(CoordExpLoss):
     """Group B: CE on non-coordinate tokens; coordinates through the CoordExp geometric loss only."""
 
-    group, loss_type = "B", "coordexp_geom"
+    group = "B"
+    loss_type = LOSS_TYPES["B"]
 
 
 class CoordExpHybridLoss(CoordExpLoss):
     """Group C: text CE + lambda_coord_ce * coordinate CE + lambda_coord * geometric loss."""
 
-    group, loss_type = "C", "coordexp_hybrid"
+    group = "C"
+    loss_type = LOSS_TYPES["C"]
 
 
 LOSS_CLASSES = {cls.loss_type: cls for cls in (CoordExpCELoss, CoordExpGeomLoss, CoordExpHybridLoss)}

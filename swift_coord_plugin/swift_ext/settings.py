@@ -25,10 +25,10 @@ import sys
 from typing import Dict, Mapping, Optional
 
 from ..core import codec, input_noise
-from ..core.losses import ENV_PREFIX, LossConfig, LossConfigError
+from ..core.losses import ENV_PREFIX, GROUP_OF_LOSS_TYPE, LossConfig, LossConfigError
 
-# --loss_type -> loss group (the classes in loss.py carry the same mapping; this one needs no ms-swift import).
-LOSS_GROUPS = {"coordexp_ce": "A", "coordexp_geom": "B", "coordexp_hybrid": "C"}
+# --loss_type -> loss group (``core.losses.LOSS_TYPES``, read without an ms-swift import).
+LOSS_GROUPS = GROUP_OF_LOSS_TYPE
 
 
 class SettingsError(ValueError):

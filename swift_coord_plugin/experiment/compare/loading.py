@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ...provenance import read_env_settings
+from ...provenance import checkpoint_name_step, read_env_settings
 
 DEFAULT_EVAL = "default"          # the evaluation in eval/ itself (shell/eval.sh without EVAL_NAME)
 _NOT_EVAL_NAMES = re.compile(r"^(checkpoint-\d+|shards)$")   # folders eval.sh makes inside an evaluation
@@ -58,14 +58,14 @@ def _step(row: dict) -> Optional[int]:
     return row.get("step")
 
 
-def _ckpt_step(path: str) -> int:
-    m = re.search(r"checkpoint-(\d+)$", path.rstrip("/\\"))
-    return int(m.group(1)) if m else -1
+def _name_step_or_minus_one(path: str) -> int:
+    step = checkpoint_name_step(path)
+    return -1 if step is None else step
 
 
 def _latest_checkpoint_report(eval_dir: str) -> Optional[str]:
     per_ckpt = sorted(glob.glob(os.path.join(eval_dir, "checkpoint-*", "report.json")),
-                      key=lambda p: _ckpt_step(os.path.dirname(p)))
+                      key=lambda p: _name_step_or_minus_one(os.path.dirname(p)))
     return per_ckpt[-1] if per_ckpt else None
 
 
@@ -142,8 +142,7 @@ def report_step(report: dict, report_dir: str) -> Optional[int]:
     step = ((report.get("settings") or {}).get("inference") or {}).get("checkpoint_step")
     if isinstance(step, int):
         return step
-    s = _ckpt_step(report_dir)
-    return s if s >= 0 else None
+    return checkpoint_name_step(report_dir) if report_dir else None
 
 
 def load_run(path: str, name: Optional[str] = None, eval_name: Optional[str] = None) -> Run:
