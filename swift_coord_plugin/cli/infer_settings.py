@@ -1,30 +1,6 @@
 """Helpers of ``shell/eval.sh`` (``python -m swift_coord_plugin.cli.infer_settings ...``).
 
-``write --checkpoint CKPT --out FILE [--max-pixels N] [IDENTITY OPTIONS] [-- SWIFT_INFER_ARGS...]``
-    Decide the inference image resolution and record the inference settings (``infer_settings.json``: the
-    checkpoint's identity and step, the resolution, decoding, backend, VAL_DATA, configuration, flags,
-    environment). The resolution is, first found: ``--max_pixels`` among the swift infer arguments,
-    ``--max-pixels`` (``INFER_MAX_PIXELS``), the ``max_pixels`` the run trained with (the checkpoint's
-    ``args.json``). Prints the value eval.sh must pass to ``swift infer`` (empty when the arguments already carry
-    it or none is known).
-``reuse REPORT --checkpoint CKPT --gt GT --decode D --score S --max-dets N [--max-pixels N] [IDENTITY OPTIONS]
-[--inference-from INFER_SETTINGS] [-- SWIFT_INFER_ARGS...]``
-    Exit 0 when ``REPORT`` (a finished ``report.json``) was made exactly as asked (``provenance.reuse_mismatches``
-    over ``provenance.evaluation_wanted``), else print why not (reasons joined by "; ") and exit 1. With
-    ``--inference-from``, a re-scoring of another evaluation's answers: the inference side asked is that file's
-    record, with the identity of ``CKPT``.
-``shard-stamp --settings INFER_SETTINGS --gt GT --shard SHARD.jsonl --out STAMP``
-    Record what a finished shard's result file was made with (the run's ``infer_settings.json``, the shard's
-    rows, the GT file), in ``report.json``'s shape.
-``shard-reuse STAMP --settings INFER_SETTINGS --gt GT --shard SHARD.jsonl --result PART``
-    Exit 0 when the shard's result file ``PART`` is complete (every row of the shard exactly once) and its stamp
-    matches this run, else print why not and exit 1.
-``same-checkpoint SETTINGS CKPT``
-    ``RESULTS_FROM``: exit 0 when the ``infer_settings.json`` ``SETTINGS`` records the checkpoint ``CKPT``
-    (the same directory), 2 with a message naming both when it records another one; a missing file is a
-    warning (results not made by eval.sh: the checkpoint cannot be checked) and exit 0.
-
-IDENTITY OPTIONS: ``--val-data FILE --infer-config FILE --decoding MODE --infer-backend NAME --eval-args STR``.
+Public: ``resolve_max_pixels``, ``main``. Design notes: ``docs/design/cli_infer_settings.md``.
 """
 from __future__ import annotations
 

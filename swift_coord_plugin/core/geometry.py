@@ -1,34 +1,8 @@
 """Box geometry for the coordinate losses: L1, Generalized/Distance/Complete IoU (no ms-swift import).
 
-Boxes are ``(x1, y1, x2, y2)`` in normalised image coordinates (image fractions), shape ``[..., 4]``;
-every function works elementwise over the leading dimensions (it pairs ``pred[i]`` with ``target[i]``,
-unlike ``torchvision.ops.generalized_box_iou`` which builds the ``[N, M]`` matrix of all pairs). Which
-predicted box is paired with which target is decided by ``match_boxes``, the matching seam.
-
-Predicted boxes here are expectations over bins, not detector outputs, so ``x2 < x1`` or
-``y2 < y1`` happens (at initialisation every expectation sits near the middle of the image).
-torchvision asserts ``x2 >= x1``; this module defines instead:
-
-* A reversed side has zero extent: ``area = max(x2 - x1, 0) * max(y2 - y1, 0)``. A reversed
-  box therefore has zero area and zero intersection with anything (its IoU is 0).
-* The smallest enclosing box spans *all* the coordinates given, ``min``/``max`` over both
-  boxes' four x values and four y values.
-* ``eps`` is added to the denominators, so two identical zero-area boxes give finite values
-  and finite gradients (GIoU 0 there) instead of ``0 / 0``.
-
-What GIoU does *not* do: pull a collapsed or reversed prediction that lies inside its target. Its
-intersection and area are zero whatever its coordinates, and its enclosing box is the target's, so
-``GIoU = 0 - (|target| - |target|) / |target| = 0`` with exactly zero gradient (``tests/test_geometry.py``
-checks it). At initialisation the expected box of every coordinate is about the image centre, so every
-target box containing the centre gets no GIoU gradient and learns from L1 only. The enclosing term pulls
-such a prediction only once it sticks out of the target. DIoU and CIoU add the squared distance between
-the box centres over the squared diagonal of the enclosing box, which is non-zero (and has a non-zero
-gradient) whenever the centres differ.
-
-For boxes with ``x2 >= x1`` and ``y2 >= y1`` and a non-degenerate union these equal
-GIoU: Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019;
-DIoU and CIoU: Zheng et al., "Distance-IoU Loss", AAAI 2020 (eqs. 6, 9-11), as in
-``torchvision.ops.distance_box_iou_loss`` / ``complete_box_iou_loss`` (up to ``eps``).
+Public: ``DEFAULT_EPS``, ``box_area``, ``box_l1``, ``box_iou``, ``giou``, ``diou``, ``ciou``, ``giou_loss``,
+``diou_loss``, ``ciou_loss``, ``box_loss``, ``box_order_penalty``, .... Design notes:
+``docs/design/core_geometry.md``.
 """
 from __future__ import annotations
 

@@ -1,25 +1,8 @@
 """The lean loss path as tensor functions: cross-entropy and coordinate logits straight from the final
 hidden states and the LM head weight, never holding ``[tokens, vocab]`` logits (no ms-swift import).
 
-``linear_ce_and_coord_logits(hidden, weight, targets, token_weight, rows, coord_start, num_bins)``
-returns what ``losses.token_ce_and_coord_logits`` returns on the logits ``hidden @ weight.T``, plus
-the weighted cross-entropy sum that carries the gradient:
-
-* ``loss = sum_t token_weight_t * CE_t`` (differentiable),
-* ``ce [N]``: the per-token cross-entropy (for the metrics and the gate; not differentiable),
-* ``coord_logits [n, num_bins]``: the coordinate logits of rows ``rows``, from the ``num_bins``
-  coordinate rows of the head only (differentiable),
-* ``preds [N]``: the full-vocabulary argmax of each labelled row (for ms-swift's ``token_acc``).
-
-How: labelled rows only, in chunks of ``chunk`` rows. Each chunk's logits are computed in the matmul
-dtype (as the head would: bf16 weights give bf16 logits), upcast to float32 like ms-swift's loss,
-reduced to log-sum-exp, target logit and argmax, and, when a gradient is needed, turned at once into
-that chunk's gradient ``token_weight * (softmax - onehot)``, which goes into ``d hidden`` (rows of the
-chunk) and is accumulated into ``d weight``. The backward then only scales these by the incoming
-gradient and adds the coordinate logits' part. So the head costs the three matmuls of the stock path
-(logits, ``d hidden``, ``d weight``), and the memory is one chunk of logits plus the gradients the
-stock path also produces. ``d weight`` accumulates in the weight's dtype (one rounding per chunk in
-bf16, as fused linear cross-entropy kernels do).
+Public: ``DEFAULT_CHUNK_ELEMENTS``, ``default_chunk_rows``, ``linear_ce_and_coord_logits``. Design notes:
+``docs/design/core_lean.md``.
 """
 from __future__ import annotations
 

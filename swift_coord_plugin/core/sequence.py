@@ -1,29 +1,7 @@
 """The label-sequence parser: label token ids -> coordinate positions, objects and boxes (no ms-swift import).
 
-The losses need, for every box of the target, the positions of its four coordinate tokens. They
-are found from the *label ids* only: ms-swift trims logits (``logits_to_keep``) and labels
-together, so positions in ``input_ids`` are not positions in the logits.
-
-Conventions
------------
-* ``shift_labels(labels)`` turns ms-swift's unshifted labels ``[B, T]`` into *targets* aligned with
-  the logits: ``targets[:, t] = labels[:, t + 1]`` is what ``logits[:, t]`` predicts; the last
-  column has no target (``IGNORE_INDEX``). Flat position ``b * T + t`` indexes both the targets and
-  ``logits.reshape(-1, vocab)``.
-* An object span opens at ``<obj_start>`` and closes at ``<obj_end>``. It also ends, without an
-  ``<obj_end>``, at the next ``<obj_start>`` (status ``UNCLOSED``), or at an ignored position or the
-  end of the row (status ``TRUNCATED``: a sequence cut short, or a padding-free boundary).
-  Ignored positions are skipped entirely when ms-swift trims a batch of one, which concatenates
-  the labelled tokens; a span is then still ended by the next ``<obj_start>``.
-* A span makes a *box* when it holds exactly 4 coordinate tokens in 4 consecutive positions; they
-  are ``x1, y1, x2, y2`` in that order (the codec's token order). A box is kept even if its span is
-  unclosed or truncated after the fourth coordinate: its 4 targets are complete.
-* Everything else is reported, never paired: spans with fewer or more than 4 coordinates or with
-  tokens between them (``incomplete_objects``) and coordinates outside any span
-  (``stray_coords``). Their tokens still count as labelled tokens for the per-token losses.
-
-The work is vectorised tensor code (no Python loop over tokens) and runs on the labels' device;
-only the sizes of the results (``nonzero``) need a host round trip.
+Public: ``IGNORE_INDEX``, ``CLOSED``, ``UNCLOSED``, ``TRUNCATED``, ``STAT_NAMES``, ``shift_labels``,
+``SequenceLayout``, ``parse_targets``, ``parse_labels``. Design notes: ``docs/design/core_sequence.md``.
 """
 from __future__ import annotations
 

@@ -1,29 +1,7 @@
 """Common yardsticks: teacher-forced box quality that every loss group is measured by the same way.
 
-Each group optimises its own objective, so its loss is no common scale. What is the same for every
-group is the model's coordinate distribution at the target's coordinate slots (teacher forcing), and
-from it two boxes per target object:
-
-* the **argmax box**: the most likely coordinate bin at each of the four slots, ``k* / NUM_BINS``
-  (what greedy decoding restricted to the coordinate tokens writes);
-* the **CoordExp box**: the expectation over the coordinate tokens, ``sum_k p_k k / NUM_BINS``.
-
-Both are compared with the target box (its bins dequantised, ``codec.dequantize``) by IoU. A
-reversed pair (``x2 < x1`` or ``y2 < y1``) is put in order first, as the evaluation's parser repairs
-it (``repaired_reversed_coordinates``), so the yardstick matches what would be scored. Logged per box
-over the logging interval (no ms-swift import here; ``swift_ext.loss`` hands the sums to ms-swift's
-``custom_metrics``):
-
-========================  ==========================================================
-``box_iou_argmax``        mean IoU of the argmax box with the target box
-``box_iou_argmax_at50``   fraction of boxes with IoU >= 0.5 (COCO's match rule at AP50)
-``box_iou_argmax_at75``   fraction with IoU >= 0.75
-``box_iou_coordexp``      mean IoU of the CoordExp box
-``box_iou_coordexp_at50`` / ``box_iou_coordexp_at75``  as above
-========================  ==========================================================
-
-Together with ``coord_acc`` and ``coord_bin_err`` (``core.losses``) these are the curves on which
-groups are compared and convergence is measured.
+Public: ``IOU_THRESHOLDS``, ``YARDSTICK_NAMES``, ``ordered_boxes``, ``teacher_forced_ious``, ``yardstick_sums``.
+Design notes: ``docs/design/core_yardsticks.md``.
 """
 from __future__ import annotations
 

@@ -1,50 +1,7 @@
 """Bootstrap intervals for COCO AP and its differences between groups of runs (no ms-swift import).
 
-Question answered: is group C's AP higher than group A's by more than the noise of *which images* were
-evaluated and of *which training runs* (seeds) were drawn? All runs are scored on the same images.
-
-**Level 2, images (paired).** One replicate draws ``n`` images with replacement (image ``i`` drawn ``w_i``
-times, ``w ~ Multinomial(n, 1/n)``) and recomputes every run's AP on that sample with the **same** ``w``
-(paired over images across runs and groups).
-
-**Level 1, seeds.** The runs of a group (its seeds: model initialisation, data order) are its replicates. In
-the same replicate each group's ``S`` runs are resampled with replacement (counts ``~ Multinomial(S, 1/S)``)
-and the group's value is the mean AP of the drawn runs; the difference of two groups' values is one
-replicate of the difference. The percentile interval of ``B`` replicates (``np.quantile`` at ``alpha/2`` and
-``1 - alpha/2``) is the confidence interval; the image-only interval (every run once, only ``w`` drawn) is
-reported beside it. A group with one run has no seed level: its seed noise is in no interval.
-
-**Small-sample correction of the seed level** (2–3 seeds per group; ``two_level_interval``): the bootstrap
-variance of a mean of ``S`` values is ``(S-1)/S`` of the unbiased one, and a normal quantile ignores that the
-seed variance is estimated from ``S - 1`` degrees of freedom. The seed deviations of a replicate (drawn runs'
-mean minus all runs' mean, at the replicate's ``w``) are therefore scaled by ``sqrt(S/(S-1))`` and then by
-``k >= 1``, chosen so that the normal-theory half-width ``z * sqrt(v_img + k^2 v_seed)`` equals the
-Welch–Satterthwaite one ``t_nu * sqrt(v_img + v_seed)``. ``v_img`` is the variance of the image-only
-replicates, ``v_seed = sum_g c_g^2 s_g^2 / S_g`` (``s_g`` the standard deviation of group ``g``'s runs, ``c_g``
-its coefficient in the contrast), ``nu = (v_img + v_seed)^2 / sum_g (c_g^2 s_g^2 / S_g)^2 / (S_g - 1)`` (the image
-term counted with infinite degrees of freedom). docs/comparison.md gives the references and the measured
-coverage.
-
-**AP under resampling, exactly as COCO computes it.** pycocotools' ``COCOeval.evaluate`` matches the
-detections of each (image, category) independently of every other image (``evalImgs``: per detection its
-score and, per IoU threshold, matched or not and ignored or not; per GT box ignored or not), and
-``accumulate`` then, per category, sorts the detections of all images by score, cumulates true and false
-positives and reads the interpolated precision at 101 recall levels, with recall over the non-ignored GT
-count. A resampled image set is therefore the same matches with each image *counted* ``w_i`` times: the
-cumulative sums become weighted sums (``sum w_img(d) * tp_d``) and the GT count ``sum_i w_i * n_i``. This
-module extracts the per-image arrays from ``evalImgs`` once (``PerImageMatches``) and re-accumulates with
-weights, vectorised over replicates; no re-matching, no new ``COCOeval``. The copies of a detection sit
-next to each other in the score order, and a run of ``w`` equal true (false) positives gives the same
-interpolated precision as ``w`` separate ones, so this equals COCOeval run on the resampled images as new
-images (tested against pycocotools with distinct scores; with tied scores the copies are kept adjacent, an
-order COCOeval's stable sort would give only if the copies were adjacent image ids).
-
-Metrics: ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, area ``all``, the evaluation's ``maxDets``.
-
-Cost: the matching is the evaluation's own (``COCOeval.evaluate`` once per run, about what ``coord-eval``
-spends on it); each replicate costs, per run, a weighted cumulative sum over the run's detections at 10 IoU
-thresholds plus a search of 101 recall levels, i.e. ``O(B * 10 * D)`` for ``D`` detections. The seed level
-adds a ``[B, S]`` weighted mean per group on top (negligible). See ``docs/comparison.md`` for measured times.
+Public: ``BOOTSTRAP_METRICS``, ``PerImageMatches``, ``resample_weights``, ``GroupReplicates``,
+``two_level_interval``, ``interval_covers``, ``paired_bootstrap``. Design notes: ``docs/design/eval_bootstrap.md``.
 """
 from __future__ import annotations
 

@@ -1,23 +1,6 @@
 """Description -> COCO category, by a fixed, documented rule (no ms-swift import).
 
-Rule, in this order, on the normalised description (see ``normalize_desc``):
-
-1. exact category name (case-insensitive), e.g. ``"Dining Table"`` -> ``dining table``;
-2. the regular English plural of a category name, e.g. ``"cars"`` -> ``car``, ``"buses"`` -> ``bus``;
-3. an entry of ``SYNONYMS`` (or its regular plural), e.g. ``"people"`` -> ``person``,
-   ``"television"`` -> ``tv``, ``"motorbikes"`` -> ``motorcycle``.
-
-Categories that normalise to the same description (two categories with one name, names that differ
-only in case or spacing, or a description map giving two categories one phrase) cannot be told apart
-from what the model writes. When only one of them has annotations (Roboflow exports add a root
-category, often named like its class, that owns no boxes) the description maps to that one; when two or
-more have annotations the ground truth is refused naming their ids (``data.descriptions.distinct_descriptions``;
-the converter applies the same rule to what it writes).
-
-A synonym only applies when its target name is one of the ground truth's categories. Anything else is
-unmatched: the evaluator drops it and lists it with its count. There is no fuzzy or embedding match
-(its threshold would be one more setting to report), and no filtering by the categories present in an
-image's ground truth (that would not be COCO AP).
+Public: ``plural``, ``CategoryMapper``. Design notes: ``docs/design/eval_categories.md``.
 """
 from __future__ import annotations
 

@@ -1,29 +1,7 @@
 """From parsed objects to COCO detections: box decoding, confidence scores, pixels (no ms-swift import).
 
-Decoding (per coordinate position, result in bin units, then ``codec.dequantize``):
-
-* ``argmax``: the generated token's bin ``k`` -> ``k / 1000``.
-* ``coordexp`` with the run's slots file (``eval.slots``, transformers backend): the exact ``sum_k p_k * k / 1000``
-  over all 1000 coordinate tokens, recorded at inference.
-* ``coordexp`` without it: ``sum_k p_k * k / 1000`` over the coordinate tokens among the position's
-  ``top_logprobs``, with ``p`` renormalised over those tokens. A position whose top-k holds no
-  coordinate token, or only coordinate tokens of log-probability ``-inf`` (grammar-constrained engines
-  and some vLLM versions write ``-Infinity``; their expectation would be 0/0, a NaN box), keeps its
-  generated bin (counted, the second kind also on its own). If the expectations come out with ``x2 < x1``
-  (or ``y2 < y1``) the pair is swapped (counted).
-
-Scores:
-
-* ``logprob``: ``exp(mean of the log-probabilities of the object's 4 coordinate tokens)``, the geometric
-  mean of their probabilities, in (0, 1].
-* ``logprob_desc``: the same mean taken over the 4 coordinate tokens and the description's tokens.
-* ``spread`` (needs the slots file): ``1 / (1 + mean std)``, the standard deviation in bins of each of the 4
-  coordinate distributions (all 1000 bins): a box-uncertainty score.
-* ``constant``: 1.0 for every object; COCOeval's stable sort then ranks an image's objects in the
-  order they were generated, so AP depends on generation order.
-
-Pixels: the normalised box times the ground-truth image's width and height; COCO results hold
-``[x1, y1, x2 - x1, y2 - y1]``.
+Public: ``DECODES``, ``SCORES``, ``SCORE_FORMULAS``, ``DECODE_FORMULAS``, ``DecodeStats``, ``decode_bins``,
+``object_score``, ``spread_score``, ``coco_bbox``. Design notes: ``docs/design/eval_detections.md``.
 """
 from __future__ import annotations
 

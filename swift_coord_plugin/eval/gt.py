@@ -1,36 +1,7 @@
 """Ground-truth COCO instances files as tools write them -> a ``COCO`` object pycocotools can score.
 
-The file is read like the converter reads it (``data.coco.read_instances``: UTF-8 with or without a
-byte-order mark, errors with their line and column). Everything the scorer relies on is then checked
-before any result row is read, and the fields that are optional in practice get the value the COCO
-format implies, each repair counted in ``GtRepairs`` (the report lists them under ``settings.gt``):
-
-* ``annotations[i].area`` missing: the box area ``w * h`` (pycocotools picks the small/medium/large
-  range from ``area``; COCO's own ``area`` is the segment's, which a box-only file does not have).
-* ``annotations[i].iscrowd`` missing (or null): 0.
-* annotation ``id`` missing, duplicated, not an integer or not positive: every annotation gets
-  ``1..N`` in file order. pycocotools indexes annotations by id (a duplicate silently replaces the
-  earlier box) and marks "not matched" with id 0 (a box with id 0 matched by a detection counts that
-  detection as a false positive), so only unique positive integers score correctly.
-
-* image ids that are strings (some camera and annotation-tool exports; the converter accepts them):
-  every image gets ``1..N`` in file order inside the evaluator (annotations follow), the original ids are
-  kept in ``GtRepairs.original_image_ids`` and written back into ``detections.json``. pycocotools
-  scores string ids as they are, but one file mixing strings and integers cannot be sorted by it, and a
-  result row may carry ``"11"`` for ``11``: one integer id per image removes both problems.
-
-Refused (``GtError``, naming the file, the record and the field): image ids that are neither integers nor
-non-empty strings, or are duplicated; category ids that are not integers or are duplicated; image
-``width``/``height`` that are not positive numbers; annotations whose ``image_id``/``category_id`` is not in
-the file, whose ``bbox`` is not four finite numbers with ``w, h >= 0``, whose ``iscrowd`` is not 0/1 or whose
-``area`` is not a number >= 0; and LVIS-style federated ground truth (images with ``neg_category_ids`` or
-``not_exhaustive_category_ids``), which COCO rules score wrongly: a detection of a category an image was
-never checked for counts as a false positive, so a perfect answer scores below 1.
-
-Counted, not changed: annotations with ``"ignore": 1`` (CityPersons/CrowdHuman-style files). pycocotools
-overwrites ``ignore`` with ``iscrowd``, so they are scored as ordinary boxes; ``GtRepairs.ignore_flagged``
-counts them and the report's headline says so (the rule and its reason: the project's data docs).
-Category names are NFC-normalised for matching (``data.descriptions.normalize_desc``), never rewritten here.
+Public: ``GtError``, ``GtRepairs``, ``FEDERATED_KEYS``, ``federated_problem``, ``check_and_repair``, ``load_gt``.
+Design notes: ``docs/design/eval_gt.md``.
 """
 from __future__ import annotations
 

@@ -1,45 +1,7 @@
 """Dataset ``coord``: unified detection samples (JSONL) -> ms-swift rows for the ``qwen3_vl_coord`` template.
 
-Routing (how a file reaches this preprocessor)
-----------------------------------------------
-ms-swift decides the preprocessor of ``--dataset X`` like this: if ``X`` is a registered dataset name,
-that dataset's preprocessor; else if ``X`` is an existing file, the dataset registered with exactly that
-path string, else one registered with the same *file name* in another folder, else its generic
-preprocessor, which cannot read unified samples and drops every row (silently unless ``--strict true``).
-So a bare path is never routed here. Name the file with the registered dataset ``coord`` instead::
-
-    --dataset coord:/abs/or/relative/train.jsonl        (also --val_dataset; '#N' samples N rows)
-
-``coord`` has its own loader that reads the path after the colon and runs this preprocessor. A relative
-path is taken from ``$COORD_DATA_ROOT`` when that is set (``shell/train.sh`` and ``shell/eval.sh`` set it to
-the repository root, so the run configurations' ``coord:data/coco/...`` work from any working directory),
-else from the current directory (``resolve_data_path``). Image paths inside the file that are relative are
-taken from the file's folder. The preprocessor logs ``[swift-coord] dataset ...`` with its counts, so a run
-shows that it ran.
-
-``#N`` on a validation set (``--val_dataset coord:val.jsonl#500``) asks for N rows drawn without repetition;
-ms-swift stops with an assertion when the file has fewer. The loader takes all rows of such a file instead
-and prints ``[swift-coord] dataset ...: '#N' asks N validation rows, the file has M: using all M``. On a
-training set ``#N`` keeps ms-swift's meaning (N rows, repeating the file when N is larger).
-
-Bad samples
------------
-Before mapping, every sample is validated (``core.samples.sample_problem``: JSON shape, description,
-normalised box, image file present and readable). ``COORD_BAD_SAMPLES=error`` (default) stops with an
-error naming the file, the line and the problem of each bad sample (the first 20); ``COORD_BAD_SAMPLES=drop``
-drops them and logs the count by reason. Either way no row is lost silently.
-
-Rows
-----
-Each sample becomes ``messages`` (user ``<image>``, assistant ``<ref-object><bbox>`` per object),
-``images`` and ``objects`` (``ref``, ``bbox`` as codec bins in the order of the ``COORD_ORDER`` policy,
-``bbox_type='coord_bins'``: quantised and ordered here from the full-precision values, see ``template.py``
-for why; ms-swift's map cache of these rows is keyed by the policy too). What evaluation needs later
-(``image_id``, ``width``, ``height`` when the sample has them) rides in the standard column
-``chat_template_kwargs`` under the key ``coord_meta`` (``core.samples.EVAL_META_KEY``): ms-swift keeps only
-its standard columns, and extra top-level columns either vanish (default) or, with
-``--remove_unused_columns false``, reach ``generate()`` as unknown arguments and stop ``swift infer``.
-``swift infer`` writes the column into every result line, where ``core.samples.row_meta`` reads it.
+Public: ``DATA_ROOT_ENV``, ``META_COLUMNS``, ``MAX_LISTED``, ``BadSamplesError``, ``resolve_data_path``,
+``register``. Design notes: ``docs/design/swift_ext_dataset.md``.
 """
 from __future__ import annotations
 

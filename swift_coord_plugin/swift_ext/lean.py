@@ -1,22 +1,9 @@
 """The lean loss path in ms-swift (``COORDEXP_LEAN=1``): the loss from the final hidden states and the LM head
 weight, never materialising ``[tokens, vocab]`` logits.
 
-Two ms-swift extension points:
-
-1. The template's ``compute_sft_loss`` (``template.py``) runs the model with its ``lm_head`` swapped for a
-   module that records its input: the final hidden states, already trimmed by ``logits_to_keep`` exactly as
-   the logits would be. No logits are computed; the outputs carry ``coord_lean`` (hidden states + the head).
-2. The loss (``loss.py``) computes ``core.losses.compute_loss_from_hidden`` *as the forward of the head module*
-   (``run_as_forward``), so that whatever manages the head's parameters applies as for a normal call:
-   DeepSpeed ZeRO-3 gathers the partitioned weight before, releases it after, and gathers it again when the
-   backward reaches the loss. Plain, DDP, LoRA and ZeRO-2 runs see an ordinary module call.
-
-The head is the model's ``lm_head``: a bias-free ``torch.nn.Linear``, tied to the embedding or not, or the
-copy that ``--modules_to_save lm_head`` trains (peft's wrapper, resolved to the adapter's copy or the
-original as peft's own forward would). Anything else stops with a message: an adapter on the head itself, a
-head with a bias, an architecture whose forward is not known to apply the head and nothing else, a head
-dispatched by accelerate hooks, and (at trainer construction, ``loss.py``) sequence parallel and the
-ms-swift options that need logits (a non-binary loss scale, DFT and channel losses).
+Public: ``SUPPORTED_ARCHITECTURES``, ``LeanPathError``, ``HOW_TO_LEAVE``, ``LeanInputs``, ``lean_requested``,
+``unwrap_model``, ``effective_linear``, ``resolve_head``, ``lean_forward``, ``run_as_forward``, ``check_gathered``.
+Design notes: ``docs/design/swift_ext_lean.md``.
 """
 from __future__ import annotations
 

@@ -1,36 +1,7 @@
 """Model type ``qwen3_vl_coord``: stock Qwen3-VL loading plus the coordinate vocabulary.
 
-``--model_type qwen3_vl_coord`` loads any Qwen3-VL checkpoint exactly as ``qwen3_vl`` does, then:
-
-1. adds the plugin's 1002 tokens (``<|coord_0|>``..``<|coord_999|>``, ``<obj_start>``, ``<obj_end>``) in id
-   order, unless ``--new_special_tokens`` already names them; ms-swift resizes the embedding and the LM
-   head to a multiple of 128 rows (152,704 for Qwen3-VL), which keeps the head matmul aligned;
-2. re-initialises the rows of every token added in this load, and the padding rows after them, uniformly
-   (see ``init_new_rows``).
-
-Why not ms-swift's default initialisation: Qwen3-VL has 151,936 rows for a 151,669-token tokenizer, so
-the first 267 new tokens would land in existing, untrained padding rows while the other 735 get freshly
-sampled rows (mean + covariance noise from the global RNG). Coordinate bins 0..266 would then start from
-a different distribution than bins 267..999, a systematic bias across bins that the expectation
-(CoordExp) loss sees directly. Instead every new row (and every padding row after the new tokens: no
-token maps to them, but their logits enter every softmax) starts at the mean of the pre-existing vocabulary
-rows plus small Gaussian noise from a dedicated generator seeded by ``COORD_INIT_SEED`` (default 0), with
-standard deviation ``COORD_INIT_NOISE`` (default 0.01) times the per-dimension std of those rows. The
-result is identical for every bin in distribution, and bit-identical across runs with the same seed.
-
-A checkpoint that already holds the tokens (``swift infer`` / ``swift export`` / resuming) adds nothing and
-re-initialises nothing.
-
-Tied or untied head: decided by parameter identity (``head_is_tied``), never by storage addresses (a
-parameter that DeepSpeed ZeRO-3 has partitioned is an empty tensor whose ``data_ptr()`` is 0 on every rank,
-so two separate partitioned matrices would look like one).
-
-Dense and mixture-of-experts checkpoints: the loader dispatches on the checkpoint's config
-(``is_moe_checkpoint``), so a Qwen3-VL-MoE checkpoint (30B-A3B, 235B-A22B) is built as
-``Qwen3VLMoeForConditionalGeneration`` with ms-swift's MoE loader steps (expert dtype patch, MoE outputs of the
-mixed-data forward, which ``keep_router_logits`` completes under DeepSpeed), and ``--router_aux_loss_coef`` adds
-the load-balancing loss; a dense one as
-``Qwen3VLForConditionalGeneration``. Tokens, template and losses are the same for both.
+Public: ``MODEL_TYPE``, ``TEMPLATE_TYPE``, ``head_is_tied``, ``rows_digest``, ``init_new_rows``,
+``keep_router_logits``, ``add_coord_input_noise``, ``register``. Design notes: ``docs/design/swift_ext_model.md``.
 """
 from __future__ import annotations
 

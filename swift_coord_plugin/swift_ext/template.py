@@ -1,51 +1,7 @@
 """Template ``qwen3_vl_coord``: ms-swift's Qwen3-VL template rendering objects with the codec.
 
-A row (as the plugin's dataset preprocessor writes it, or any ms-swift grounding row) carries::
-
-    messages: [{"role": "user", "content": "<image>"},
-               {"role": "assistant", "content": "<ref-object><bbox>" * n}]
-    images:   [path]
-    objects:  {"ref": [desc, ...], "bbox": [[x1, y1, x2, y2], ...], "bbox_type": "coord_bins" | "norm1" | "real"}
-
-``coord_bins`` boxes are codec bins, already ordered: the plugin's preprocessor quantises and orders the
-full-precision values it reads, because ms-swift stores ``objects`` as a JSON column that rounds floats
-to 10 decimals, enough to move a value that sits on a bin's rounding boundary into the next bin.
-``norm1`` ([0, 1]) and ``real`` (pixels) boxes, as in any ms-swift grounding dataset, are ordered and
-quantised here (``normalize_bbox``), by the same policy.
-
-Object order: the policy ``COORD_ORDER`` names (``codec.order_policy``, read when the template is built).
-Under ``random`` the template re-draws the order every time it encodes a sample
-(``codec.draw_order(n, sample key, epoch, COORD_ORDER_SEED)``), from the ``y1x1`` order; the epoch comes from
-a trainer callback the template adds to the trainer at its first training step (``on_epoch_begin``, which
-runs before the epoch's data loader workers are started). Workers that persist across epochs
-(``--dataloader_persistent_workers true``) would keep the first epoch's number, so ``random`` refuses them.
-
-The template
-* appends the fixed prompt to a user turn that holds nothing but image tags (a user turn with its own
-  text keeps it). The prompt is ``codec.DEFAULT_PROMPT`` unless the environment key ``COORD_PROMPT``
-  (``--model_kwargs '{"COORD_PROMPT": "..."}'`` or a YAML ``ENV:`` block) says otherwise;
-* validates the objects (a bad box or an empty description is an error naming the image) and orders
-  them by the order policy (see above);
-* renders each ``<ref-object><bbox>`` pair as ``codec.render_object``: every coordinate is one token;
-* at inference on the transformers backend, decodes under ``COORD_DECODING`` (``free | constrained |
-  coordexp``, see ``decoding.py``) by wrapping ``generate`` with the answer grammar's logits processor;
-* under ``swift infer --infer_backend vllm``, installs the answer grammar of ``COORD_DECODING`` in the
-  vLLM engine (``prepare_engine_kwargs``, see ``vllm_decoding.py``);
-* with the lean loss path (``COORDEXP_LEAN=1``), runs the training forward without the LM head
-  (``compute_sft_loss``, see ``lean.py``).
-* loads each image itself (``core.images.load_rgb``): fully decoded, in the stored pixel frame (no EXIF
-  transpose: boxes are in that frame), greyscale/palette/CMYK/16-bit converted as a person sees them and
-  transparency composited on white. ms-swift's loader would only ``convert("RGB")``, which drops alpha
-  and clips 16-bit images to white;
-* never lets an encode failure pass silently while training. ms-swift 4.6 (``LazyLLMDataset.__getitem__``,
-  ``swift/dataset/utils.py``) catches every ``Exception`` of ``template.encode``, logs it (the first ten)
-  and trains on another random row instead, and ``swift sft`` still exits 0. So a failure while training
-  is raised as ``EncodeFailure``, a ``BaseException`` that this catch does not take, and stops the run
-  naming the image (``COORD_BAD_SAMPLES=error``, default); with ``COORD_BAD_SAMPLES=drop`` it is
-  re-raised as it is (ms-swift substitutes a row) after a warning that names the image and counts the
-  replaced rows of the process. Rows ms-swift replaces for ``--max_length`` (``MaxLengthError`` with
-  ``--truncation_strategy delete``) are reported and counted the same way.
-Everything else (masking of prompt and image tokens in the labels) is the stock Qwen3-VL template's.
+Public: ``EncodeFailure``, ``REPLACED_ROWS``, ``load_image_as_seen``, ``CoordOrderEpochCallback``, ``register``.
+Design notes: ``docs/design/swift_ext_template.md``.
 """
 from __future__ import annotations
 
