@@ -33,13 +33,15 @@ def test_group_configs_differ_only_in_loss():
     for g, (cfg, other_env, loss_env, loss_type, output_dir) in parts.items():
         assert cfg == ref[0], f"group {g}: settings outside the loss differ"
         assert other_env == ref[1], f"group {g}: ENV outside COORDEXP_* differs"
+        # The group is said once, by loss_type: the ENV blocks carry the same weights and no COORDEXP_USE_* switch.
+        assert loss_env == ref[2], f"group {g}: COORDEXP_* keys differ between the group files"
+        assert not any(k.startswith("COORDEXP_USE_") for k in loss_env), (g, sorted(loss_env))
         assert output_dir.endswith(f"group_{g}")
         assert loss_type == GROUPS[g][0]
         # The flags are the group's preset, and they validate.
         config, _ = LossConfig.from_env(GROUPS[g][1], {k: str(v) for k, v in loss_env.items()})
         for flag, value in PRESETS[GROUPS[g][1]].items():
             assert getattr(config, flag) == value, (g, flag)
-    assert parts["a"][2] != parts["b"][2] != parts["c"][2]
     for key in ("model", "model_type", "template", "dataset", "val_dataset", "max_pixels", "learning_rate",
                 "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
                 "seed", "logging_steps", "eval_steps", "save_steps", "external_plugins"):
