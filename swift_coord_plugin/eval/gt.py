@@ -1,6 +1,6 @@
 """Ground-truth COCO instances files as tools write them -> a ``COCO`` object pycocotools can score.
 
-The file is read like the converter reads it (``data.coco.read_instances``: UTF-8 with or without a
+The file is read like the converter reads it (``data.coco_reader.read_instances``: UTF-8 with or without a
 byte-order mark, errors with their line and column). Everything the scorer relies on is then checked
 before any result row is read, and the fields that are optional in practice get the value the COCO
 format implies, each repair counted in ``GtRepairs`` (the report lists them under ``settings.gt``):
@@ -38,7 +38,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from ..data.coco import CocoFormatError, read_instances
+from ..data.coco_reader import CocoFormatError, read_instances
 from .pycoco import quiet
 
 
@@ -48,7 +48,7 @@ class GtError(ValueError):
 
 @dataclass
 class GtRepairs:
-    """What ``load_gt`` filled in, by field."""
+    """What ``load_coco_and_repairs`` filled in, by field."""
 
     area_filled: int = 0
     iscrowd_filled: int = 0
@@ -179,7 +179,7 @@ def check_and_repair(data: dict, path: str) -> GtRepairs:
     return repairs
 
 
-def load_gt(path: str):
+def load_coco_and_repairs(path: str):
     """``(COCO, GtRepairs)`` for a COCO instances file, checked and repaired as the module doc says.
 
     Raises ``GtError`` for a file the scorer cannot score (before any result row is read).

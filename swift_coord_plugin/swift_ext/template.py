@@ -33,7 +33,7 @@ The template
   vLLM engine (``prepare_engine_kwargs``, see ``vllm_decoding.py``);
 * with the lean loss path (``COORDEXP_LEAN=1``), runs the training forward without the LM head
   (``compute_sft_loss``, see ``lean.py``).
-* loads each image itself (``core.images.load_rgb``): fully decoded, in the stored pixel frame (no EXIF
+* loads each image itself (``data.images.load_rgb``): fully decoded, in the stored pixel frame (no EXIF
   transpose: boxes are in that frame), greyscale/palette/CMYK/16-bit converted as a person sees them and
   transparency composited on white. ms-swift's loader would only ``convert("RGB")``, which drops alpha
   and clips 16-bit images to white;
@@ -72,10 +72,10 @@ REPLACED_ROWS = {}
 
 
 def load_image_as_seen(image):
-    """A row's image (path, ``{"bytes", "path"}`` or PIL image) as ``core.images.load_rgb`` gives it."""
+    """A row's image (path, ``{"bytes", "path"}`` or PIL image) as ``data.images.load_rgb`` gives it."""
     import io
 
-    from ..core import images
+    from ..data import images
 
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path")
