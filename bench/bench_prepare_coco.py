@@ -78,7 +78,7 @@ def decode_cost(coco128: Path, train_images: int = 118_287) -> int:
     The replicated benchmark file points at 128 distinct files, so the conversion decodes each once;
     this measures what 118k distinct files would cost: seconds per file with all CPUs, times 118,287."""
     sys.path.insert(0, str(REPO))
-    from swift_coord_plugin.core import images as image_rules
+    from swift_coord_plugin.data import images as image_rules
 
     paths = sorted(str(p) for p in (coco128 / "images").glob("*.jpg"))
     with tempfile.TemporaryDirectory(prefix="bench_decode_") as tmp:

@@ -18,7 +18,7 @@ os.environ.setdefault("MAX_PIXELS", MAX_PIXELS)
 @pytest.fixture(scope="session", autouse=True)
 def image_check_cache(tmp_path_factory) -> str:
     """The full-decode cache of the image checks in a temporary folder (also for the swift subprocesses)."""
-    from swift_coord_plugin.core.images import CACHE_ENV
+    from swift_coord_plugin.data.images import CACHE_ENV
 
     folder = str(tmp_path_factory.mktemp("image_checks"))
     old = os.environ.get(CACHE_ENV)

@@ -8,8 +8,9 @@ import pytest
 from helpers import SAMPLE_DIR
 from PIL import Image
 
-from swift_coord_plugin.core import images
 from swift_coord_plugin.core import samples as sample_rules
+from swift_coord_plugin.core.images import EXIF_ORIENTATION
+from swift_coord_plugin.data import images
 
 SOURCE = sorted((SAMPLE_DIR / "images").glob("*.jpg"))[0]
 
@@ -86,7 +87,7 @@ def test_truncated_jpeg_passes_the_header_and_fails_the_full_decode(tmp_path):
 def test_exif_rotation_against_the_declared_size(rgb, tmp_path):
     im = rgb.resize((400, 200))
     exif = Image.Exif()
-    exif[images.EXIF_ORIENTATION] = 6  # viewers show it rotated: 200 x 400
+    exif[EXIF_ORIENTATION] = 6  # viewers show it rotated: 200 x 400
     path = tmp_path / "rot.jpg"
     im.save(path, exif=exif)
     assert images.header(str(path)) == (400, 200, "RGB", 6)

@@ -13,7 +13,7 @@ import sys
 
 
 def main(argv=None) -> None:
-    from swift_coord_plugin.data.coco import CocoFormatError, read_instances
+    from swift_coord_plugin.data.coco_reader import CocoFormatError, read_instances
     from swift_coord_plugin.eval.constant import constant_rows
 
     p = argparse.ArgumentParser(prog="coord-constant-baseline", description=__doc__,

@@ -1,7 +1,7 @@
 """``coord-prepare-coco``: COCO instances JSON -> unified detection samples (JSONL).
 
 Only argument parsing, the progress bar and printing live here; the rules are in
-``swift_coord_plugin.data.coco`` and documented in ``docs/data.md``.
+``swift_coord_plugin.data.coco`` (reading: ``data.coco_reader``) and documented in ``docs/data.md``.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..data import coco
+from ..data import coco, coco_reader
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        desc_map = coco.load_desc_map(args.desc_map) if args.desc_map else None
+        desc_map = coco_reader.load_desc_map(args.desc_map) if args.desc_map else None
         options = coco.ConvertOptions(max_objects=args.max_objects, cap_policy=args.cap_policy,
                                       drop_empty=args.drop_empty, skip_missing=args.skip_missing,
                                       check_images=not args.no_image_check, skip_bad_images=args.skip_bad_images,
                                       workers=args.workers, desc_map=desc_map, order=args.order)
-    except (coco.CocoFormatError, ValueError) as e:
+    except (coco_reader.CocoFormatError, ValueError) as e:
         print(f"coord-prepare-coco: error: {e}", file=sys.stderr)
         return 2
 
@@ -81,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = coco.prepare_coco(args.ann, args.images, args.out, options,
                                     progress_factory=progress_factory, skip_polygons=not args.full_json)
-    except coco.CocoFormatError as e:
+    except coco_reader.CocoFormatError as e:
         print(f"coord-prepare-coco: error: {e}", file=sys.stderr)
         return 2
     finally:

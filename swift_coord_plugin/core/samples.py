@@ -72,7 +72,7 @@ def row_key(row) -> Optional[str]:
 def image_problem(path: str, check_readable: bool = True, width=None, height=None) -> Optional[Tuple[str, str]]:
     """The cheap image checks (file present; with ``check_readable`` the header: readable, stored size equal
     to the declared ``width``/``height`` when given, EXIF orientation, processor limits; see ``core.images``).
-    The full decode is ``core.images.decode_problems`` (cached)."""
+    The full decode is ``data.images.decode_problems`` (cached)."""
     if not os.path.isfile(path):
         return MISSING_IMAGE, f"image file not found: {path}"
     if check_readable:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ..data.coco import category_descs
+from ..data.coco_reader import category_descs
 from ..data.descriptions import AmbiguousCategoriesError, distinct_descriptions, normalize_desc
 
 # COCO category name -> other names a model may write for it. Plurals of everything here are added by
@@ -67,7 +67,7 @@ class CategoryMapper:
     def __init__(self, categories: Iterable[Mapping], desc_map: Optional[Mapping[Any, str]] = None,
                  annotated: Optional[Collection[int]] = None):
         """``desc_map``: the converter's description map (category id or name -> phrase the model was
-        trained on, see ``data.coco.category_descs``); each phrase then maps to its category exactly,
+        trained on, see ``data.coco_reader.category_descs``); each phrase then maps to its category exactly,
         before any category name. ``annotated``: the category ids with annotations (None: every one),
         for the rule on categories that share a description (``distinct_descriptions``, which raises
         ``AmbiguousCategoriesError``)."""

@@ -1,6 +1,6 @@
 """Ground-truth COCO instances files as tools write them -> a ``COCO`` object pycocotools can score.
 
-Public: ``GtError``, ``GtRepairs``, ``FEDERATED_KEYS``, ``federated_problem``, ``check_and_repair``, ``load_gt``.
+Public: ``GtError``, ``GtRepairs``, ``FEDERATED_KEYS``, ``federated_problem``, ``check_and_repair``, ``load_coco_and_repairs``.
 Design notes: ``docs/design/eval_gt.md``.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from ..data.coco import CocoFormatError, read_instances
+from ..data.coco_reader import CocoFormatError, read_instances
 from .pycoco import quiet
 
 
@@ -19,7 +19,7 @@ class GtError(ValueError):
 
 @dataclass
 class GtRepairs:
-    """What ``load_gt`` filled in, by field."""
+    """What ``load_coco_and_repairs`` filled in, by field."""
 
     area_filled: int = 0
     iscrowd_filled: int = 0
@@ -150,7 +150,7 @@ def check_and_repair(data: dict, path: str) -> GtRepairs:
     return repairs
 
 
-def load_gt(path: str):
+def load_coco_and_repairs(path: str):
     """``(COCO, GtRepairs)`` for a COCO instances file, checked and repaired as the module doc says.
 
     Raises ``GtError`` for a file the scorer cannot score (before any result row is read).

@@ -56,11 +56,10 @@ class EvalSettings:
 def load_gt(path: str):
     """pycocotools' ``COCO`` for a ground-truth file, checked and with its optional fields filled
     (``eval.gt``; the repairs are in ``coco.coord_repairs``). Raises ``EvalError`` naming the record."""
-    from .gt import GtError
-    from .gt import load_gt as _load
+    from .gt import GtError, load_coco_and_repairs
 
     try:
-        coco, repairs = _load(path)
+        coco, repairs = load_coco_and_repairs(path)
     except GtError as e:
         raise EvalError(str(e)) from None
     coco.coord_repairs = repairs
@@ -117,7 +116,7 @@ def load_eval_desc_map(spec: Optional[str]):
     (a JSON file or inline JSON), or the converter's ``<out>.summary.json``, which records the map it used."""
     if not spec:
         return None, None
-    from ..data.coco import CocoFormatError, load_desc_map
+    from ..data.coco_reader import CocoFormatError, load_desc_map
 
     try:
         value = load_desc_map(spec)

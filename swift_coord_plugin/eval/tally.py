@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from ..core import codec
-from ..core.images import stored_size
+from ..data.images import stored_size
 from .categories import CategoryMapper
 from .detections import DecodeStats, coco_bbox, decode_bins, object_score, spread_score
 from .inputs import MAX_LISTED, EvalError, EvalSettings, GtImages

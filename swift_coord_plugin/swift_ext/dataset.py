@@ -13,6 +13,7 @@ from ..core import codec
 from ..core import images as image_rules
 from ..core import textfiles
 from ..core import samples as sample_rules
+from ..data import images as image_files
 from .dataset_args import file_kind
 from .rows import BINS_TYPE, DATASET_NAME, bad_samples_policy, coco_json_message, unescape_path
 
@@ -49,7 +50,7 @@ def _code_version() -> str:
     import hashlib
 
     h = hashlib.sha1()
-    for path in (__file__, codec.__file__, sample_rules.__file__, image_rules.__file__):
+    for path in (__file__, codec.__file__, sample_rules.__file__, image_rules.__file__, image_files.__file__):
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:10]
@@ -86,7 +87,7 @@ def _build_classes():
 
             Cheap checks on every row (``sample_problem``: shape, boxes, descriptions, the image header
             against the declared size and the processor's limits), then a full decode of every image still
-            kept, read from the decode cache where it holds the file (``core.images.decode_problems``)."""
+            kept, read from the decode cache where it holds the file (``data.images.decode_problems``)."""
             policy = bad_samples_policy()
             features = set(dataset.features)
             if "image" not in features and "objects" not in features and features & {"annotations", "categories"}:
@@ -113,7 +114,7 @@ def _build_classes():
                     continue
                 counts[problem[0]] += 1
                 problems.append(f"{self.source}:{i + 1}: {problem[1]}")
-            decoded = image_rules.decode_problems([image for _, image in keep]) if keep else {}
+            decoded = image_files.decode_problems([image for _, image in keep]) if keep else {}
             kept = []
             for i, image in keep:
                 problem = decoded.get(image)

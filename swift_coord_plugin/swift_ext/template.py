@@ -28,10 +28,10 @@ REPLACED_ROWS = {}
 
 
 def load_image_as_seen(image):
-    """A row's image (path, ``{"bytes", "path"}`` or PIL image) as ``core.images.load_rgb`` gives it."""
+    """A row's image (path, ``{"bytes", "path"}`` or PIL image) as ``data.images.load_rgb`` gives it."""
     import io
 
-    from ..core import images
+    from ..data import images
 
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path")
