@@ -1,7 +1,7 @@
 """Ground-truth COCO instances files as tools write them -> a ``COCO`` object pycocotools can score.
 
-Public: ``GtError``, ``GtRepairs``, ``FEDERATED_KEYS``, ``federated_problem``, ``check_and_repair``, ``load_coco_and_repairs``.
-Design notes: ``docs/design/eval_gt.md``.
+Public: ``GtError``, ``GtRepairs``, ``FEDERATED_KEYS``, ``federated_problem``, ``check_and_repair``,
+``load_coco_and_repairs``. Design notes: ``docs/design/eval_gt.md``.
 """
 from __future__ import annotations
 
