@@ -13,7 +13,7 @@ to 10 decimals, enough to move a value that sits on a bin's rounding boundary in
 ``norm1`` ([0, 1]) and ``real`` (pixels) boxes, as in any ms-swift grounding dataset, are ordered and
 quantised here (``normalize_bbox``), by the same policy.
 
-Object order: the policy ``COORD_ORDER`` names (``codec.order_policy``, read when the template is built).
+Object order: the policy ``COORD_ORDER`` names (``rows.order_policy_setting``, read when the template is built).
 Under ``random`` the template re-draws the order every time it encodes a sample
 (``codec.draw_order(n, sample key, epoch, COORD_ORDER_SEED)``), from the ``y1x1`` order; the epoch comes from
 a trainer callback the template adds to the trainer at its first training step (``on_epoch_begin``, which
@@ -55,7 +55,7 @@ from transformers import TrainerCallback
 
 from ..core import codec
 from .model import TEMPLATE_TYPE
-from .rows import BINS_TYPE, bad_samples_policy
+from .rows import BINS_TYPE, bad_samples_policy, order_policy_setting, order_seed_setting
 from . import slots
 
 
@@ -124,8 +124,8 @@ def _template_cls():
             from .decoding import DecodingConfig
 
             DecodingConfig.from_env()  # a bad COORD_DECODING* key stops the run here, naming the key
-            self.coord_order = codec.order_policy()
-            self.coord_order_seed = codec.order_seed()
+            self.coord_order = order_policy_setting()
+            self.coord_order_seed = order_seed_setting()
             self.coord_order_epoch = 0
 
         def init_processor(self, processor) -> None:
