@@ -6,6 +6,7 @@ import pytest
 
 from swift_coord_plugin.core import codec
 from swift_coord_plugin.core.codec import DetObject
+from swift_coord_plugin.swift_ext.rows import order_policy_setting, order_seed_setting
 
 
 def test_quantize_rule_and_clamp():
@@ -143,6 +144,9 @@ def test_x1y1_policy_and_registry():
         codec.order_policy("diagonal")
     with pytest.raises(ValueError, match="COORD_ORDER_SEED"):
         codec.order_seed({"COORD_ORDER_SEED": "one"})
+    assert codec.order_seed() == 0 and codec.order_seed(" 7 ") == 7 and codec.order_seed(3) == 3
+    with pytest.raises(ValueError, match=r"COORD_ORDER_SEED='1\.5' is not an integer"):
+        codec.order_seed("1.5")
     # A new policy is one registration away from COORD_ORDER.
     policy = codec.OrderPolicy("area_desc", lambda b: (-round((b[2] - b[0]) * (b[3] - b[1]), 9),))
     codec.register_order_policy(policy)
@@ -153,6 +157,21 @@ def test_x1y1_policy_and_registry():
             codec.register_order_policy(policy)
     finally:
         del codec.ORDER_POLICIES["area_desc"]
+
+
+def test_order_settings_come_from_the_caller(monkeypatch):
+    """The core reads no environment: ``COORD_ORDER`` / ``COORD_ORDER_SEED`` are read by the glue
+    (``swift_ext.rows``) and handed over."""
+    monkeypatch.setenv("COORD_ORDER", "x1y1")
+    monkeypatch.setenv("COORD_ORDER_SEED", "5")
+    assert codec.order_policy().name == "y1x1" and codec.order_seed() == 0
+    assert order_policy_setting().name == "x1y1" and order_seed_setting() == 5
+    assert order_policy_setting({}).name == "y1x1" and order_seed_setting({}) == 0
+    assert order_policy_setting({"COORD_ORDER": ""}).name == "y1x1"
+    with pytest.raises(ValueError, match=r"COORD_ORDER='spiral' is not an object order policy; registered"):
+        order_policy_setting({"COORD_ORDER": "spiral"})
+    with pytest.raises(ValueError, match=r"COORD_ORDER_SEED='one' is not an integer"):
+        order_seed_setting({"COORD_ORDER_SEED": "one"})
 
 
 def test_random_draw_is_a_seeded_permutation_per_sample_and_epoch():

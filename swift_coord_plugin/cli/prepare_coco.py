@@ -10,6 +10,7 @@ import sys
 from typing import List, Optional
 
 from ..data import coco, coco_reader
+from ..swift_ext.rows import order_policy_setting
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +54,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         desc_map = coco_reader.load_desc_map(args.desc_map) if args.desc_map else None
+        order = args.order if args.order is not None else order_policy_setting().name  # the COORD_ORDER setting
         options = coco.ConvertOptions(max_objects=args.max_objects, cap_policy=args.cap_policy,
                                       drop_empty=args.drop_empty, skip_missing=args.skip_missing,
                                       check_images=not args.no_image_check, skip_bad_images=args.skip_bad_images,
-                                      workers=args.workers, desc_map=desc_map, order=args.order)
+                                      workers=args.workers, desc_map=desc_map, order=order)
     except (coco_reader.CocoFormatError, ValueError) as e:
         print(f"coord-prepare-coco: error: {e}", file=sys.stderr)
         return 2

@@ -1,47 +1,30 @@
-"""The sequence codec: the one definition of how boxes become tokens and back.
+"""The sequence codec: the one definition of how boxes become tokens and back (no ms-swift, no torch).
 
-Every other module (data conversion, the template, the losses, the evaluator) imports its rules
-from here. Nothing in this module imports ms-swift or torch.
-
-Rules
------
-* Coordinates are normalised to [0, 1] relative to the image width (x) and height (y).
-* Bin rule: ``k = round(c * NUM_BINS)`` with halves rounded up (``floor(c * NUM_BINS + 0.5)``),
-  clamped to ``0 .. NUM_BINS - 1``. Decoding: ``k / NUM_BINS``. The worst-case error is half a
-  bin (0.0005 of the side) except at ``c = 1`` which decodes to 0.999.
-* Targets: a side whose two ends fall into one bin is widened to one bin (``target_bins``), so no target
-  box has zero area.
-* Object order: a policy chosen with ``COORD_ORDER`` (``ORDER_POLICIES``). The default, ``y1x1``
-  (the spec), is ``y1`` ascending, then ``x1`` ascending, compared on the *bins* the model sees first
-  and on the continuous normalised values only among equal bins; remaining ties keep their input order
-  (a stable sort). ``x1y1`` swaps the two. ``random`` writes the ``y1x1`` order into files and re-draws a
-  permutation per sample and epoch when a sample is encoded (``draw_order``, seeded).
-* Target text, per object, with the exact spacing (one ASCII space on each side of ``desc``)::
-
-      <obj_start> {desc} <|coord_x1|><|coord_y1|><|coord_x2|><|coord_y2|> <obj_end>
-
-  Objects are concatenated with no separator; an image with no object renders as ``""``.
+API: the token strings (``coord_token``, ``new_tokens``, ``OBJ_START`` / ``OBJ_END``, ``coord_bin_of``), the
+target text (``DetObject``, ``render_object`` / ``render_objects``: ``<obj_start> {desc} <|coord_x1|>..<|coord_y2|>
+<obj_end>`` per object), what a sample may hold (``clean_desc``, ``desc_problem``, ``bbox_problem``,
+``bins_problem``) and the response parser (``parse_objects``, ``PARSE_REASONS``). The bin rule (``core.bins``)
+and the object order policies (``core.order``) are re-exported here. Rules: docs/design/codec.md.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import random
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
-NUM_BINS = 1000
+# The bin rule and the object order have their own modules; their names stay reachable as ``codec.X``.
+from .bins import (NUM_BINS, Bins, Box, dequantize, dequantize_box, denormalize_box, is_narrow, normalize_box,
+                   quantize, quantize_box, target_bins, widen_bins)  # noqa: F401
+from .order import (DEFAULT_ORDER, ORDER_ENV, ORDER_POLICIES, ORDER_SEED_ENV, OrderKey, OrderPolicy, draw_order,
+                    order_indices, order_key, order_objects, order_policy, order_seed, register_order_policy)  # noqa: F401
+
 COORD_TOKEN_PREFIX = "<|coord_"
 COORD_TOKEN_SUFFIX = "|>"
 OBJ_START = "<obj_start>"
 OBJ_END = "<obj_end>"
 DEFAULT_PROMPT = "Describe all objects in the image with their bounding boxes."
-
-Box = Tuple[float, float, float, float]
-Bins = Tuple[int, int, int, int]
 
 
 def coord_token(k: int) -> str:
@@ -74,76 +57,6 @@ def coord_bin_of(piece: str) -> Optional[int]:
     return k if k < NUM_BINS else None
 
 
-# ----------------------------------------------------------------------------- numbers
-def quantize(c: float) -> int:
-    """Normalised coordinate -> bin index (round half up, clamp to 0..NUM_BINS-1)."""
-    c = float(c)
-    if math.isnan(c):
-        raise ValueError("cannot quantise NaN")
-    k = math.floor(c * NUM_BINS + 0.5)
-    return min(max(k, 0), NUM_BINS - 1)
-
-
-def dequantize(k: float) -> float:
-    """Bin index (possibly fractional, e.g. an expectation) -> normalised coordinate."""
-    return float(k) / NUM_BINS
-
-
-def quantize_box(box: Sequence[float]) -> Bins:
-    return tuple(quantize(c) for c in box)  # type: ignore[return-value]
-
-
-def dequantize_box(bins: Sequence[float]) -> Box:
-    return tuple(dequantize(k) for k in bins)  # type: ignore[return-value]
-
-
-def widen_bins(bins: Sequence[int]) -> Bins:
-    """``bins`` ``(x1, y1, x2, y2)`` with every side whose two ends share a bin widened to one bin.
-
-    A box narrower than a bin quantises to ``x1 == x2`` (or ``y1 == y2``): a zero-area target whose IoU with
-    any prediction is 0, and whose IoU-loss gradient on a thin prediction is thousands of times a normal
-    box's. Such a side ``(k, k)`` becomes ``(k, k + 1)``, and ``(998, 999)`` at the last bin: the far end
-    moves, so ``x1``/``y1``, which decide the object order, keep their bins (except at bin 999).
-    Other sides are returned unchanged.
-    """
-    x1, y1, x2, y2 = (int(k) for k in bins)
-    if x1 == x2:
-        x1, x2 = (x1, x1 + 1) if x1 < NUM_BINS - 1 else (x1 - 1, x1)
-    if y1 == y2:
-        y1, y2 = (y1, y1 + 1) if y1 < NUM_BINS - 1 else (y1 - 1, y1)
-    return (x1, y1, x2, y2)
-
-
-def is_narrow(bbox: Sequence[float]) -> bool:
-    """Whether the normalised ``bbox`` has a side narrower than a bin (both ends in one bin after
-    ``quantize``); ``target_bins`` widens such a side."""
-    k = quantize_box(bbox)
-    return k[0] == k[2] or k[1] == k[3]
-
-
-def target_bins(bbox: Sequence[float]) -> Bins:
-    """The bins a target box is written with: ``quantize_box``, then ``widen_bins`` (no side of zero extent).
-    The template, the dataset preprocessor and ``DetObject.bins`` use this; evaluation never does (it scores
-    against the ground truth in pixels)."""
-    return widen_bins(quantize_box(bbox))
-
-
-def normalize_box(xyxy_pixels: Sequence[float], width: float, height: float, clip: bool = True) -> Box:
-    """Absolute pixel ``[x1, y1, x2, y2]`` -> normalised ``[0, 1]`` box (clipped by default)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    x1, y1, x2, y2 = (float(v) for v in xyxy_pixels)
-    box = (x1 / width, y1 / height, x2 / width, y2 / height)
-    if clip:
-        box = tuple(min(max(v, 0.0), 1.0) for v in box)  # type: ignore[assignment]
-    return box
-
-
-def denormalize_box(box: Sequence[float], width: float, height: float) -> Box:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return (x1 * width, y1 * height, x2 * width, y2 * height)
-
-
 # ----------------------------------------------------------------------------- objects
 @dataclass(frozen=True)
 class DetObject:
@@ -156,108 +69,6 @@ class DetObject:
     def bins(self) -> Bins:
         """The target bins (``target_bins``: quantised, a side narrower than a bin widened to one bin)."""
         return target_bins(self.bbox)
-
-
-# ----------------------------------------------------------------------------- object order
-ORDER_ENV = "COORD_ORDER"             # the object order policy of training targets
-ORDER_SEED_ENV = "COORD_ORDER_SEED"   # the seed of the ``random`` policy's draws (default 0)
-DEFAULT_ORDER = "y1x1"
-
-OrderKey = Callable[[Sequence[float]], tuple]
-
-
-@dataclass(frozen=True)
-class OrderPolicy:
-    """How the objects of a target are ordered.
-
-    ``key(bbox)``: the sort key of a normalised ``(x1, y1, x2, y2)`` box (stable sort, ascending): the order
-    written into files and, for a fixed policy, the order trained on. ``redraw``: the template
-    re-orders every time it encodes a sample, with ``draw_order`` (seeded per sample and epoch), starting
-    from the ``key`` order.
-    """
-
-    name: str
-    key: OrderKey
-    redraw: bool = False
-    description: str = ""
-
-
-def _y1x1_key(bbox: Sequence[float]) -> tuple:
-    y1, x1 = float(bbox[1]), float(bbox[0])
-    return (quantize(y1), quantize(x1), y1, x1)
-
-
-def _x1y1_key(bbox: Sequence[float]) -> tuple:
-    y1, x1 = float(bbox[1]), float(bbox[0])
-    return (quantize(x1), quantize(y1), x1, y1)
-
-
-ORDER_POLICIES: Dict[str, OrderPolicy] = {}
-
-
-def register_order_policy(policy: OrderPolicy, exist_ok: bool = False) -> None:
-    """Add a policy under ``policy.name`` (then selectable with ``COORD_ORDER=<name>``)."""
-    if policy.name in ORDER_POLICIES and not exist_ok:
-        raise ValueError(f"order policy {policy.name!r} is already registered")
-    ORDER_POLICIES[policy.name] = policy
-
-
-register_order_policy(OrderPolicy("y1x1", _y1x1_key, description="top to bottom, then left to right (the spec)"))
-register_order_policy(OrderPolicy("x1y1", _x1y1_key, description="left to right, then top to bottom"))
-register_order_policy(OrderPolicy("random", _y1x1_key, redraw=True,
-                                  description="a new permutation per sample and epoch, seeded"))
-
-
-def order_policy(name: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> OrderPolicy:
-    """The policy ``name``, or the one ``COORD_ORDER`` names (default ``y1x1``). ``ValueError`` names the
-    setting and the registered policies when it is unknown."""
-    if name is None:
-        environ = os.environ if environ is None else environ
-        name = environ.get(ORDER_ENV, "") or DEFAULT_ORDER
-    key = str(name).strip().lower()
-    if key not in ORDER_POLICIES:
-        raise ValueError(f"{ORDER_ENV}={name!r} is not an object order policy; registered: {sorted(ORDER_POLICIES)}")
-    return ORDER_POLICIES[key]
-
-
-def order_seed(environ: Optional[Mapping[str, str]] = None) -> int:
-    """``COORD_ORDER_SEED`` as an integer (default 0); ``ValueError`` naming it otherwise."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get(ORDER_SEED_ENV, "0")
-    try:
-        return int(str(raw).strip())
-    except ValueError:
-        raise ValueError(f"{ORDER_SEED_ENV}={raw!r} is not an integer") from None
-
-
-def order_key(bbox: Sequence[float], policy: Optional[OrderPolicy] = None) -> tuple:
-    """The sort key of ``bbox`` under ``policy`` (default: the ``y1x1`` policy, bins first)."""
-    return (policy or ORDER_POLICIES[DEFAULT_ORDER]).key(bbox)
-
-
-def order_indices(bboxes: Sequence[Sequence[float]], policy: Optional[OrderPolicy] = None) -> List[int]:
-    """Indices of normalised ``bboxes`` in the policy's key order (stable for ties)."""
-    p = policy or ORDER_POLICIES[DEFAULT_ORDER]
-    return sorted(range(len(bboxes)), key=lambda i: p.key(bboxes[i]))
-
-
-def order_objects(objects: Iterable[DetObject], policy: Optional[OrderPolicy] = None) -> List[DetObject]:
-    """Objects in the policy's key order (default ``y1x1``: bins of ``y1`` then ``x1``, then the continuous
-    values), stable for ties."""
-    p = policy or ORDER_POLICIES[DEFAULT_ORDER]
-    return sorted(objects, key=lambda o: p.key(o.bbox))
-
-
-def draw_order(n: int, sample_key: str, epoch: int, seed: int) -> List[int]:
-    """A permutation of ``range(n)`` that depends only on ``(seed, epoch, sample_key)``.
-
-    The generator is seeded with the SHA-256 of those three (not Python's salted ``hash``), so the same run
-    draws the same orders in every process and on every machine, and a new epoch draws new ones.
-    """
-    digest = hashlib.sha256(f"{int(seed)}|{int(epoch)}|{sample_key}".encode("utf-8")).digest()
-    perm = list(range(n))
-    random.Random(int.from_bytes(digest[:8], "big")).shuffle(perm)
-    return perm
 
 
 def render_object(desc: str, bins: Sequence[int]) -> str:

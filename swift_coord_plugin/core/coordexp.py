@@ -97,6 +97,17 @@ def expected_coords(coord_logits: Tensor) -> Tensor:
     return dequantize_bins(expected_bins(coord_logits))
 
 
+def round_half_up(x: Tensor) -> Tensor:
+    """The codec's rounding (``floor(x + 0.5)``) on a tensor of fractional bins -> int64."""
+    return torch.floor(x + 0.5).to(torch.int64)
+
+
+def decide_bins(coord_logits: Tensor) -> Tensor:
+    """The CoordExp decision of ``coordexp`` decoding: ``round(sum_k p_k * k)`` (halves up, the codec's bin rule)
+    under the restricted softmax, clamped to the bins: ``[n, K]`` -> ``[n]`` int64 in ``0..K-1``."""
+    return round_half_up(expected_bins(coord_logits)).clamp(0, coord_logits.shape[-1] - 1)
+
+
 def argmax_bins(coord_logits: Tensor) -> Tensor:
     """Most likely coordinate bin (restricted to coordinate tokens): ``[n, K]`` -> ``[n]`` int64."""
     return coord_logits.argmax(dim=-1)

@@ -15,7 +15,8 @@ from ..core import textfiles
 from ..core import samples as sample_rules
 from ..data import images as image_files
 from .dataset_args import file_kind
-from .rows import BINS_TYPE, DATASET_NAME, bad_samples_policy, coco_json_message, unescape_path
+from .rows import (BINS_TYPE, DATASET_NAME, bad_samples_policy, coco_json_message, order_policy_setting,
+                   unescape_path)
 
 DATA_ROOT_ENV = "COORD_DATA_ROOT"
 META_COLUMNS = ("image_id", "width", "height")
@@ -68,7 +69,7 @@ def _build_classes():
         @property
         def cache_format_version(self) -> str:
             # The rows depend on the order policy, which the run's settings give (read at map time).
-            return f"{self._cache_version}-{codec.order_policy().name}"
+            return f"{self._cache_version}-{order_policy_setting().name}"
 
         def __init__(self):
             super().__init__()
@@ -150,7 +151,7 @@ def _build_classes():
             from swift.utils import get_logger
 
             logger = get_logger()
-            self.order = codec.order_policy()
+            self.order = order_policy_setting()
             if isinstance(dataset, HfDataset):
                 keep, report = self.validate(dataset)
                 if len(keep) != len(dataset):
@@ -177,7 +178,7 @@ def _build_classes():
             if problem is not None:  # streaming only: tabular datasets were validated before mapping
                 raise BadSamplesError(f"{self.source}: {problem[1]}")
             ordered = codec.order_objects((codec.DetObject(o["desc"], tuple(o["bbox"])) for o in objects),
-                                          self.order or codec.order_policy())
+                                          self.order or order_policy_setting())
             out = {
                 "messages": [
                     {"role": "user", "content": "<image>"},

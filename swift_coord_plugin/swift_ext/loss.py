@@ -28,13 +28,13 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
-from ..core import codec
 from ..core.losses import (LOSS_TYPES, METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
                            logged_metric_names)
 from ..core.vocab import CoordVocab
 from ..core.yardsticks import YARDSTICKS, yardstick_sums
 from ..provenance import write_env_settings
 from . import lean as lean_path
+from .rows import order_policy_setting, order_seed_setting
 
 logger = get_logger()
 
@@ -147,8 +147,8 @@ class CoordExpLoss(BaseLoss):
             "flags": self.config.to_dict(),
             "overrides": dict(sorted(self.overrides.items())),
             "env_keys": {name: env_key(name) for name in self.config.to_dict()},
-            # The object order the targets were written in (core.codec; COORD_ORDER, COORD_ORDER_SEED).
-            "object_order": {"policy": codec.order_policy().name, "seed": codec.order_seed()},
+            # The object order the targets were written in (core.order; COORD_ORDER, COORD_ORDER_SEED).
+            "object_order": {"policy": order_policy_setting().name, "seed": order_seed_setting()},
             "normalisation": "sum over labelled targets / num_items_in_batch; each coordinate token carries its "
                              "box's geometric loss (a box weighs 4 tokens)",
             # The convention of lambda_coord (docs/losses.md, "Normalisation"): per coordinate token.

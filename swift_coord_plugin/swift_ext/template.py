@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from ..core import codec
 from .model import TEMPLATE_TYPE
-from .rows import BINS_TYPE, bad_samples_policy
+from .rows import BINS_TYPE, bad_samples_policy, order_policy_setting, order_seed_setting
 from . import slots
 
 
@@ -80,8 +80,8 @@ def _template_cls():
             from .decoding import DecodingConfig
 
             DecodingConfig.from_env()  # a bad COORD_DECODING* key stops the run here, naming the key
-            self.coord_order = codec.order_policy()
-            self.coord_order_seed = codec.order_seed()
+            self.coord_order = order_policy_setting()
+            self.coord_order_seed = order_seed_setting()
             self.coord_order_epoch = 0
 
         def init_processor(self, processor) -> None:
