@@ -42,7 +42,7 @@ class ConvertOptions:
     workers: Optional[int] = None  # processes of the image decode (None: all CPUs)
     # category id -> description, replacing the category name (see ``resolve_desc_map``).
     desc_map: Optional[Mapping[Any, str]] = None
-    # object order policy (codec.ORDER_POLICIES); None: the COORD_ORDER setting, else y1x1.
+    # object order policy (codec.ORDER_POLICIES); None: y1x1 (coord-prepare-coco passes the COORD_ORDER setting).
     order: Optional[str] = None
 
     def __post_init__(self):
@@ -51,7 +51,7 @@ class ConvertOptions:
         if self.cap_policy not in CAP_POLICIES:
             raise ValueError(f"cap_policy must be one of {CAP_POLICIES}, got {self.cap_policy!r}")
         if self.order is not None:
-            order_policy(self.order)  # validated here; None is resolved from COORD_ORDER when converting
+            order_policy(self.order)  # validated here
 
     @property
     def order_policy(self) -> OrderPolicy:
