@@ -1,11 +1,12 @@
-"""Session fixtures: the tiny Qwen3-VL (built once per test session) and the shipped samples."""
+"""Shared fixtures: the tiny Qwen3-VL (built once per test session) and the shipped samples."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
-from helpers import MAX_PIXELS, SAMPLE_JSONL, absolute_samples
+from helpers import MAX_PIXELS, SAMPLE_JSONL, absolute_samples, read_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,6 +74,16 @@ def tiny_model_head64_untied_dir(tmp_path_factory) -> str:
 def sample_jsonl(tmp_path_factory) -> str:
     """The shipped COCO samples with absolute image paths."""
     return absolute_samples(SAMPLE_JSONL, tmp_path_factory.mktemp("samples") / "samples.jsonl")
+
+
+@pytest.fixture(scope="module")
+def four_samples(sample_jsonl, tmp_path_factory):
+    """The first four shipped samples (all with objects), one file per test module."""
+    rows = read_jsonl(sample_jsonl)[:4]
+    assert all(r["objects"] for r in rows)
+    path = tmp_path_factory.mktemp("four") / "four.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_losses import VOCAB, V, make_logits, two_rows  # noqa: E402
+from helpers import VOCAB, V, make_logits, two_rows  # noqa: E402
 
 from swift_coord_plugin.core.losses import METRIC_NAMES, LossConfig, compute_loss, compute_loss_from_hidden  # noqa: E402
 

@@ -7,8 +7,7 @@ import math
 import shutil
 
 import pytest
-from helpers import REPO
-from test_eval_inputs import fed_back, toy_gt, write_json, write_rows
+from helpers import REPO, fed_back, toy_gt, write_json, write_rows
 
 from swift_coord_plugin.cli import evaluate, prepare_coco
 from swift_coord_plugin.cli import shards as shards_cli

@@ -10,47 +10,14 @@ import unicodedata
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, fed_back, toy_gt, write_json, write_rows
 
 from swift_coord_plugin.cli.evaluate import main
 from swift_coord_plugin.data import coco as converter
 from swift_coord_plugin.eval.scoring import EvalError, EvalSettings, evaluate_results
-from swift_coord_plugin.eval.synthetic import quantised_objects, response_row, rows_from_boxes
+from swift_coord_plugin.eval.synthetic import response_row, rows_from_boxes
 
 SAMPLE = REPO / "assets" / "coco_sample"
-
-
-def toy_gt(names=("person", "dog"), n_images=3, side=1000):
-    """``n_images`` images of side x side px, each with one box of every category, on the bin grid."""
-    gt = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
-    aid = 0
-    for i in range(n_images):
-        gt["images"].append({"id": 10 + i, "file_name": f"img{i}.jpg", "width": side, "height": side})
-        for c in range(len(names)):
-            aid += 1
-            x, y = 100 + 200 * c + 10 * i, 50 + 300 * c
-            gt["annotations"].append({"id": aid, "image_id": 10 + i, "category_id": c + 1,
-                                      "bbox": [x, y, 150, 120], "area": 150.0 * 120, "iscrowd": 0})
-    return gt
-
-
-def write_json(path, obj, bom=False):
-    path.write_text(("\ufeff" if bom else "") + json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    return str(path)
-
-
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-def fed_back(gt, path, desc_of=None, drop_images=()):
-    """GT boxes written back as answers (quantised, constant scores), descriptions from ``desc_of(name)``."""
-    objs = quantised_objects(gt, gt["annotations"])
-    rows = [response_row(img, [(desc_of(d) if desc_of else d, bins, score) for d, bins, score in
-                               objs.get(img["id"], [])], logprobs=False)
-            for img in gt["images"] if img["id"] not in drop_images]
-    return write_rows(path, rows)
 
 
 # ----------------------------------------------------------------------------- GT files as tools write them

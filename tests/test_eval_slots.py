@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
-from test_eval_inputs import toy_gt, write_json, write_rows
+from helpers import toy_gt, write_json, write_rows
 
 from swift_coord_plugin.cli import evaluate
 from swift_coord_plugin.core import codec
 from swift_coord_plugin.core.coordexp import expected_bins_and_spread
 from swift_coord_plugin.core.samples import row_key
 from swift_coord_plugin.eval.results import read_row
-from swift_coord_plugin.eval.slots import SlotIndex, SlotsError, slots_path
+from swift_coord_plugin.eval.slots import SlotIndex, slots_path
 from swift_coord_plugin.eval.synthetic import quantised_objects, response_row
 
 

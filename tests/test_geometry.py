@@ -1,9 +1,8 @@
 """L1 and GIoU: agreement with torchvision on valid boxes, defined behaviour on reversed/degenerate ones."""
-import math
-
 import torch
 from torchvision.ops import generalized_box_iou
 
+from helpers import ciou_loss_paper
 from swift_coord_plugin.core.geometry import box_area, box_l1, geometric_loss, giou, giou_loss
 
 
@@ -171,37 +170,6 @@ def test_variant_and_order_gradcheck_float64():
     g, = torch.autograd.grad(ciou_loss(valid, target, eps=1e-7).sum(), valid)
     g_ref, = torch.autograd.grad(ciou_loss_paper(valid, target).sum(), valid)
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
-
-
-class _PaperAspect(torch.autograd.Function):
-    """CIoU's ``v`` with the gradient of Zheng et al. 2020, eq. 12, ``w^2 + h^2`` replaced by 1:
-    ``dv/dw = -8/pi^2 (atan(wt/ht) - atan(w/h)) h``, ``dv/dh = 8/pi^2 (atan(wt/ht) - atan(w/h)) w``."""
-
-    @staticmethod
-    def forward(ctx, w, h, wt, ht):
-        d = torch.atan(wt / ht) - torch.atan(w / h)
-        ctx.save_for_backward(d, w, h)
-        return 4 / math.pi ** 2 * d ** 2
-
-    @staticmethod
-    def backward(ctx, grad):
-        d, w, h = ctx.saved_tensors
-        return -grad * 8 / math.pi ** 2 * d * h, grad * 8 / math.pi ** 2 * d * w, None, None
-
-
-def ciou_loss_paper(pred, target):
-    """Reference ``1 - CIoU`` for boxes with x2 > x1, y2 > y1: torchvision's DIoU loss + alpha * v (alpha
-    constant), with the paper's gradient of ``v``. Its value is torchvision's ``complete_box_iou_loss``."""
-    w, h = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
-    wt, ht = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
-    v = _PaperAspect.apply(w, h, wt, ht)
-    with torch.no_grad():
-        inter_w = (torch.minimum(pred[:, 2], target[:, 2]) - torch.maximum(pred[:, 0], target[:, 0])).clamp(min=0)
-        inter_h = (torch.minimum(pred[:, 3], target[:, 3]) - torch.maximum(pred[:, 1], target[:, 1])).clamp(min=0)
-        inter = inter_w * inter_h
-        iou = inter / (w * h + wt * ht - inter)
-        alpha = v / (1 - iou + v)
-    return distance_box_iou_loss(pred, target, eps=1e-7) + alpha * v
 
 
 def test_ciou_value_is_torchvisions_and_its_aspect_gradient_is_bounded_near_a_point():

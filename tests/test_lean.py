@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import CS, I, K, V, VOCAB, build_row, two_rows
 from swift_coord_plugin.core.lean import default_chunk_rows, linear_ce_and_coord_logits
 from swift_coord_plugin.core.losses import LossConfig, LossConfigError, compute_loss, compute_loss_from_hidden
-from test_losses import CS, I, K, V, VOCAB, build_row, two_rows
 
 H = 24
 

@@ -8,10 +8,9 @@ import os
 
 import pytest
 
-from helpers import base_sft_args, run_swift
+from helpers import (SGD_ONE_STEP, assert_same_update, base_sft_args, base_weights, checkpoint_weights, run_swift,
+                     train_logs)
 from swift_coord_plugin.core.losses import LOSS_TYPES
-from test_loss_swift import (SGD_ONE_STEP, _assert_same_update, _base_weights, _train_logs, _weights,
-                             four_samples)  # noqa: F401  (four_samples is a fixture)
 
 # A: 4 accumulated micro-batches of 1 (logits_to_keep = a mask of the labelled positions); B, C: one
 # micro-batch of 4 (logits_to_keep = a suffix).
@@ -44,10 +43,10 @@ def standard_runs(tiny_model_dir, four_samples, tmp_path_factory):
 
 
 def _assert_same_step(std_out, lean_out, model_dir):
-    ref, lean = _train_logs(std_out)[0], _train_logs(lean_out)[0]
+    ref, lean = train_logs(std_out)[0], train_logs(lean_out)[0]
     for k in ("loss", "grad_norm", "text_loss", "coord_ce_loss", "coord_loss", "coord_mass", "token_acc"):
         assert abs(ref[k] - lean[k]) <= 1e-5 * abs(ref[k]) + 1e-7, (k, ref[k], lean[k])
-    _assert_same_update(_weights(std_out), _weights(lean_out), _base_weights(model_dir))
+    assert_same_update(checkpoint_weights(std_out), checkpoint_weights(lean_out), base_weights(model_dir))
 
 
 @pytest.mark.e2e

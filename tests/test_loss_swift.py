@@ -13,60 +13,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import base_sft_args, read_jsonl, run_swift
+from helpers import (SGD_ONE_STEP, assert_same_update, base_sft_args, base_weights, checkpoint_weights, read_jsonl,
+                     run_swift, train_logs)
 from swift_coord_plugin.core import codec
 from swift_coord_plugin.core.losses import LossConfig, logged_metric_names
 from swift_coord_plugin.core.vocab import CoordVocab
 from swift_coord_plugin.swift_ext import loss as coord_loss
 
-SGD_ONE_STEP = ["--optim", "sgd", "--learning_rate", "1.0", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
-                "--max_grad_norm", "0", "--weight_decay", "0", "--save_steps", "1"]
 TRAIN_KEYS = list(logged_metric_names(LossConfig.preset("C")))  # what every group logs
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def four_samples(sample_jsonl, tmp_path_factory):
-    rows = read_jsonl(sample_jsonl)[:4]
-    assert all(r["objects"] for r in rows)
-    path = tmp_path_factory.mktemp("four") / "four.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def _sft(model_dir, data, out, loss_type, *, steps=1, batch_size=4, ga=1, extra=(), launcher_env=None, check=True):
     args = base_sft_args(model_dir, data, str(out), steps=steps, batch_size=batch_size, loss_type=loss_type,
                          extra=["--gradient_accumulation_steps", str(ga), *extra])
     return run_swift("sft", args, os.path.dirname(str(out)), launcher_env=launcher_env, check=check)
-
-
-def _weights(out):
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(out, "checkpoint-1", "model.safetensors"))
-
-
-def _train_logs(out):
-    return [r for r in read_jsonl(os.path.join(out, "logging.jsonl")) if "loss" in r]
-
-
-def _assert_same_update(ref, other, base, rtol=1e-4):
-    """``other`` made the same one-step update as ``ref``, relative to the size of that update."""
-    moved = 0
-    for name, w in ref.items():
-        w0 = base[name]
-        rows = min(w.shape[0], w0.shape[0])  # the resized embedding: compare the rows of the base model
-        update = (w[:rows] - w0[:rows]).abs().max().item()
-        diff = (w - other[name]).abs().max().item()
-        assert diff <= rtol * update + 1e-8, f"{name}: weights differ by {diff:.3g}, update {update:.3g}"
-        moved += update > 0
-    assert moved > 10  # the step did train the language model
-
-
-def _base_weights(model_dir):
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(model_dir, "model.safetensors"))
 
 
 # ---------------------------------------------------------------------------------------------- in process
@@ -126,9 +87,9 @@ def test_cli_group_a_equals_stock_and_logs_components(tiny_model_dir, four_sampl
     a, stock = tmp_path / "a", tmp_path / "stock"
     _sft(tiny_model_dir, four_samples, a, "coordexp_ce", extra=SGD_ONE_STEP)
     _sft(tiny_model_dir, four_samples, stock, "cross_entropy", extra=SGD_ONE_STEP)
-    wa, ws = _weights(str(a)), _weights(str(stock))
+    wa, ws = checkpoint_weights(str(a)), checkpoint_weights(str(stock))
     assert wa.keys() == ws.keys() and all(torch.equal(wa[k], ws[k]) for k in wa)
-    la, ls = _train_logs(str(a))[0], _train_logs(str(stock))[0]
+    la, ls = train_logs(str(a))[0], train_logs(str(stock))[0]
     assert la["loss"] == ls["loss"] and la["grad_norm"] == ls["grad_norm"]
     assert set(TRAIN_KEYS) <= set(la) and "gate_loss" not in la
     # Group A: total = token-weighted mean of text and coordinate CE (all 4 samples hold complete boxes).
@@ -185,8 +146,8 @@ def test_cli_group_c_gradient_accumulation_invariance(tiny_model_dir, four_sampl
     """1 micro-batch of 4 (full logits) == 4 accumulated micro-batches of 1 (logits trimmed per token)."""
     ga = tmp_path / "ga"
     _sft(tiny_model_dir, four_samples, ga, "coordexp_hybrid", batch_size=1, ga=4, extra=SGD_ONE_STEP)
-    _assert_same_update(_weights(group_c_reference), _weights(str(ga)), _base_weights(tiny_model_dir))
-    ref_log, ga_log = _train_logs(group_c_reference)[0], _train_logs(str(ga))[0]
+    assert_same_update(checkpoint_weights(group_c_reference), checkpoint_weights(str(ga)), base_weights(tiny_model_dir))
+    ref_log, ga_log = train_logs(group_c_reference)[0], train_logs(str(ga))[0]
     assert set(TRAIN_KEYS) <= set(ref_log)
     for k in ("loss", "text_loss", "coord_ce_loss", "coord_loss", "coord_mass"):
         assert abs(ref_log[k] - ga_log[k]) <= 1e-4 * abs(ref_log[k]), k
@@ -198,8 +159,8 @@ def test_cli_group_c_two_ranks_equal_one_process(tiny_model_dir, four_samples, t
     ddp = tmp_path / "ddp"
     _sft(tiny_model_dir, four_samples, ddp, "coordexp_hybrid", batch_size=2,
          extra=SGD_ONE_STEP + ["--use_cpu", "true"], launcher_env={"NPROC_PER_NODE": "2"})
-    _assert_same_update(_weights(group_c_reference), _weights(str(ddp)), _base_weights(tiny_model_dir))
-    ref_log, ddp_log = _train_logs(group_c_reference)[0], _train_logs(str(ddp))[0]
+    assert_same_update(checkpoint_weights(group_c_reference), checkpoint_weights(str(ddp)), base_weights(tiny_model_dir))
+    ref_log, ddp_log = train_logs(group_c_reference)[0], train_logs(str(ddp))[0]
     # Components are reduced over the ranks before logging.
     for k in ("loss", "text_loss", "coord_ce_loss", "coord_loss", "coord_bin_err"):
         assert abs(ref_log[k] - ddp_log[k]) <= 1e-4 * abs(ref_log[k]), k
@@ -223,7 +184,7 @@ def test_cli_switches_lean_path_and_random_order(tiny_model_dir, four_samples, t
     f = cfg["flags"]
     assert (f["lambda_soft_ce"], f["soft_ce_sigma"], f["lambda_w1"], f["lambda_box_order"], f["box_loss"],
             f["lean"]) == (0.5, 3.0, 2.0, 1.0, "ciou", True)
-    train = _train_logs(str(out))
+    train = train_logs(str(out))
     assert len(train) == 4
     for r in train:
         assert {"coord_box_loss", "coord_soft_ce_loss", "coord_w1_loss", "coord_box_order_loss"} <= set(r)
@@ -239,7 +200,7 @@ def test_cli_refused_configurations_stop_before_the_model_loads(tiny_model_dir, 
     assert "SettingsError" in proc.stdout and "use_geom_loss=true needs use_coordexp_loss=true" in proc.stdout
     assert "check_at_plugin_import" in proc.stdout  # raised while ms-swift imports the plugin ...
     assert "[swift-coord] added" not in proc.stdout  # ... before the model is loaded
-    assert not os.path.exists(os.path.join(str(out), "logging.jsonl")) or not _train_logs(str(out))
+    assert not os.path.exists(os.path.join(str(out), "logging.jsonl")) or not train_logs(str(out))
 
     sp = tmp_path / "sp"
     proc = _sft(tiny_model_dir, four_samples, sp, "coordexp_hybrid", batch_size=1, check=False,

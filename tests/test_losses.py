@@ -7,16 +7,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou
 
+from helpers import CS, DESC, EOT, VOCAB, I, K, S, V, build_row, make_logits, reference_loss, two_rows
 from swift_coord_plugin.core.losses import (METRIC_NAMES, LossConfig, LossConfigError, compute_loss,
                                             token_ce_and_coord_logits)
-from swift_coord_plugin.core.vocab import CoordVocab
-
-K = 1000
-CS, S, E = 40, 1, 2
-DESC, SPACE, EOT = 5, 6, 7
-V = CS + K + 24
-I = -100
-VOCAB = CoordVocab(coord_start=CS, obj_start=S, obj_end=E)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -61,82 +54,6 @@ def test_from_env_overrides_and_errors():
     # Contradiction created by an override: named at construction.
     with pytest.raises(LossConfigError, match="use_geom_loss"):
         LossConfig.from_env("B", {"COORDEXP_USE_COORDEXP_LOSS": "0"})
-
-
-# ---------------------------------------------------------------------------------------------- data
-def build_row(objects, prompt=3, tail=(EOT,), total=None, close_last=True):
-    """Labels of one sequence and, independently of the parser, the target positions of each box.
-
-    Returns (labels, boxes) with boxes = [(positions of x1..y2 in the logits, bins)].
-    """
-    labels = [I] * prompt
-    boxes = []
-    for j, bins in enumerate(objects):
-        labels += [S, DESC]
-        pos = []
-        for k in bins:
-            pos.append(len(labels) - 1)  # logits[t] predicts labels[t + 1]
-            labels.append(CS + k)
-        labels.append(SPACE)
-        if close_last or j < len(objects) - 1:
-            labels.append(E)
-        if len(bins) == 4:
-            boxes.append((pos, list(bins)))
-    labels += list(tail)
-    if total is not None:
-        labels += [I] * (total - len(labels))
-    return labels, boxes
-
-
-def make_logits(B, T, seed=0, dtype=torch.float32, boxes=()):
-    """Random logits; at the given box rows the coordinate logits favour low x1/y1 and high x2/y2 bins, so
-    that the CoordExp boxes are valid (x2 > x1) and torchvision's GIoU can serve as the reference."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, T, V, generator=g, dtype=torch.float64)
-    ramp = torch.linspace(-4.0, 4.0, K, dtype=torch.float64)
-    for b, pos in boxes:
-        for j, t in enumerate(pos):
-            z[b, t, CS:CS + K] += -ramp if j < 2 else ramp
-    return z.to(dtype).requires_grad_(True)
-
-
-def reference_loss(logits, labels, boxes, cfg, num_items):
-    """The loss written out directly from its definition, independent of the parser and of the fused
-    cross-entropy: F.cross_entropy, softmax over the coordinate slice, torchvision's GIoU."""
-    Bn, T, Vn = logits.shape
-    x = logits.double()
-    targets = torch.full_like(labels, I)
-    targets[:, :-1] = labels[:, 1:]
-    ce = F.cross_entropy(x.reshape(-1, Vn), targets.reshape(-1), ignore_index=I, reduction="none").reshape(Bn, T)
-    is_coord = (targets >= CS) & (targets < CS + K)
-    text = (targets != I) & ~is_coord
-    total = (ce * text).sum()
-    if cfg.use_coord_ce:
-        total = total + cfg.lambda_coord_ce * (ce * is_coord).sum()
-    k = torch.arange(K, dtype=torch.float64)
-    if cfg.use_coordexp_loss:
-        for b, pos, bins in boxes:
-            p = torch.softmax(x[b, pos, CS:CS + K], dim=-1)
-            pred = (p * k).sum(-1) / K
-            gt = torch.tensor(bins, dtype=torch.float64) / K
-            g = cfg.alpha_l1 * (pred - gt).abs().sum()
-            if cfg.use_geom_loss:
-                assert pred[2] > pred[0] and pred[3] > pred[1]
-                g = g + cfg.beta_giou * (1 - generalized_box_iou(pred[None], gt[None])[0, 0])
-            total = total + cfg.lambda_coord * 4 * g
-    if cfg.lambda_gate > 0:
-        logp = torch.log_softmax(x, -1)
-        mass = logp[..., CS:CS + K].logsumexp(-1)
-        total = total + cfg.lambda_gate * (-mass * is_coord).sum()
-    return total / num_items
-
-
-def two_rows():
-    r0, b0 = build_row([[100, 200, 600, 700], [10, 20, 30, 40], [5, 6]], prompt=4, total=32)
-    r1, b1 = build_row([[300, 310, 800, 900]], prompt=9, total=32)
-    labels = torch.tensor([r0, r1])
-    boxes = [(0, p, bins) for p, bins in b0] + [(1, p, bins) for p, bins in b1]
-    return labels, boxes
 
 
 # ---------------------------------------------------------------------------------------------- values

@@ -8,12 +8,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss
 
+from helpers import CS, I, K, V, VOCAB, ciou_loss_paper, make_logits, reference_loss, two_rows
 from loss_baseline import CASES as BASELINE_CASES
 from loss_baseline import PATH as BASELINE_PATH
 from loss_baseline import compare as compare_with_baseline
 from loss_baseline import compute as compute_baseline
-from test_geometry import ciou_loss_paper
-from test_losses import CS, I, K, V, VOCAB, make_logits, reference_loss, two_rows
 from swift_coord_plugin.core.losses import (LossConfig, LossConfigError, compute_loss, compute_loss_from_hidden,
                                             gaussian_soft_labels, logged_metric_names, soft_label_ce,
                                             wasserstein1_to_bin)

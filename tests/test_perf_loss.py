@@ -11,8 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from helpers import CS, K, VOCAB, build_row
 from swift_coord_plugin.core.losses import LossConfig, compute_loss, compute_loss_from_hidden
-from test_losses import CS, K, VOCAB, build_row
 
 V = CS + K + 24
 H = 16
