@@ -2,7 +2,7 @@
 hidden states and the LM head weight, never holding ``[tokens, vocab]`` logits (no ms-swift import).
 
 ``linear_ce_and_coord_logits(hidden, weight, targets, token_weight, rows, coord_start, num_bins)``
-returns what ``losses.token_ce_and_coord_logits`` returns on the logits ``hidden @ weight.T``, plus
+returns what ``loss_terms.token_ce_and_coord_logits`` returns on the logits ``hidden @ weight.T``, plus
 the weighted cross-entropy sum that carries the gradient:
 
 * ``loss = sum_t token_weight_t * CE_t`` (differentiable),

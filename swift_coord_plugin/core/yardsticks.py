@@ -22,7 +22,7 @@ over the logging interval (no ms-swift import here; ``swift_ext.loss`` hands the
 ``box_iou_coordexp_at50`` / ``box_iou_coordexp_at75``  as above
 ========================  ==========================================================
 
-Together with ``coord_acc`` and ``coord_bin_err`` (``core.losses``) these are the curves on which
+Together with ``coord_acc`` and ``coord_bin_err`` (``core.loss_metrics``) these are the curves on which
 groups are compared and convergence is measured.
 """
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """``--loss_type coordexp_ce | coordexp_geom | coordexp_hybrid``: groups A, B and C as ms-swift losses.
 
 Each class is a preset of one loss (``core.losses.compute_loss``); every flag can be overridden
-with ``COORDEXP_*`` environment keys (read from ``os.environ`` here) (``--model_kwargs '{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a
-YAML ``ENV:`` block). The configuration is validated when ms-swift imports the plugin (``settings.py``, before
-the model loads) and again when the trainer builds the loss, written to ``<output_dir>/coordexp_config.json``
-and printed once.
+with ``COORDEXP_*`` environment keys, read from ``os.environ`` here (``--model_kwargs
+'{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a YAML ``ENV:`` block). The configuration is validated when ms-swift
+imports the plugin (``settings.py``, before the model loads) and again when the trainer builds the loss,
+written to ``<output_dir>/coordexp_config.json`` and printed once.
 
-The components (``core.loss_metrics.METRICS``, each a ``name -> (sum, count)`` entry) are accumulated on the
-device without a host sync per step and handed to ms-swift's ``trainer.custom_metrics``, which averages them over the logging
-interval and writes them to the console, ``logging.jsonl``, tensorboard and ``images/`` (eval ones
-prefixed ``eval_``); one all-reduce and one host sync per logging event for all of them.
+The components (``core.loss_metrics.METRICS``, each a ``name -> (sum, count)`` entry) are accumulated on
+the device without a host sync per step and handed to ms-swift's ``trainer.custom_metrics``, which averages
+them over the logging interval and writes them to the console, ``logging.jsonl``, tensorboard and
+``images/`` (eval ones prefixed ``eval_``); one all-reduce and one host sync per logging event for all of them.
 
 ``COORDEXP_LEAN=1`` (``LossConfig.lean``) computes the same loss from the final hidden states and the LM
 head instead of the logits (``lean.py``); ms-swift's ``token_acc`` is then computed here, from the argmax
