@@ -53,7 +53,7 @@ def restricted_softmax(coord_logits: Tensor) -> Tuple[Tensor, Tensor]:
     """Softmax over the coordinate tokens only, with its log-normaliser: ``[n, K]`` -> ``(probs [n, K],
     lse [n])``, ``probs = exp(z - lse)`` (float32, or float64 for float64 input; differentiable).
 
-    The one restricted softmax of the package: the loss (``losses.coord_terms``), the yardsticks, the
+    The one restricted softmax of the package: the loss (``loss_terms.coord_terms``), the yardsticks, the
     grammar's CoordExp decision and the slot recorder all read the distribution from here. ``z - lse`` is its
     log-probabilities.
     """

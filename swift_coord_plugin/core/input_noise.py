@@ -1,20 +1,11 @@
-"""Coordinate input noise: training on slightly wrong previous coordinates (exposure to self-fed bins).
+"""Coordinate input noise: training on slightly wrong previous coordinates (a cheap scheduled sampling).
 
-A model trained teacher-forced only ever sees the ground-truth bins as its *inputs*; decoding feeds back its own
-bins. When these differ from every bin seen in training (a CoordExp decision ``round(E[k])`` usually does), a model
-that keyed on exact previous tokens loses the box (``bench/diagnose_self_feeding.py`` measures both). The remedy
-is the one of scheduled sampling (Bengio et al., 2015, "Scheduled Sampling for Sequence Prediction with Recurrent
-Neural Networks"), in its cheapest form: during training, each coordinate token of the *input* is, with
-probability ``prob``, replaced by a bin up to ``max_shift`` bins away (uniform over the non-zero shifts, clamped to
-the bin range); the *labels* stay the ground truth, so every loss still targets the true box.
-
-Environment keys (all groups alike, off by default so that the spec's losses are reproduced bit for bit):
-``COORD_INPUT_NOISE_BINS`` (``max_shift``; 0 = off), ``COORD_INPUT_NOISE_PROB`` (``prob``, default 0.5).
-No ms-swift import here; the glue is ``swift_ext/model.py``.
+Public API: ``noise_settings(environ)`` (``COORD_INPUT_NOISE_BINS`` / ``COORD_INPUT_NOISE_PROB``, off by default;
+the glue, ``swift_ext/model.py``, passes ``os.environ``) and ``perturb_coord_inputs``. No ms-swift import. Why and
+what it measured: docs/losses.md, "Coordinate input noise".
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Optional, Tuple
 
 import torch
@@ -27,12 +18,11 @@ PROB_ENV = "COORD_INPUT_NOISE_PROB"
 DEFAULT_PROB = 0.5
 
 
-def noise_settings(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, float]:
-    """``(max_shift in bins, prob)`` from ``environ`` (default ``os.environ``); ``max_shift`` 0 means off.
+def noise_settings(environ: Mapping[str, str]) -> Tuple[int, float]:
+    """``(max_shift in bins, prob)`` from ``environ`` (the glue passes ``os.environ``); ``max_shift`` 0 means off.
 
     Raises ``ValueError`` naming the key for a value that is not an integer in 0..999 / a number in (0, 1].
     """
-    environ = os.environ if environ is None else environ
     raw_bins = str(environ.get(BINS_ENV, "0")).strip() or "0"
     raw_prob = str(environ.get(PROB_ENV, str(DEFAULT_PROB))).strip() or str(DEFAULT_PROB)
     try:

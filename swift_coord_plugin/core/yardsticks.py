@@ -1,7 +1,7 @@
 """Common yardsticks: teacher-forced box quality that every loss group is measured by the same way.
 
-Public: ``IOU_THRESHOLDS``, ``YARDSTICK_NAMES``, ``ordered_boxes``, ``teacher_forced_ious``, ``yardstick_sums``.
-Design notes: ``docs/design/core_yardsticks.md``.
+Public: ``IOU_THRESHOLDS``, ``YARDSTICK_NAMES``, ``ordered_boxes``, ``teacher_forced_ious``, ``yardstick_metrics``,
+``yardstick_sums``. Design notes: ``docs/design/core_yardsticks.md``.
 """
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from torch import Tensor
 
 from .coordexp import argmax_bins, dequantize_bins, expected_bins
 from .geometry import box_iou
+from .loss_metrics import Metrics, metric_entry, stack_metrics
 
 IOU_THRESHOLDS = (0.5, 0.75)
+_DECODES = ("argmax", "coordexp")
+_AT = tuple(f"_at{round(t * 100)}" for t in IOU_THRESHOLDS)  # "_at50", "_at75"
 # (name, kind): every yardstick is a mean over the boxes of the logging interval.
 YARDSTICKS: Tuple[Tuple[str, str], ...] = tuple(
     (f"box_iou_{decode}{suffix}", "mean")
-    for decode in ("argmax", "coordexp")
-    for suffix in ("", "_at50", "_at75"))
+    for decode in _DECODES
+    for suffix in ("",) + _AT)
 YARDSTICK_NAMES = tuple(name for name, _ in YARDSTICKS)
 # Every curve the comparison measures all groups on, and whether higher is better (logged names; the
 # eval rows carry them with an ``eval_`` prefix).
@@ -52,17 +55,22 @@ def teacher_forced_ious(coord_logits: Tensor, coord_bins: Tensor, box_coords: Te
 
 
 @torch.no_grad()
-def yardstick_sums(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor) -> Tuple[Tensor, Tensor]:
-    """Sums and counts of ``YARDSTICKS`` over the boxes of one micro-batch: ``([6], [6])`` float64.
+def yardstick_metrics(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor) -> Metrics:
+    """Every yardstick of one micro-batch as ``name -> (sum, count)`` over its boxes (``core.loss_metrics``).
 
     Mean over an interval = sum of sums / sum of counts (how ``swift_ext.loss`` accumulates them), so a
     batch without boxes adds nothing. Inputs as in ``teacher_forced_ious``.
     """
-    iou_a, iou_e = teacher_forced_ious(coord_logits, coord_bins, box_coords)
-    parts = []
-    for iou in (iou_a, iou_e):
-        parts.append(iou.sum())
-        parts += [(iou >= t).double().sum() for t in IOU_THRESHOLDS]
-    sums = torch.stack(parts).double()
-    counts = torch.full_like(sums, float(box_coords.shape[0]))
-    return sums, counts
+    ious = teacher_forced_ious(coord_logits, coord_bins, box_coords)
+    m = box_coords.shape[0]
+    out: Metrics = {}
+    for decode, iou in zip(_DECODES, ious):
+        out[f"box_iou_{decode}"] = metric_entry(iou, m)
+        for t, suffix in zip(IOU_THRESHOLDS, _AT):
+            out[f"box_iou_{decode}{suffix}"] = metric_entry(iou >= t, m)
+    return out
+
+
+def yardstick_sums(coord_logits: Tensor, coord_bins: Tensor, box_coords: Tensor) -> Tuple[Tensor, Tensor]:
+    """``yardstick_metrics`` packed: sums and counts ``([6], [6])`` float64 in ``YARDSTICK_NAMES`` order."""
+    return stack_metrics(yardstick_metrics(coord_logits, coord_bins, box_coords), YARDSTICK_NAMES)

@@ -1,15 +1,15 @@
 """``--loss_type coordexp_ce | coordexp_geom | coordexp_hybrid``: groups A, B and C as ms-swift losses.
 
 Each class is a preset of one loss (``core.losses.compute_loss``); every flag can be overridden
-with ``COORDEXP_*`` environment keys (``--model_kwargs '{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a
-YAML ``ENV:`` block). The configuration is validated when ms-swift imports the plugin (``settings.py``, before
-the model loads) and again when the trainer builds the loss, written to ``<output_dir>/coordexp_config.json``
-and printed once.
+with ``COORDEXP_*`` environment keys, read from ``os.environ`` here (``--model_kwargs
+'{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a YAML ``ENV:`` block). The configuration is validated when ms-swift
+imports the plugin (``settings.py``, before the model loads) and again when the trainer builds the loss,
+written to ``<output_dir>/coordexp_config.json`` and printed once.
 
-The components (``core.losses.METRICS``) are accumulated on the device without a host sync per
-step and handed to ms-swift's ``trainer.custom_metrics``, which averages them over the logging
-interval and writes them to the console, ``logging.jsonl``, tensorboard and ``images/`` (eval ones
-prefixed ``eval_``); one all-reduce and one host sync per logging event for all of them.
+The components (``core.loss_metrics.METRICS``, each a ``name -> (sum, count)`` entry) are accumulated on
+the device without a host sync per step and handed to ms-swift's ``trainer.custom_metrics``, which averages
+them over the logging interval and writes them to the console, ``logging.jsonl``, tensorboard and
+``images/`` (eval ones prefixed ``eval_``); one all-reduce and one host sync per logging event for all of them.
 
 ``COORDEXP_LEAN=1`` (``LossConfig.lean``) computes the same loss from the final hidden states and the LM
 head instead of the logits (``lean.py``); ms-swift's ``token_acc`` is then computed here, from the argmax
@@ -28,10 +28,12 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
-from ..core.losses import (LOSS_TYPES, METRICS, LossConfig, compute_loss, compute_loss_from_hidden, env_key,
-                           logged_metric_names)
+from ..core import codec
+from ..core.loss_config import LOSS_TYPES, LossConfig, env_key
+from ..core.loss_metrics import METRICS, Metrics, logged_metric_names, stack_metrics
+from ..core.losses import compute_loss, compute_loss_from_hidden
 from ..core.vocab import CoordVocab
-from ..core.yardsticks import YARDSTICKS, yardstick_sums
+from ..core.yardsticks import YARDSTICKS, yardstick_metrics
 from ..provenance import write_env_settings
 from . import lean as lean_path
 from .rows import order_policy_setting, order_seed_setting
@@ -42,22 +44,23 @@ CONFIG_FILE = "coordexp_config.json"
 
 
 class _MetricPool:
-    """Sums and counts of every component of one mode (train or eval), kept on the device.
+    """Sums and counts of some components of one mode (train or eval), kept on the device.
 
-    ``add`` is two in-place additions (no sync). The first ``value`` read of a logging event
-    all-reduces the whole vector once and caches it for the other components of that event.
+    ``add`` packs a batch's ``name -> (sum, count)`` entries (``core.loss_metrics.stack_metrics``) and adds
+    them in place (no sync). The first ``value`` read of a logging event all-reduces the whole vector once
+    and caches it for the other components of that event.
     """
 
-    def __init__(self, names: List[str], kinds: List[str], indices: List[int], device_fn):
-        self.names, self.kinds, self.indices = names, kinds, indices
+    def __init__(self, names: List[str], kinds: List[str], device_fn):
+        self.names, self.kinds = names, kinds
         self._device_fn = device_fn
         self._sums: Optional[torch.Tensor] = None
         self._counts: Optional[torch.Tensor] = None
         self._snapshot: Optional[Dict[str, Optional[float]]] = None
         self._pending: set = set()
 
-    def add(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        sums, counts = sums[self.indices], counts[self.indices]
+    def add(self, metrics: Metrics) -> None:
+        sums, counts = stack_metrics(metrics, self.names)
         if self._sums is None:
             self._sums, self._counts = sums.clone(), counts.clone()
         else:
@@ -129,7 +132,7 @@ class CoordExpLoss(BaseLoss):
         from .settings import check_swift_options
 
         check_swift_options(args, self.loss_type)  # options of ms-swift's own loss, which this one replaces
-        self.config, self.overrides = LossConfig.from_env(self.group)
+        self.config, self.overrides = LossConfig.from_env(self.group, os.environ)
         if self.config.lean:
             self._check_lean(args, trainer)
         self._pools: Dict[str, _MetricPool] = {}
@@ -168,26 +171,21 @@ class CoordExpLoss(BaseLoss):
             write_env_settings(output_dir)  # coord_env.json: settings args.json does not show
         logger.info(f"coordexp loss configuration: {json.dumps(info)}")
 
-    def _logged_metrics(self) -> List[int]:
+    def _register_metrics(self, trainer) -> None:
         # The components of the switches (gate, box-loss variant, soft CE, W1, order) only when they are on;
         # everything else for every group, so that the groups can be compared on the same curves.
-        names = set(logged_metric_names(self.config))
-        return [i for i, (name, _) in enumerate(METRICS) if name in names]
-
-    def _register_metrics(self, trainer) -> None:
-        idx = self._logged_metrics()
-        names = [METRICS[i][0] for i in idx]
-        kinds = [METRICS[i][1] for i in idx]
+        logged = set(logged_metric_names(self.config))
+        names = [name for name, _ in METRICS if name in logged]
+        kinds = [kind for name, kind in METRICS if name in logged]
         for mode in ("train", "eval"):
-            pool = _MetricPool(names, kinds, idx, lambda: trainer.args.device)
+            pool = _MetricPool(names, kinds, lambda: trainer.args.device)
             self._pools[mode] = pool
             for name in names:
                 trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
         # The common yardsticks (core.yardsticks), logged by every group the same way.
         self._yardstick_pools: Dict[str, _MetricPool] = {}
         for mode in ("train", "eval"):
-            pool = _MetricPool([n for n, _ in YARDSTICKS], [k for _, k in YARDSTICKS], list(range(len(YARDSTICKS))),
-                               lambda: trainer.args.device)
+            pool = _MetricPool([n for n, _ in YARDSTICKS], [k for _, k in YARDSTICKS], lambda: trainer.args.device)
             self._yardstick_pools[mode] = pool
             for name, _ in YARDSTICKS:
                 trainer.custom_metrics[mode][name] = _PoolMetric(pool, name)
@@ -232,9 +230,9 @@ class CoordExpLoss(BaseLoss):
                                num_items_in_batch=num_items_in_batch, loss_scale=loss_scale)
         if self._pools:
             mode = "train" if trainer.model.training else "eval"
-            self._pools[mode].add(out.metric_sums, out.metric_counts)
-            self._yardstick_pools[mode].add(*yardstick_sums(out.coord_logits, out.layout.coord_bins,
-                                                            out.layout.box_coords))
+            self._pools[mode].add(out.metrics)
+            self._yardstick_pools[mode].add(yardstick_metrics(out.coord_logits, out.layout.coord_bins,
+                                                              out.layout.box_coords))
         return out.loss
 
     def _lean_loss(self, outputs, labels, num_items_in_batch, loss_scale, trainer):

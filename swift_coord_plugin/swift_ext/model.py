@@ -132,7 +132,7 @@ def add_coord_input_noise(model, tokenizer) -> None:
     coordinate tokens were moved by ``core.input_noise.perturb_coord_inputs`` (the labels are untouched, so every
     loss targets the true bins). Wraps ``model.forward`` (the module DeepSpeed, PEFT and the trainer call);
     evaluation and inference (``model.training`` False) see the ids unchanged."""
-    max_shift, prob = noise_settings()
+    max_shift, prob = noise_settings(os.environ)
     if max_shift == 0 or getattr(model, "_coord_input_noise", False):
         return
     base_forward = model.forward

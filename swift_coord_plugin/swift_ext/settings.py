@@ -1,6 +1,6 @@
 """The plugin's settings checked at start-up, before the model loads.
 
-The settings are environment keys: ``COORDEXP_*`` (the loss, ``core.losses.LossConfig``) and ``COORD_ORDER`` /
+The settings are environment keys: ``COORDEXP_*`` (the loss, ``core.loss_config.LossConfig``) and ``COORD_ORDER`` /
 ``COORD_ORDER_SEED`` (the object order, ``core.codec``). They arrive in one of four ways; when a key is given
 more than once, the later step of a run's start wins:
 
@@ -25,9 +25,9 @@ import sys
 from typing import Dict, Mapping, Optional
 
 from ..core import codec, input_noise
-from ..core.losses import ENV_PREFIX, GROUP_OF_LOSS_TYPE, LossConfig, LossConfigError
+from ..core.loss_config import ENV_PREFIX, GROUP_OF_LOSS_TYPE, LossConfig, LossConfigError
 
-# --loss_type -> loss group (``core.losses.LOSS_TYPES``, read without an ms-swift import).
+# --loss_type -> loss group (``core.loss_config.LOSS_TYPES``, read without an ms-swift import).
 LOSS_GROUPS = GROUP_OF_LOSS_TYPE
 
 
