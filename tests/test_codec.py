@@ -138,12 +138,12 @@ def test_x1y1_policy_and_registry():
             DetObject("c", (0.1, 0.3, 0.2, 0.4))]
     assert [o.desc for o in codec.order_objects(objs, codec.order_policy("x1y1"))] == ["c", "b", "a"]
     assert [o.desc for o in codec.order_objects(objs, codec.order_policy("Y1X1"))] == ["a", "c", "b"]
-    assert codec.order_policy(environ={}).name == "y1x1"
-    assert codec.order_policy(environ={"COORD_ORDER": "x1y1"}).name == "x1y1"
+    assert codec.order_policy().name == "y1x1" and codec.order_policy(None).name == "y1x1"
+    assert order_policy_setting({"COORD_ORDER": "x1y1"}).name == "x1y1"
     with pytest.raises(ValueError, match=r"COORD_ORDER='diagonal'.*\['random', 'x1y1', 'y1x1'\]"):
         codec.order_policy("diagonal")
     with pytest.raises(ValueError, match="COORD_ORDER_SEED"):
-        codec.order_seed({"COORD_ORDER_SEED": "one"})
+        codec.order_seed("one")
     assert codec.order_seed() == 0 and codec.order_seed(" 7 ") == 7 and codec.order_seed(3) == 3
     with pytest.raises(ValueError, match=r"COORD_ORDER_SEED='1\.5' is not an integer"):
         codec.order_seed("1.5")
@@ -151,7 +151,7 @@ def test_x1y1_policy_and_registry():
     policy = codec.OrderPolicy("area_desc", lambda b: (-round((b[2] - b[0]) * (b[3] - b[1]), 9),))
     codec.register_order_policy(policy)
     try:
-        assert codec.order_policy(environ={"COORD_ORDER": "area_desc"}) is policy
+        assert order_policy_setting({"COORD_ORDER": "area_desc"}) is policy
         assert [o.desc for o in codec.order_objects(objs, policy)] == ["a", "b", "c"]  # equal areas: input order
         with pytest.raises(ValueError, match="already registered"):
             codec.register_order_policy(policy)

@@ -11,18 +11,16 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union
 
 from .bins import quantize
-
-if TYPE_CHECKING:
-    from .codec import DetObject
 
 ORDER_ENV = "COORD_ORDER"             # the setting that names the object order policy of training targets
 ORDER_SEED_ENV = "COORD_ORDER_SEED"   # the setting of the ``random`` policy's seed (default 0)
 DEFAULT_ORDER = "y1x1"
 
 OrderKey = Callable[[Sequence[float]], tuple]
+Obj = TypeVar("Obj")  # anything with a ``bbox`` (x1, y1, x2, y2), e.g. ``codec.DetObject``
 
 
 @dataclass(frozen=True)
@@ -67,26 +65,22 @@ register_order_policy(OrderPolicy("random", _y1x1_key, redraw=True,
                                   description="a new permutation per sample and epoch, seeded"))
 
 
-def order_policy(name: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> OrderPolicy:
+def order_policy(name: Optional[str] = None) -> OrderPolicy:
     """The registered policy ``name`` (case and surrounding spaces ignored); ``None``: the default, ``y1x1``.
-
-    ``environ``: a mapping of settings the caller holds (never the process environment by default); with
-    ``name`` None its ``COORD_ORDER`` entry names the policy (empty or absent: ``y1x1``). ``ValueError``
-    names the setting and the registered policies when the name is unknown.
+    ``ValueError`` names the setting (``COORD_ORDER``) and the registered policies when the name is unknown.
     """
     if name is None:
-        name = (environ or {}).get(ORDER_ENV, "") or DEFAULT_ORDER
+        name = DEFAULT_ORDER
     key = str(name).strip().lower()
     if key not in ORDER_POLICIES:
         raise ValueError(f"{ORDER_ENV}={name!r} is not an object order policy; registered: {sorted(ORDER_POLICIES)}")
     return ORDER_POLICIES[key]
 
 
-def order_seed(seed: Union[int, str, Mapping[str, str]] = 0) -> int:
-    """The ``random`` policy's seed as an integer: ``seed`` an int or its text (surrounding spaces ignored), or a
-    mapping of settings whose ``COORD_ORDER_SEED`` entry it is (absent: 0). ``ValueError`` naming the setting
-    otherwise."""
-    raw = seed.get(ORDER_SEED_ENV, "0") if isinstance(seed, Mapping) else seed
+def order_seed(seed: Union[int, str] = 0) -> int:
+    """The ``random`` policy's seed as an integer: ``seed`` an int or its text (surrounding spaces ignored).
+    ``ValueError`` naming the setting (``COORD_ORDER_SEED``) otherwise."""
+    raw = seed
     try:
         return int(str(raw).strip())
     except ValueError:
@@ -104,8 +98,8 @@ def order_indices(bboxes: Sequence[Sequence[float]], policy: Optional[OrderPolic
     return sorted(range(len(bboxes)), key=lambda i: p.key(bboxes[i]))
 
 
-def order_objects(objects: Iterable[DetObject], policy: Optional[OrderPolicy] = None) -> List[DetObject]:
-    """Objects in the policy's key order (default ``y1x1``: bins of ``y1`` then ``x1``, then the continuous
+def order_objects(objects: Iterable[Obj], policy: Optional[OrderPolicy] = None) -> List[Obj]:
+    """Objects (anything with a ``bbox``, e.g. ``codec.DetObject``) in the policy's key order (default ``y1x1``: bins of ``y1`` then ``x1``, then the continuous
     values), stable for ties."""
     p = policy or ORDER_POLICIES[DEFAULT_ORDER]
     return sorted(objects, key=lambda o: p.key(o.bbox))

@@ -26,6 +26,7 @@ from typing import Dict, Mapping, Optional
 
 from ..core import codec, input_noise
 from ..core.loss_config import ENV_PREFIX, GROUP_OF_LOSS_TYPE, LossConfig, LossConfigError
+from .rows import order_policy_setting, order_seed_setting
 
 # --loss_type -> loss group (``core.loss_config.LOSS_TYPES``, read without an ms-swift import).
 LOSS_GROUPS = GROUP_OF_LOSS_TYPE
@@ -88,8 +89,8 @@ def check_settings(environ: Optional[Mapping[str, str]] = None, loss_type: Optio
     environ = os.environ if environ is None else environ
     try:
         LossConfig.check_env(environ, LOSS_GROUPS.get(loss_type or ""))
-        codec.order_policy(environ=environ)
-        codec.order_seed(environ)
+        order_policy_setting(environ)
+        order_seed_setting(environ)
         input_noise.noise_settings(environ)
     except (LossConfigError, ValueError) as e:
         where = f" (--loss_type {loss_type})" if loss_type in LOSS_GROUPS else ""
