@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .sequence import IGNORE_INDEX
+from .label_parser import IGNORE_INDEX
 
 # Elements of one chunk of logits (float32: 512 MiB); chunk rows = this // vocab size (878 for 152,704).
 DEFAULT_CHUNK_ELEMENTS = 1 << 27

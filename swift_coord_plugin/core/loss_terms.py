@@ -17,7 +17,7 @@ from torch import Tensor
 from .codec import NUM_BINS
 from .coordexp import bin_expectation, dequantize_bins, restricted_softmax
 from .geometry import DEFAULT_EPS, box_l1, box_loss, box_order_penalty, giou_loss, match_boxes
-from .sequence import IGNORE_INDEX
+from .label_parser import IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------------------------- (a)

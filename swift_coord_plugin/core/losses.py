@@ -23,7 +23,7 @@ from .loss_metrics import (METRIC_NAMES, METRICS, Metrics, logged_metric_names, 
                            stack_metrics)
 from .loss_terms import (CoordTerms, coord_terms, gaussian_soft_labels, soft_label_ce, token_ce_and_coord_logits,
                          wasserstein1_to_bin, zero_area_targets)
-from .sequence import IGNORE_INDEX, STAT_NAMES, SequenceLayout, parse_targets, shift_labels
+from .label_parser import IGNORE_INDEX, STAT_NAMES, SequenceLayout, parse_targets, shift_labels
 from .vocab import CoordVocab
 
 __all__ = [

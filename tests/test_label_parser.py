@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from swift_coord_plugin.core import codec
-from swift_coord_plugin.core.sequence import (CLOSED, IGNORE_INDEX, TRUNCATED, UNCLOSED, parse_labels, parse_targets,
+from swift_coord_plugin.core.label_parser import (CLOSED, IGNORE_INDEX, TRUNCATED, UNCLOSED, parse_labels, parse_targets,
                                               shift_labels)
 
 # A small synthetic vocabulary: the parser only needs the id ranges.

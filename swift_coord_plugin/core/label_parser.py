@@ -1,7 +1,7 @@
 """The label-sequence parser: label token ids -> coordinate positions, objects and boxes (no ms-swift import).
 
 Public: ``IGNORE_INDEX``, ``CLOSED``, ``UNCLOSED``, ``TRUNCATED``, ``STAT_NAMES``, ``shift_labels``,
-``SequenceLayout``, ``parse_targets``, ``parse_labels``. Design notes: ``docs/design/core_sequence.md``.
+``SequenceLayout``, ``parse_targets``, ``parse_labels``. Design notes: ``docs/design/core_label_parser.md``.
 """
 from __future__ import annotations
 
