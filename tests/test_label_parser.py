@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from swift_coord_plugin.core import codec
-from swift_coord_plugin.core.label_parser import (CLOSED, IGNORE_INDEX, TRUNCATED, UNCLOSED, parse_labels, parse_targets,
-                                              shift_labels)
+from swift_coord_plugin.core.label_parser import (CLOSED, IGNORE_INDEX, TRUNCATED, UNCLOSED, parse_labels,
+                                                  parse_targets, shift_labels)
 
 # A small synthetic vocabulary: the parser only needs the id ranges.
 CS, S, E = 100, 1, 2
