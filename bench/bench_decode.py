@@ -175,8 +175,8 @@ def _former_step(g, x, states, record: bool, remaining: int):
     coordexp's decision then rewrites its rows."""
     import torch
 
-    from swift_coord_plugin.core.coordexp import expected_bins
-    from swift_coord_plugin.core.grammar import COORDEXP, round_half_up
+    from swift_coord_plugin.core.coordexp import decide_bins
+    from swift_coord_plugin.core.grammar import COORDEXP
 
     v = g.vocab
     mask = torch.stack([g.allowed_mask(s, x.shape[1], x.device, remaining) for s in states])
@@ -184,7 +184,7 @@ def _former_step(g, x, states, record: bool, remaining: int):
     rows = torch.tensor([g.is_coord_slot(s) for s in states]).nonzero().flatten()
     lp = torch.log_softmax(processed.float(), dim=-1) if record else None
     if g.mode == COORDEXP and rows.numel():
-        ids = round_half_up(expected_bins(processed[rows, v.coord_start:v.coord_end])) + v.coord_start
+        ids = decide_bins(processed[rows, v.coord_start:v.coord_end]) + v.coord_start
         processed.index_fill_(0, rows, float("-inf"))
         processed[rows, ids] = 0.0
     return processed, lp

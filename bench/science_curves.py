@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,40 +18,8 @@ from pathlib import Path
 from machine import torch_machine  # bench/machine.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
-SCIENCE_ARGS = ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
-                "--gradient_accumulation_steps", "1", "--learning_rate", "2e-3", "--warmup_ratio", "0.05",
-                "--lr_scheduler_type", "cosine", "--weight_decay", "0", "--save_only_model", "true",
-                "--logging_steps", "10", "--max_pixels", "65536", "--freeze_vit", "false", "--freeze_aligner", "false",
-                "--gradient_checkpointing", "false", "--report_to", "none"]
-
-
-def make_task(out: Path) -> Path:
-    """The science test's task (``tests/test_science.py``'s ``task`` fixture), once."""
-    from swift_coord_plugin.data.coco import prepare_coco
-    from swift_coord_plugin.data.shapes import ShapesConfig, SplitSpec, make_shapes
-
-    if (out / "val.jsonl").exists():
-        return out
-    config = ShapesConfig(image_size=128, min_objects=1, max_objects=1, min_side=0.35, max_side=0.35, noise=0.0,
-                          grid=6, classes=("red disk",))
-    make_shapes(str(out), [SplitSpec("train", 512, 0), SplitSpec("val", 48, 1)], config)
-    for split in ("train", "val"):
-        prepare_coco(str(out / "annotations" / f"instances_{split}.json"), str(out / "images" / split),
-                     str(out / f"{split}.jsonl"))
-    return out
-
-
-def start(group: str, steps: int, seed: int, every: int, model: str, task: Path, out: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", GROUP=group, CPU="1", MODEL=model, DATA=str(task / "train.jsonl"),
-               VAL_DATA=str(task / "val.jsonl"), OUT=str(out), RESUME="0", COORD_INIT_SEED=str(seed),
-               COORDEXP_LEAN="true", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               MAX_PIXELS="65536", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    args = ["--max_steps", str(steps), "--eval_steps", str(every), "--save_steps", str(steps),
-            "--seed", str(42 + seed), "--data_seed", str(42 + seed), *SCIENCE_ARGS]
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(str(out) + ".log", "w")
-    return subprocess.Popen(["bash", str(REPO / "shell" / "train.sh"), *args], env=env, cwd=str(out.parent),
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+sys.path.insert(0, str(REPO / "tests"))
+from test_science import make_task, start_group  # noqa: E402  (the test's task and its training command)
 
 
 def curve(out: Path):
@@ -73,7 +39,10 @@ def main(argv=None) -> int:
     from swift_coord_plugin.tiny_model import build_tiny_model
 
     work = Path(a.out)
-    task = make_task(work / "task")
+    task = work / "task"
+    if not (task / "val.jsonl").exists():
+        task.mkdir(parents=True, exist_ok=True)
+        make_task(task)
     model = work / "model"
     if not (model / "config.json").exists():
         build_tiny_model(str(model), head_dim=64)
@@ -85,7 +54,9 @@ def main(argv=None) -> int:
         while todo and len(running) < a.parallel:
             g, steps, seed = todo.pop(0)
             out = work / "runs" / f"{g}{steps}_seed{seed}"
-            running.append((start(g, int(steps), int(seed), a.every, str(model), task, out), out, time.time()))
+            proc = start_group(g, int(seed), str(model), task, out, steps=int(steps), eval_steps=a.every,
+                               log=Path(str(out) + ".log"))
+            running.append((proc, out, time.time()))
         time.sleep(5)
         for item in [r for r in running if r[0].poll() is not None]:
             running.remove(item)

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -31,12 +32,12 @@ SEEDS = [int(s) for s in os.environ.get("COORD_SCIENCE_SEEDS", "0").split(",")]
 READOUTS = {"a": ("argmax",), "b": ("coordexp",), "c": ("argmax", "coordexp")}
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    from swift_coord_plugin.data.shapes import ShapesConfig, SplitSpec, make_shapes
+def make_task(out: Path) -> Path:
+    """The task, written under ``out`` (images, COCO annotations, ``train.jsonl`` and ``val.jsonl``); also what
+    ``bench/science_curves.py`` trains on."""
     from swift_coord_plugin.data.coco import prepare_coco
+    from swift_coord_plugin.data.shapes import ShapesConfig, SplitSpec, make_shapes
 
-    out = tmp_path_factory.mktemp("science")
     config = ShapesConfig(image_size=128, min_objects=1, max_objects=1, min_side=0.35, max_side=0.35, noise=0.0,
                           grid=6, classes=("red disk",))
     make_shapes(str(out), [SplitSpec("train", 512, 0), SplitSpec("val", 48, 1)], config)
@@ -44,6 +45,11 @@ def task(tmp_path_factory):
         prepare_coco(str(out / "annotations" / f"instances_{split}.json"), str(out / "images" / split),
                      str(out / f"{split}.jsonl"))
     return out
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return make_task(tmp_path_factory.mktemp("science"))
 
 
 def mean_box_iou(train_jsonl: Path, val_jsonl: Path) -> float:
@@ -65,24 +71,27 @@ def mean_box_iou(train_jsonl: Path, val_jsonl: Path) -> float:
     return float(box_iou(pred, torch.tensor([b for _, b in gt], dtype=torch.float64)).mean())
 
 
-def start_group(group: str, seed: int, model: str, task: Path, out: Path) -> subprocess.Popen:
-    """Start `GROUP=<g> CPU=1 bash shell/train.sh` on the task, one torch thread (the groups train side by side)."""
-    steps = STEPS[group]
+def start_group(group: str, seed: int, model: str, task: Path, out: Path, steps: Optional[int] = None,
+                eval_steps: Optional[int] = None, log: Optional[Path] = None) -> subprocess.Popen:
+    """Start `GROUP=<g> CPU=1 bash shell/train.sh` on the task, one torch thread (the groups train side by side):
+    ``steps`` (default ``STEPS[group]``), a held-out evaluation every ``eval_steps`` (default: at the end), the
+    output in ``log`` (default ``train_<group>.log`` beside ``out``)."""
+    steps = steps or STEPS[group]
     env = swift_env({"OMP_NUM_THREADS": "1", "GROUP": group, "CPU": "1", "MODEL": model,
                      "DATA": str(task / "train.jsonl"), "VAL_DATA": str(task / "val.jsonl"), "OUT": str(out), "RESUME": "0",
                      "COORD_INIT_SEED": str(seed), "COORDEXP_LEAN": "true",
                      "PATH": os.path.dirname(os.sys.executable) + os.pathsep + os.environ.get("PATH", "")})
     args = ["--max_steps", str(steps), "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
             "--gradient_accumulation_steps", "1", "--learning_rate", "2e-3", "--warmup_ratio", "0.05",
-            "--lr_scheduler_type", "cosine", "--weight_decay", "0", "--eval_steps", str(steps),
+            "--lr_scheduler_type", "cosine", "--weight_decay", "0", "--eval_steps", str(eval_steps or steps),
             "--save_steps", str(steps), "--save_only_model", "true", "--logging_steps", "10",
             "--max_pixels", "65536", "--freeze_vit", "false", "--freeze_aligner", "false",
             "--gradient_checkpointing", "false", "--report_to", "none", "--seed", str(42 + seed),
             "--data_seed", str(42 + seed)]
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out.parent / f"train_{group}.log", "w")
+    log_file = open(log or out.parent / f"train_{group}.log", "w")
     return subprocess.Popen(["bash", str(REPO / "shell" / "train.sh"), *args], env=env, cwd=str(out.parent),
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log_file, stderr=subprocess.STDOUT, text=True)
 
 
 def last_evaluation(proc: subprocess.Popen, group: str, out: Path, timeout: float) -> dict:
