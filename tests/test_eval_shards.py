@@ -88,6 +88,34 @@ def test_rows_without_image_id_match_by_image_path(tmp_path):
         check_results([r], str(val))
 
 
+@pytest.mark.parametrize("row", [
+    {"chat_template_kwargs": {"coord_meta": {"image_id": 7}}, "images": [{"path": "/a/b.jpg"}]},
+    {"image_id": 8, "images": ["/a/b.jpg"]},  # no chat_template_kwargs: top-level id (row_meta)
+    {"images": [{"bytes": None, "path": "/data/./img/../img/x.jpg"}]},  # unnormalised
+    {"images": ["img//x.jpg "]},  # relative, doubled separator, trailing space
+    {"images": [{"path": "/a/first.jpg"}, {"path": "/a/second.jpg"}]},  # several images: the first
+    {"images": ["rel/first.jpg", "/a/second.jpg"]},
+    {"images": []},
+    {"response": ""},
+])
+def test_result_key_is_the_slots_row_key(row):
+    """The shard check and the slots file identify a result line alike (core.samples.row_identity)."""
+    from swift_coord_plugin.core.samples import row_key
+
+    key = row_key(row)
+    assert (tuple(json.loads(key)) if key is not None else ("image", None)) == result_key(row)
+
+
+def test_sample_key_agrees_with_result_key_for_relative_and_multi_image(tmp_path):
+    rows = [{"image": "./images//a.jpg"}, {"images": ["images/b.jpg", "images/c.jpg"]}]
+    results = [{"images": [str(tmp_path / "images" / "a.jpg")]},
+               {"images": [{"path": str(tmp_path / "images/./b.jpg")}, {"path": str(tmp_path / "images/c.jpg")}]}]
+    for row, result in zip(rows, results):
+        assert sample_key(row, str(tmp_path)) == result_key(result)
+    assert sample_key(rows[1], str(tmp_path)) == ("image", str(tmp_path / "images" / "b.jpg"))
+    assert result_key(results[1]) != result_key({"images": [str(tmp_path / "images" / "c.jpg")]})
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     val, rows = _samples(tmp_path, 4)
     assert shards_main(["split", "--val", str(val), "--n", "2", "--out-dir", str(tmp_path / "s")]) == 0

@@ -113,6 +113,8 @@ def test_a_slots_file_of_another_run_is_refused_naming_both_lines(tmp_path, caps
     ({"images": [{"bytes": None, "path": "/a/./b.jpg"}]}, '["image", "/a/b.jpg"]'),
     ({"images": ["/a/b.jpg"]}, '["image", "/a/b.jpg"]'),
     ({"images": []}, None),
+    ({"images": [{"path": "/a/first.jpg"}, {"path": "/a/second.jpg"}]}, '["image", "/a/first.jpg"]'),  # the first
+    ({"images": [" rel//x/../b.jpg"]}, '["image", "rel/b.jpg"]'),  # relative stays relative, normalised
 ])
 def test_row_key(row, key):
     assert row_key(row) == key

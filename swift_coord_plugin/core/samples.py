@@ -49,24 +49,38 @@ def row_meta(row) -> dict:
     return dict(meta)
 
 
-def row_key(row) -> Optional[str]:
-    """The identity of a row that both an inference request and its ``swift infer`` result line carry: its
-    ``image_id`` (``row_meta``) when it has one, else its first image path (normalised); ``None`` for a row with
-    neither (an in-memory image). A JSON string, e.g. ``'["image_id", 42]'``; ``swift_ext.slots`` writes it
-    and ``eval.slots`` joins on it."""
-    import json
+def row_identity(image_id, images, base_dir: str = "") -> Optional[Tuple[str, object]]:
+    """The identity of a row, shared by an inference request, its ``swift infer`` result line, its slots-file
+    line and its unified sample: ``("image_id", image_id)`` when ``image_id`` is not None, else
+    ``("image", path)``, else None (no id and no image path, e.g. an in-memory image).
 
-    meta = row_meta(row)
-    if meta.get("image_id") is not None:
-        return json.dumps(["image_id", meta["image_id"]])
-    images = row.get("images") if isinstance(row, dict) else None
+    ``images`` is a path, a ``{"path": ...}`` dict (ms-swift's image column) or a list of those. A row with
+    several images is identified by its first one (a list's first entry; an empty list has no path). The path
+    is stripped of surrounding whitespace; a relative one is taken from ``base_dir`` when given (the samples
+    file's folder, as the dataset loader does) and kept relative otherwise; then ``os.path.normpath`` (a
+    string operation: no file is looked at). ``row_key`` (JSON) and ``eval.shards`` (tuples) derive from it."""
+    if image_id is not None:
+        return ("image_id", image_id)
     if isinstance(images, (list, tuple)):
         images = images[0] if images else None
     if isinstance(images, dict):
         images = images.get("path")
-    if isinstance(images, str) and images.strip():
-        return json.dumps(["image", os.path.normpath(images.strip())])
-    return None
+    if not isinstance(images, str) or not images.strip():
+        return None
+    path = images.strip()
+    if base_dir and not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    return ("image", os.path.normpath(path))
+
+
+def row_key(row) -> Optional[str]:
+    """``row_identity`` of an ms-swift row / ``swift infer`` result line (its ``image_id`` from ``row_meta``,
+    its ``images``) as a JSON string, e.g. ``'["image_id", 42]'`` or ``'["image", "/a/b.jpg"]'``; ``None``
+    for a row with neither. ``swift_ext.slots`` writes it and ``eval.slots`` joins on it."""
+    import json
+
+    identity = row_identity(row_meta(row).get("image_id"), row.get("images") if isinstance(row, dict) else None)
+    return json.dumps(list(identity)) if identity is not None else None
 
 
 def image_problem(path: str, check_readable: bool = True, width=None, height=None) -> Optional[Tuple[str, str]]:

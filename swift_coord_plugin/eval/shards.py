@@ -10,7 +10,8 @@ its own result file, and merges them here; the merged file is checked against th
 crashed, ungathered or foreign shard is an error naming the missing rows, whatever the backend.
 
 A row is identified by its ``image_id`` when the sample has one (results carry it in
-``chat_template_kwargs.coord_meta``, see ``core.samples.row_meta``), else by its image path.
+``chat_template_kwargs.coord_meta``, see ``core.samples.row_meta``), else by its image path
+(``core.samples.row_identity``, the identity ``core.samples.row_key`` writes to slots files).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 from ..core import textfiles
-from ..core.samples import row_meta
+from ..core.samples import row_identity, row_meta
 
 MAX_LISTED = 20
 RowKey = Tuple[str, object]
@@ -57,30 +58,18 @@ def _jsonl(path: str) -> Iterator[Tuple[int, str, dict]]:
         raise ShardError(str(e)) from None
 
 
-def _image_path(image, base_dir: str):
-    if isinstance(image, list) and len(image) == 1:
-        image = image[0]
-    if isinstance(image, dict):
-        image = image.get("path")
-    if isinstance(image, str):
-        return os.path.normpath(image if os.path.isabs(image) else os.path.join(base_dir, image))
-    return None
-
-
 def sample_key(sample: dict, base_dir: str) -> RowKey:
-    """Identity of a unified sample: ``("image_id", id)``, else ``("image", absolute image path)``;
-    relative image paths are taken from ``base_dir`` (the samples file's folder, as the dataset loader does)."""
-    if sample.get("image_id") is not None:
-        return ("image_id", sample["image_id"])
-    return ("image", _image_path(sample.get("image", sample.get("images")), base_dir))
+    """Identity of a unified sample (``core.samples.row_identity``): ``("image_id", id)``, else
+    ``("image", image path)``, relative paths taken from ``base_dir`` (the samples file's folder, as the
+    dataset loader does); ``("image", None)`` for a sample with neither."""
+    return row_identity(sample.get("image_id"), sample.get("image", sample.get("images")), base_dir) \
+        or ("image", None)
 
 
 def result_key(row: dict) -> RowKey:
-    """Identity of a ``swift infer`` result line, comparable with ``sample_key``."""
-    meta = row_meta(row)
-    if meta.get("image_id") is not None:
-        return ("image_id", meta["image_id"])
-    return ("image", _image_path(row.get("images"), ""))
+    """Identity of a ``swift infer`` result line, comparable with ``sample_key``: ``core.samples.row_identity``
+    of its ``image_id`` (``row_meta``) and ``images`` (the tuple ``core.samples.row_key`` writes as JSON)."""
+    return row_identity(row_meta(row).get("image_id"), row.get("images")) or ("image", None)
 
 
 def _describe(keys: Sequence[RowKey]) -> str:
