@@ -3,7 +3,7 @@ import json
 import os
 
 from helpers import SAMPLE_DIR, SAMPLE_JSONL, read_jsonl
-from swift_coord_plugin.core.samples import sample_problem
+from swift_coord_plugin.data.images import sample_problem
 from swift_coord_plugin.data.coco import prepare_coco
 
 

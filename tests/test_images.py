@@ -97,7 +97,7 @@ def test_exif_rotation_against_the_declared_size(rgb, tmp_path):
     assert "stores 400x200" in images.cheap_check(str(path), 300, 200)
     # the model gets the stored pixels, not the rotated view
     assert images.load_rgb(str(path)).size == (400, 200)
-    reason, message = sample_rules.sample_problem({"image": str(path), "objects": [], "width": 200, "height": 400})
+    reason, message = images.sample_problem({"image": str(path), "objects": [], "width": 200, "height": 400})
     assert reason == sample_rules.IMAGE_SIZE_MISMATCH and "fields width, height" in message
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import REPO, base_sft_args, read_jsonl, run_swift, shared_data_or_skip
 from swift_coord_plugin.core import codec
-from swift_coord_plugin.core import samples as sample_rules
+from swift_coord_plugin.data import images as image_files
 from swift_coord_plugin.core.codec import bbox_problem, desc_problem, parse_objects, quantize_box
 from swift_coord_plugin.data import coco
 from swift_coord_plugin.data.coco import CocoFormatError, ConvertOptions
@@ -106,7 +106,7 @@ def test_every_line_is_a_valid_sample_with_evaluation_fields(default_run, raw, c
         for o in r["objects"]:
             assert desc_problem(o["desc"]) is None and bbox_problem(o["bbox"]) is None
         # What the dataset preprocessor will check, with the image file opened.
-        assert sample_rules.sample_problem(r) is None
+        assert image_files.sample_problem(r) is None
     # The summary lies next to the output and says the same as the returned one.
     on_disk = json.loads(Path(coco.summary_path_for(str(out))).read_text())
     assert Path(coco.summary_path_for(str(out))).name == "train.summary.json"

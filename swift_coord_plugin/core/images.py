@@ -1,9 +1,8 @@
 """Image rules as the model must see them, on sizes and decoded images (PIL only, no ms-swift, no cache).
 
-Public API: ``ImageProblem``, ``header`` (size, mode and EXIF orientation from a file's header: the one
-file read here, for the header check of ``core.samples``), ``size_problem`` (declared vs stored size, EXIF
-named), ``processor_problem`` (Qwen-VL's limits), ``to_rgb`` (a decoded image as 8-bit RGB as a person sees
-it). Loading files, the full decode and its cache: ``data.images``. The rules: docs/data.md, "Images".
+Public API: ``ImageProblem``, ``size_problem`` (declared vs stored size, EXIF named), ``processor_problem``
+(Qwen-VL's limits), ``to_rgb`` (a decoded image as 8-bit RGB as a person sees it). No file is read here:
+headers, loading, the full decode and its cache are ``data.images``. The rules: docs/data.md, "Images".
 """
 from __future__ import annotations
 
@@ -19,19 +18,6 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 class ImageProblem(ValueError):
     """An image the model cannot be given as a person sees it; the message says why."""
-
-
-def header(path: str) -> Tuple[int, int, str, int]:
-    """``(width, height, mode, exif_orientation)`` from the file's header (no pixel decoding; the
-    orientation is 1 when the file has none). Raises ``OSError`` / PIL's errors for an unreadable file."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        try:
-            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-        except Exception:  # a malformed EXIF block does not make the pixels unreadable
-            orientation = 1
-        return im.size[0], im.size[1], im.mode, orientation
 
 
 def size_problem(stored: Tuple[int, int], orientation: int, declared_w, declared_h) -> Optional[str]:

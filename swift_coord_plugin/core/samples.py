@@ -5,8 +5,10 @@ A unified sample is one JSON object per line::
     {"image": "/abs/path.jpg", "objects": [{"desc": "dog", "bbox": [x1, y1, x2, y2]}, ...],
      "image_id": 42, "width": 640, "height": 480}      # the last three optional, kept for evaluation
 
-with boxes normalised to [0, 1] (see ``codec``). ``sample_problem`` says what is wrong with a sample, so
-that callers can raise an error naming the file and line, or drop and count it.
+with boxes normalised to [0, 1] (see ``codec``). ``fields_problem`` says what is wrong with a sample's
+fields (values only; the checks of its image file: ``data.images.sample_problem``), so that callers can raise
+an error naming the file and line, or drop and count it. ``row_meta``, ``row_identity`` and ``row_key``: what
+identifies a row across requests, results and slots files.
 """
 from __future__ import annotations
 
@@ -83,31 +85,10 @@ def row_key(row) -> Optional[str]:
     return json.dumps(list(identity)) if identity is not None else None
 
 
-def image_problem(path: str, check_readable: bool = True, width=None, height=None) -> Optional[Tuple[str, str]]:
-    """The cheap image checks (file present; with ``check_readable`` the header: readable, stored size equal
-    to the declared ``width``/``height`` when given, EXIF orientation, processor limits; see ``core.images``).
-    The full decode is ``data.images.decode_problems`` (cached)."""
-    if not os.path.isfile(path):
-        return MISSING_IMAGE, f"image file not found: {path}"
-    if check_readable:
-        from . import images
-
-        try:
-            w, h, _, orientation = images.header(path)
-        except Exception as e:
-            return UNREADABLE_IMAGE, f"image cannot be read: {path} ({e.__class__.__name__}: {e})"
-        p = images.size_problem((w, h), orientation, width, height)
-        if p:
-            return IMAGE_SIZE_MISMATCH, f"{path}: {p} (fields width, height)"
-        p = images.processor_problem(w, h)
-        if p:
-            return UNSUPPORTED_IMAGE, f"{path}: {p}"
-    return None
-
-
-def sample_problem(sample, check_files: bool = True, check_readable: bool = True) -> Optional[Tuple[str, str]]:
-    """``(reason, message)`` for the first problem of ``sample``, or None if it is valid (the cheap checks;
-    ``width``/``height``, when the sample has them, must be the stored pixel size of its image)."""
+def fields_problem(sample) -> Optional[Tuple[str, str]]:
+    """``(reason, message)`` for the first problem of the fields of ``sample`` (JSON shape, ``image`` a
+    non-empty string, each object's ``desc`` and ``bbox``, ``width``/``height`` positive numbers when
+    present), or None. Values only: no file is looked at; with the image file checks: ``data.images.sample_problem``."""
     if not isinstance(sample, dict):
         return BAD_FORMAT, f"a sample must be a JSON object, got {type(sample).__name__}"
     image = sample.get("image")
@@ -131,6 +112,4 @@ def sample_problem(sample, check_files: bool = True, check_readable: bool = True
         v = sample.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
             return BAD_FORMAT, f"'{key}' must be a positive number, got {v!r}"
-    if check_files:
-        return image_problem(image, check_readable, sample.get("width"), sample.get("height"))
     return None

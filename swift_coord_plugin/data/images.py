@@ -1,7 +1,9 @@
 """Image files as the model must see them: loading, the checks of a file, and the full-decode cache.
 
-Public API: ``load_rgb`` (a file decoded and converted by ``core.images.to_rgb``), ``stored_size``,
-``cheap_check`` (header only), ``decode_problem`` and ``full_check`` (full decode), ``check_files`` and
+Public API: ``header`` (size, mode, EXIF orientation), ``load_rgb`` (a file decoded and converted by
+``core.images.to_rgb``), ``stored_size``, ``cheap_check`` (header only), ``image_problem`` and
+``sample_problem`` (a unified sample with its image file, the reasons of ``core.samples``),
+``decode_problem`` and ``full_check`` (full decode), ``check_files`` and
 ``decode_problems`` (many files, in parallel processes, cached), ``DecodeCache`` and ``cache_path``
 (``$COORD_IMAGE_CHECK_CACHE``). The names of ``core.images`` used here are importable from here too.
 The rules: docs/data.md, "Images"; the cache: docs/design/data.md.
@@ -13,7 +15,21 @@ import os
 import warnings
 from typing import Optional, Tuple
 
-from ..core.images import ImageProblem, header, processor_problem, size_problem, to_rgb
+from ..core import samples as sample_rules
+from ..core.images import EXIF_ORIENTATION, ImageProblem, processor_problem, size_problem, to_rgb
+
+
+def header(path: str) -> Tuple[int, int, str, int]:
+    """``(width, height, mode, exif_orientation)`` from the file's header (no pixel decoding; the
+    orientation is 1 when the file has none). Raises ``OSError`` / PIL's errors for an unreadable file."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        try:
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # a malformed EXIF block does not make the pixels unreadable
+            orientation = 1
+        return im.size[0], im.size[1], im.mode, orientation
 
 
 def stored_size(path: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -71,6 +87,37 @@ def cheap_check(path: str, declared_w=None, declared_h=None) -> Optional[str]:
     except Exception as e:
         return f"cannot be read ({e.__class__.__name__}: {e})"
     return size_problem((w, h), orientation, declared_w, declared_h) or processor_problem(w, h)
+
+
+def image_problem(path: str, check_readable: bool = True, width=None, height=None) -> Optional[Tuple[str, str]]:
+    """``(reason, message)`` (reasons of ``core.samples``) for the cheap checks of a sample's image file:
+    present; with ``check_readable`` its header readable, its stored size equal to the declared ``width``/
+    ``height`` when given (EXIF orientation named), a size the processor accepts. None when it passes.
+    The full decode is ``decode_problems`` (cached)."""
+    if not os.path.isfile(path):
+        return sample_rules.MISSING_IMAGE, f"image file not found: {path}"
+    if check_readable:
+        try:
+            w, h, _, orientation = header(path)
+        except Exception as e:
+            return sample_rules.UNREADABLE_IMAGE, f"image cannot be read: {path} ({e.__class__.__name__}: {e})"
+        p = size_problem((w, h), orientation, width, height)
+        if p:
+            return sample_rules.IMAGE_SIZE_MISMATCH, f"{path}: {p} (fields width, height)"
+        p = processor_problem(w, h)
+        if p:
+            return sample_rules.UNSUPPORTED_IMAGE, f"{path}: {p}"
+    return None
+
+
+def sample_problem(sample, check_files: bool = True, check_readable: bool = True) -> Optional[Tuple[str, str]]:
+    """``(reason, message)`` for the first problem of a unified sample, or None if it is valid: its fields
+    (``core.samples.fields_problem``), then with ``check_files`` its image file (``image_problem``; the
+    sample's ``width``/``height``, when it has them, must be the stored pixel size of its image)."""
+    problem = sample_rules.fields_problem(sample)
+    if problem is None and check_files:
+        problem = image_problem(sample["image"], check_readable, sample.get("width"), sample.get("height"))
+    return problem
 
 
 def decode_problem(path: str) -> Optional[str]:

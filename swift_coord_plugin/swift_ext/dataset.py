@@ -86,7 +86,7 @@ def _build_classes():
         def validate(self, dataset):
             """Indices of the valid rows; raises or counts according to ``COORD_BAD_SAMPLES``.
 
-            Cheap checks on every row (``sample_problem``: shape, boxes, descriptions, the image header
+            Cheap checks on every row (``data.images.sample_problem``: shape, boxes, descriptions, the image header
             against the declared size and the processor's limits), then a full decode of every image still
             kept, read from the decode cache where it holds the file (``data.images.decode_problems``)."""
             policy = bad_samples_policy()
@@ -108,7 +108,7 @@ def _build_classes():
                     image = image.get("path")
                 if isinstance(image, str):
                     image = self._image_path(image)
-                problem = sample_rules.sample_problem({"image": image, "objects": objs, "width": w, "height": h})
+                problem = image_files.sample_problem({"image": image, "objects": objs, "width": w, "height": h})
                 if problem is None:
                     keep.append((i, image))
                     narrow[i] = sum(1 for o in objs or [] if codec.is_narrow(o["bbox"]))
@@ -174,7 +174,7 @@ def _build_classes():
                 image = image.get("path")
             image = self._image_path(image) if isinstance(image, str) else image
             objects = row.get("objects") or []
-            problem = sample_rules.sample_problem({"image": image, "objects": objects}, check_readable=False)
+            problem = image_files.sample_problem({"image": image, "objects": objects}, check_readable=False)
             if problem is not None:  # streaming only: tabular datasets were validated before mapping
                 raise BadSamplesError(f"{self.source}: {problem[1]}")
             ordered = codec.order_objects((codec.DetObject(o["desc"], tuple(o["bbox"])) for o in objects),
