@@ -157,7 +157,7 @@ for run in "${RUNS[@]}"; do
   CMD=(env GROUP="$g" OUT="$dir" GT="$ANN_VAL" VAL_DATA="$VAL" NPROC_PER_NODE="$EVAL_NPROC" DECODE="$DECODE" SCORE="$SCORE"
        MAX_DETS="$MAX_DETS" DECODING="$DECODING" INFER_BACKEND="$INFER_BACKEND" INFER_CONFIG="$INFER_CONFIG"
        bash "$ROOT/shell/eval.sh")
-  ckpt=$(ls -d "$dir"/checkpoint-* 2>/dev/null | awk -F'checkpoint-' '{print $NF"\t"$0}' | sort -n | tail -1 | cut -f2- || true)
+  ckpt=$(python -m swift_coord_plugin.cli.checkpoints "$dir" --last || true)
   if [ -n "$ckpt" ] && [ -f "$VAL" ] && WHY=$(python -m swift_coord_plugin.cli.infer_settings reuse "$dir/eval/report.json" \
        --checkpoint "$ckpt" --gt "$ANN_VAL" --decode "$DECODE" --score "$SCORE" --max-dets "$MAX_DETS" \
        --decoding "$DECODING" --infer-backend "$INFER_BACKEND" --val-data "$VAL" --infer-config "$INFER_CONFIG" \

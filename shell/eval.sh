@@ -6,8 +6,8 @@
 # Variables (default):
 #   GROUP      a | b | c                                  (a)
 #   OUT        the group's training output directory     (output/ablation/group_$GROUP)
-#   CKPT       checkpoint to evaluate                     (the last checkpoint-* in OUT)
-#              CKPT=all: every checkpoint-* of OUT, each into EVAL_ROOT/checkpoint-N/; coord-compare plots AP against
+#   CKPT       checkpoint to evaluate                     (the checkpoint-N of OUT with the largest N)
+#              CKPT=all: every checkpoint-N of OUT, each into EVAL_ROOT/checkpoint-N/; coord-compare plots AP against
 #              step from them. A finished report.json is reused only when it was made exactly as asked (the
 #              checkpoint's weights and step, GT file, VAL_DATA rows, resolution, DECODE/SCORE/MAX_DETS/DECODING/
 #              INFER_BACKEND, INFER_CONFIG, flags, EVAL_ARGS, COORD_* environment); otherwise the reason is printed
@@ -73,8 +73,7 @@ MAX_DETS="${MAX_DETS:-100}"
 [ -f "$GT" ] || { echo "[eval] GT not found: $GT" >&2; exit 2; }
 # --- CKPT=all: every saved checkpoint (AP along training), finished evaluations reused ------------------
 if [ "${CKPT:-}" = "all" ]; then
-  mapfile -t ALL_CKPTS < <(ls -d "$OUT"/checkpoint-* 2>/dev/null | awk -F'checkpoint-' '{print $NF"\t"$0}' \
-                           | sort -n | cut -f2-)
+  mapfile -t ALL_CKPTS < <(python -m swift_coord_plugin.cli.checkpoints "$OUT" || true)   # checkpoint-N, N ascending
   [ "${#ALL_CKPTS[@]}" -gt 0 ] || { echo "[eval] CKPT=all: no checkpoint-* in $OUT" >&2; exit 2; }
   ALL_VAL="${VAL_DATA:-${COORD_DATA_ROOT:-$ROOT}/data/coco/val2017.jsonl}"
   for c in "${ALL_CKPTS[@]}"; do
@@ -97,13 +96,13 @@ if [ "${CKPT:-}" = "all" ]; then
   exit 0
 fi
 # -----------------------------------------------------------------------------------------------------
+command -v coord-plugin-path >/dev/null \
+  || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 if [ -z "${CKPT:-}" ]; then
-  CKPT=$(ls -d "$OUT"/checkpoint-* 2>/dev/null | awk -F'checkpoint-' '{print $NF"\t"$0}' | sort -n | tail -1 | cut -f2- || true)
+  CKPT=$(python -m swift_coord_plugin.cli.checkpoints "$OUT" --last || true)
   [ -n "$CKPT" ] || { echo "[eval] no checkpoint-* in $OUT (set CKPT)" >&2; exit 2; }
 fi
 [ -d "$CKPT" ] || { echo "[eval] checkpoint not found: $CKPT" >&2; exit 2; }
-command -v coord-plugin-path >/dev/null \
-  || { echo "[eval] coord-plugin-path not on PATH: run 'bash shell/setup.sh' and 'source .venv/bin/activate'" >&2; exit 2; }
 if [ "$INFER_BACKEND" = vllm ]; then
   # A mixture-of-experts checkpoint saved by transformers 5 needs the copy coord-export-vllm writes.
   python -m swift_coord_plugin.cli.export_vllm --check "$CKPT" >&2 \

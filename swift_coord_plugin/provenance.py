@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 ENV_FILE = "coord_env.json"
 INFER_SETTINGS_FILE = "infer_settings.json"
@@ -77,6 +77,30 @@ def checkpoint_name_step(path: str) -> Optional[int]:
     """N of a path whose last part is ``checkpoint-N`` (a trailing separator allowed), else None."""
     m = re.search(r"checkpoint-(\d+)$", os.path.basename(os.path.normpath(path)))
     return int(m.group(1)) if m else None
+
+
+def list_checkpoints(run_dir: str) -> List[str]:
+    """The ``checkpoint-N`` folders of a run folder in step order (N as a number: ``checkpoint-9`` before
+    ``checkpoint-10``; equal N by name), each as ``os.path.join(run_dir, name)``. Entries whose name is not
+    ``checkpoint-N`` (``checkpoint-N-merged``, ``eval``, ...) and files are left out; ``[]`` when there is
+    none or ``run_dir`` does not exist. ``shell/eval.sh`` and ``shell/ablation.sh`` use it through
+    ``python -m swift_coord_plugin.cli.checkpoints``."""
+    try:
+        names = os.listdir(run_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for name in names:
+        step = checkpoint_name_step(name) if name.startswith("checkpoint-") else None
+        if step is not None and os.path.isdir(os.path.join(run_dir, name)):
+            found.append((step, name))
+    return [os.path.join(run_dir, name) for _, name in sorted(found)]
+
+
+def last_checkpoint(run_dir: str) -> Optional[str]:
+    """The ``checkpoint-N`` folder of ``run_dir`` with the largest N (``list_checkpoints``), or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def checkpoint_step(path: Optional[str]) -> Optional[int]:

@@ -2,7 +2,6 @@
 batch with its reference formulas, and toy COCO files."""
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torchvision.ops import distance_box_iou_loss, generalized_box_iou
 
+from swift_coord_plugin import provenance
 from swift_coord_plugin.core.vocab import CoordVocab
 from swift_coord_plugin.eval.synthetic import quantised_objects, response_row
 
@@ -87,9 +87,9 @@ def base_infer_args(ckpt_dir, dataset, result_path, *, max_new_tokens: int = 64,
 
 
 def last_checkpoint(output_dir) -> str:
-    ckpts = sorted(glob.glob(os.path.join(output_dir, "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
-    assert ckpts, f"no checkpoint in {output_dir}: {os.listdir(output_dir)}"
-    return ckpts[-1]
+    ckpt = provenance.last_checkpoint(str(output_dir))
+    assert ckpt, f"no checkpoint in {output_dir}: {os.listdir(output_dir)}"
+    return ckpt
 
 
 def read_jsonl(path) -> List[dict]:

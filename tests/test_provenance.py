@@ -33,6 +33,42 @@ def test_image_set_digest_and_checkpoint_step(tmp_path):
     assert pv.checkpoint_step(str(tmp_path)) is None
 
 
+def test_checkpoints_in_step_order_and_the_last(tmp_path, capsys):
+    from swift_coord_plugin.cli import checkpoints
+
+    run = tmp_path / "run"
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-100", "checkpoint-2", "checkpoint-10-merged",
+                 "checkpoint-x", "eval", "runs", "v0-checkpoint-500"):
+        (run / name).mkdir(parents=True)
+    (run / "checkpoint-1000").write_text("a file, not a checkpoint folder")
+    want = [str(run / f"checkpoint-{n}") for n in (2, 9, 10, 100)]
+    assert pv.list_checkpoints(str(run)) == want
+    assert pv.last_checkpoint(str(run)) == want[-1]
+    assert checkpoints.main([str(run)]) == 0 and capsys.readouterr().out.split() == want
+    assert checkpoints.main([str(run), "--last"]) == 0 and capsys.readouterr().out == want[-1] + "\n"
+    (run / "empty").mkdir()
+    for none in (run / "empty", tmp_path / "missing", run / "checkpoint-1000"):
+        assert pv.list_checkpoints(str(none)) == [] and pv.last_checkpoint(str(none)) is None
+        assert checkpoints.main([str(none), "--last"]) == 1 and capsys.readouterr().out == ""
+
+
+def test_eval_script_without_checkpoint_stops_naming_the_folder(tmp_path):
+    """No checkpoint-N in OUT: eval.sh stops with its message and code 2, under CKPT unset and CKPT=all."""
+    out = tmp_path / "run"
+    (out / "checkpoint-x").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("python", f'exec "{sys.executable}" "$@"'), ("coord-plugin-path", "echo /nowhere")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {"OUT": str(out), "GT": GT, "PYTHONPATH": str(REPO), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    for ckpt, message in (("", f"[eval] no checkpoint-* in {out} (set CKPT)"),
+                          ("all", f"[eval] CKPT=all: no checkpoint-* in {out}")):
+        proc = subprocess.run(["bash", str(REPO / "shell" / "eval.sh")], env={**env, "CKPT": ckpt}, cwd=str(REPO),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout.strip() == message, proc.stdout
+
+
 def _ckpt(tmp_path, max_pixels=65536, step=20):
     run = tmp_path / "run"
     ck = run / f"checkpoint-{step}"
