@@ -99,6 +99,17 @@ def test_exif_rotation_against_the_declared_size(rgb, tmp_path):
     assert images.load_rgb(str(path)).size == (400, 200)
     reason, message = images.sample_problem({"image": str(path), "objects": [], "width": 200, "height": 400})
     assert reason == sample_rules.IMAGE_SIZE_MISMATCH and "fields width, height" in message
+    assert sample_rules.fields_problem({"image": str(path), "objects": [], "width": 200, "height": 400}) is None
+
+
+def test_fields_are_checked_before_the_file_and_without_it(tmp_path):
+    """core.samples.fields_problem judges values only; data.images.sample_problem adds the image file."""
+    missing = {"image": str(tmp_path / "none.jpg"), "objects": [{"desc": "dog", "bbox": [0.1, 0.1, 0.5, 0.5]}]}
+    assert sample_rules.fields_problem(missing) is None
+    assert images.sample_problem(missing)[0] == sample_rules.MISSING_IMAGE
+    assert images.sample_problem(missing, check_readable=False)[0] == sample_rules.MISSING_IMAGE
+    bad_box = dict(missing, objects=[{"desc": "dog", "bbox": [0.5, 0.1, 0.1, 0.5]}])
+    assert sample_rules.fields_problem(bad_box)[0] == images.sample_problem(bad_box)[0] == sample_rules.BAD_BBOX
 
 
 def test_sizes_the_processor_refuses():

@@ -110,12 +110,12 @@ def image_problem(path: str, check_readable: bool = True, width=None, height=Non
     return None
 
 
-def sample_problem(sample, check_files: bool = True, check_readable: bool = True) -> Optional[Tuple[str, str]]:
+def sample_problem(sample, check_readable: bool = True) -> Optional[Tuple[str, str]]:
     """``(reason, message)`` for the first problem of a unified sample, or None if it is valid: its fields
-    (``core.samples.fields_problem``), then with ``check_files`` its image file (``image_problem``; the
-    sample's ``width``/``height``, when it has them, must be the stored pixel size of its image)."""
+    (``core.samples.fields_problem``), then its image file (``image_problem``; the sample's ``width``/
+    ``height``, when it has them, must be the stored pixel size of its image)."""
     problem = sample_rules.fields_problem(sample)
-    if problem is None and check_files:
+    if problem is None:
         problem = image_problem(sample["image"], check_readable, sample.get("width"), sample.get("height"))
     return problem
 
