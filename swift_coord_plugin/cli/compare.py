@@ -1,4 +1,6 @@
 """coord-compare RUN_A RUN_B RUN_C --out DIR: a comparison of ablation runs (summary.md, index.html, PNGs)."""
+# ``experiment.compare`` is imported after the arguments are parsed: it loads torch and scipy (several seconds),
+# which ``--help`` and a usage error do not need.
 from __future__ import annotations
 
 import argparse

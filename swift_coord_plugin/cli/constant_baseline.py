@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 
+from ..data.coco_reader import CocoFormatError, read_instances
+from ..eval.constant import constant_rows
+
 
 def main(argv=None) -> None:
-    from swift_coord_plugin.data.coco_reader import CocoFormatError, read_instances
-    from swift_coord_plugin.eval.constant import constant_rows
-
     p = argparse.ArgumentParser(prog="coord-constant-baseline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-ann", required=True, help="COCO instances JSON the mean boxes are taken from")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..vllm_export import ExportError, export_for_vllm, summary, vllm_export_needed
+
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="coord-export-vllm", description=__doc__)
@@ -15,8 +17,6 @@ def main(argv=None) -> None:
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 0 when vLLM can load CKPT as it is, 1 (saying why) when it needs the copy")
     a = p.parse_args(argv)
-    from swift_coord_plugin.vllm_export import ExportError, export_for_vllm, summary, vllm_export_needed
-
     if a.check:
         try:
             why = vllm_export_needed(a.ckpt)

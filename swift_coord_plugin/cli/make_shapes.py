@@ -12,10 +12,10 @@ import argparse
 import sys
 import time
 
+from ..data.shapes import CLASSES, ShapesConfig, SplitSpec, make_shapes
+
 
 def main(argv=None) -> None:
-    from swift_coord_plugin.data.shapes import CLASSES, ShapesConfig, SplitSpec, make_shapes
-
     p = argparse.ArgumentParser(prog="coord-make-shapes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output folder")

@@ -1,4 +1,6 @@
 """coord-make-tiny-model OUT: build the tiny random Qwen3-VL (dense, or MoE with --moe) with the real tokenizer."""
+# ``tiny_model`` is imported after the arguments are parsed: it loads torch and the transformers model classes
+# (several seconds), which ``--help`` and a usage error do not need.
 from __future__ import annotations
 
 import argparse

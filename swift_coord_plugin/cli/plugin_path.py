@@ -1,9 +1,8 @@
 """coord-plugin-path: print the absolute path to pass to ``swift ... --external_plugins``."""
+from ..entry import PLUGIN_FILE
 
 
 def main(argv=None) -> None:
-    from swift_coord_plugin.entry import PLUGIN_FILE
-
     print(PLUGIN_FILE)
 
 

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from tqdm import tqdm
+
 from ..data import coco, coco_reader
 from ..swift_ext.rows import order_policy_setting
 
@@ -66,8 +68,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     bars = []
 
     def progress_factory(total: int):
-        from tqdm import tqdm
-
         bar = tqdm(total=total, unit="img", desc="converting", disable=args.no_progress, file=sys.stderr)
         bars.append(bar)
 

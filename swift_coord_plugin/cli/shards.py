@@ -16,10 +16,10 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..eval.shards import ShardError, check_results, count_rows, progress_line, split_samples
+
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from swift_coord_plugin.eval.shards import ShardError, check_results, count_rows, progress_line, split_samples
-
     p = argparse.ArgumentParser(prog="python -m swift_coord_plugin.cli.shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)

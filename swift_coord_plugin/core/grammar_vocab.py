@@ -11,6 +11,7 @@ from typing import Iterable, List, Optional, Tuple
 
 from . import codec
 from .codec import NUM_BINS, OBJ_START
+from .vocab import CoordVocab, VocabError
 
 
 class GrammarError(ValueError):
@@ -62,8 +63,6 @@ class GrammarVocab:
         tokenizer's ``eos_token_id``. Raises ``GrammarError`` when the coordinate tokens are missing or
         the separators around them are not fixed tokens.
         """
-        from .vocab import CoordVocab, VocabError
-
         tok = getattr(tokenizer, "tokenizer", tokenizer)
         try:
             cv = CoordVocab.from_tokenizer(tok)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 # (name, RGB) per class: multi-token names (" red", " disk"), colours far apart.
 CLASSES: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
@@ -76,8 +78,6 @@ def _background(rng: np.random.Generator, size: int, noise: float) -> np.ndarray
 
 def _shape_mask(kind: str, size: int, cx: float, cy: float, side: float, aspect: float) -> np.ndarray:
     """Boolean ``[size, size]`` mask of one shape drawn by PIL (centre and side in pixels)."""
-    from PIL import Image, ImageDraw
-
     w, h = side * aspect, side / aspect
     x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
     canvas = Image.new("1", (size, size), 0)
@@ -160,9 +160,6 @@ def make_split(out_dir: str, split: str, n_images: int, seed: int, config: Shape
     Image ids are 1..n; annotation ``bbox``/``area`` come from the visible pixels (``visible_box``) and
     ``segmentation`` is their compressed RLE. Returns the split's statistics (``split_stats``).
     """
-    from PIL import Image
-    from pycocotools import mask as mask_utils
-
     rng = np.random.default_rng(seed)
     img_dir = os.path.join(out_dir, "images", split)
     os.makedirs(img_dir, exist_ok=True)

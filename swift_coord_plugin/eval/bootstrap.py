@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.stats import norm, t as student_t
 
 BOOTSTRAP_METRICS = ("AP", "AP50", "AP75")
 _EPS = np.spacing(1)  # pycocotools' guard in precision = tp / (tp + fp + eps)
@@ -233,8 +234,6 @@ def two_level_interval(terms: Sequence[Tuple[float, GroupReplicates]], alpha: fl
     if parts and v_seed > 0:
         nu = (v_img + v_seed) ** 2 / sum(v * v / (s - 1) for v, s in parts)
         if small_sample_correction:
-            from scipy.stats import norm, t as student_t
-
             ratio = float(student_t.ppf(1 - alpha / 2, nu) / norm.ppf(1 - alpha / 2))
             k = math.sqrt(max(1.0, (ratio ** 2 * (v_img + v_seed) - v_img) / v_seed))
     dev = sum(c * (math.sqrt(g.n_seeds / (g.n_seeds - 1)) if small_sample_correction and g.n_seeds > 1 else 1.0)

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from pycocotools.coco import COCO
+
 from ..data.coco_reader import CocoFormatError, read_instances
 from .pycoco import quiet
 
@@ -155,8 +157,6 @@ def load_coco_and_repairs(path: str):
 
     Raises ``GtError`` for a file the scorer cannot score (before any result row is read).
     """
-    from pycocotools.coco import COCO
-
     try:
         data = read_instances(path, skip_polygons=True)
     except CocoFormatError as e:

@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from ..data.coco_reader import CocoFormatError, load_desc_map
 from .detections import DECODES, SCORES
+from .gt import GtError, load_coco_and_repairs
 from .results import iter_lines
 
 MAX_LISTED = 10  # ids / lines an error message lists before it only counts
@@ -56,8 +58,6 @@ class EvalSettings:
 def load_gt(path: str):
     """pycocotools' ``COCO`` for a ground-truth file, checked and with its optional fields filled
     (``eval.gt``; the repairs are in ``coco.coord_repairs``). Raises ``EvalError`` naming the record."""
-    from .gt import GtError, load_coco_and_repairs
-
     try:
         coco, repairs = load_coco_and_repairs(path)
     except GtError as e:
@@ -116,8 +116,6 @@ def load_eval_desc_map(spec: Optional[str]):
     (a JSON file or inline JSON), or the converter's ``<out>.summary.json``, which records the map it used."""
     if not spec:
         return None, None
-    from ..data.coco_reader import CocoFormatError, load_desc_map
-
     try:
         value = load_desc_map(spec)
     except CocoFormatError as e:

@@ -1,4 +1,7 @@
-"""Optional PNGs of an evaluation (needs matplotlib): matched IoUs, predicted vs GT coordinates."""
+"""Optional PNGs of an evaluation (needs matplotlib): matched IoUs, predicted vs GT coordinates.
+
+matplotlib is an optional extra (``pip install .[plots]``), so ``write_plots`` imports it when called.
+"""
 from __future__ import annotations
 
 import os

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_HIST_EDGES = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.50, 0.55, ..., 1.00
@@ -45,9 +47,6 @@ def run_cocoeval(coco_gt, detections: List[dict], img_ids: Sequence[int], max_de
 
     ``detections`` are copied: pycocotools' ``loadRes`` adds keys to the dicts it gets.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     with quiet():
         if detections:
             coco_dt = coco_gt.loadRes([dict(d) for d in detections])

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+from importlib import metadata
 from typing import TYPE_CHECKING, List
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..core import codec
 from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, SCORE_FORMULAS
 from .inputs import EvalError, EvalSettings
+from .plots import write_plots
 from .pycoco import IOU_HIST_EDGES, METRIC_NAMES, Evaluation, per_category_by_id
 
 if TYPE_CHECKING:
@@ -120,8 +122,6 @@ def _iou_summary(ious: List[float]) -> dict:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
     out = {}
     for dist in ("swift-coord-plugin", "pycocotools"):
         try:
@@ -250,7 +250,5 @@ def write_outputs(out_dir: str, evaluation: Evaluation, plots: bool = False) -> 
         f.write(format_markdown(evaluation.report))
     paths.append(p)
     if plots:
-        from .plots import write_plots
-
         paths += write_plots(out_dir, evaluation)
     return paths

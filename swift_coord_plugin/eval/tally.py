@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from tqdm import tqdm
+
 from ..core import codec
 from ..data.images import stored_size
 from .categories import CategoryMapper
@@ -23,8 +25,6 @@ from .results import RowPrediction, count_lines, iter_lines, merge_counts, read_
 def _progress(iterable, total: int, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, unit="row", desc="coord-eval", dynamic_ncols=True)
 
 

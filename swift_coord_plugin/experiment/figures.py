@@ -2,7 +2,8 @@
 
 Every function writes one PNG and returns True, or returns False (nothing written) when no run has
 the data. Colours follow the group (``group_colors``); runs of one group (seeds) share a colour and
-differ in line style.
+differ in line style. matplotlib is an optional extra (``pip install .[plots]``), so it is imported when a
+picture is drawn.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
+
+from ..core.samples import row_meta
 
 
 def _plt():
@@ -113,8 +117,6 @@ def plot_iou_histograms(hists: Sequence[Tuple[str, str, List[float], List[int]]]
 
 def image_paths_from_results(results_path: Optional[str]) -> Dict[int, str]:
     """image id -> image file of each row of a ``swift infer`` result file (rows with an image id only)."""
-    from ..core.samples import row_meta
-
     out: Dict[int, str] = {}
     if not results_path or not os.path.isfile(results_path):
         return out
@@ -142,7 +144,6 @@ def draw_gallery_image(image_path: str, gt_boxes: Sequence[Tuple[Sequence[float]
     labelled ``category score``). Boxes are COCO ``[x, y, w, h]`` in pixels; ``panels``: (group, colour,
     detections), each showing at most ``max_boxes`` best-scored detections."""
     from matplotlib.patches import Rectangle
-    from PIL import Image
 
     plt = _plt()
     with Image.open(image_path) as im:

@@ -11,6 +11,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ...eval.scoring import per_category_by_id
 from .. import figures
 from .loading import Run
 from .render import Section
@@ -78,8 +79,6 @@ def pictures_section(comp: Comparison, images: Sequence[Tuple[str, str]]) -> Sec
     by_group = comp.by_group
     sec = Section("Per category, IoU of matches, gallery")
     # keyed by category id (reports before keyed it by name; per_category_by_id reads both)
-    from ...eval.scoring import per_category_by_id
-
     tables = {id(r): per_category_by_id(r.report or {}) for r in runs}
     cat_gt: Dict[int, int] = {}
     cat_name: Dict[int, str] = {}

@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...core.yardsticks import COMMON_CURVES
+from ...eval.bootstrap import PerImageMatches, interval_covers, paired_bootstrap
+from ...eval.scoring import load_gt, run_cocoeval
 from ...provenance import file_sha256
 from .loading import Run, common_curve
 
@@ -78,9 +80,6 @@ def fmt_ci(ci, digits: int = 4) -> str:
 
 # ---------------------------------------------------------------------------------------------- bootstrap
 def _per_image_matches(run: Run, notes: List[str]):
-    from ...eval.bootstrap import PerImageMatches
-    from ...eval.scoring import load_gt, run_cocoeval
-
     s = (run.report or {}).get("settings") or {}
     gt, ids = s.get("gt"), (s.get("image_set") or {}).get("ids")
     dets_path = os.path.join(run.report_dir or "", "detections.json")
@@ -99,8 +98,6 @@ def _per_image_matches(run: Run, notes: List[str]):
 
 def bootstrap_groups(runs: Sequence[Run], groups: Sequence[str], n_resamples: int, seed: int,
                      notes: List[str]) -> Optional[dict]:
-    from ...eval.bootstrap import interval_covers, paired_bootstrap
-
     scored = {g: [r for r in runs if r.group == g and r.report] for g in groups}
     scored = {g: rs for g, rs in scored.items() if rs}
     if len(scored) < 1:
