@@ -13,6 +13,7 @@ import os
 import warnings
 from typing import Optional, Tuple
 
+from .. import environment
 from ..core.images import ImageProblem, header, processor_problem, size_problem, to_rgb
 
 
@@ -86,13 +87,13 @@ def decode_problem(path: str) -> Optional[str]:
 
 # ----------------------------------------------------------------------------- the decode cache
 # One ``[path, mtime_ns, size, problem]`` JSON line per checked file (docs/design/data.md).
-CACHE_ENV = "COORD_IMAGE_CHECK_CACHE"
+CACHE_ENV = environment.IMAGE_CHECK_CACHE_ENV
 CACHE_FILE = "image_checks.jsonl"
 
 
 def cache_path() -> str:
     """``$COORD_IMAGE_CHECK_CACHE`` (a folder), else ``~/.cache/swift_coord_plugin``, + ``image_checks.jsonl``."""
-    folder = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "swift_coord_plugin")
+    folder = environment.image_check_cache_dir()
     return os.path.join(folder, CACHE_FILE)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
-DATA_ROOT_ENV = "COORD_DATA_ROOT"
+from .. import environment
+from ..environment import DATA_ROOT_ENV  # noqa: F401 (re-exported)
+
 META_COLUMNS = ("image_id", "width", "height")
 MAX_LISTED = 20
 
@@ -23,7 +25,7 @@ def resolve_data_path(path: str) -> str:
     Absolute paths are kept; a relative one is joined to ``$COORD_DATA_ROOT`` when set, else to the current
     directory. Raises ``FileNotFoundError`` naming the path as given and the folder it was resolved against.
     """
-    root = os.environ.get(DATA_ROOT_ENV, "").strip()
+    root = environment.data_root()
     if os.path.isabs(path):
         full, base = path, None
     elif root:

@@ -43,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
+from .. import environment
 from ..core import grammar as G
 from ..core.coordexp import expected_bins_and_spread
 from ..core.flags import parse_bool
@@ -54,7 +55,7 @@ ENV_MODE = "COORD_DECODING"
 ENV_ORDERED = "COORD_DECODING_ORDERED"
 ENV_MAX_OBJECTS = "COORD_DECODING_MAX_OBJECTS"
 ENV_CATEGORIES = "COORD_DECODING_CATEGORIES"
-ENV_RECORD = "COORD_DECODING_RECORD"
+ENV_RECORD = environment.DECODING_RECORD_ENV
 BACKEND = "transformers"
 
 # Which distribution the ``logprobs`` of the result rows hold.
@@ -101,7 +102,7 @@ class DecodingConfig:
     @classmethod
     def from_env(cls, env=None) -> "DecodingConfig":
         """Read and validate the ``COORD_DECODING*`` keys; ``DecodingConfigError`` names the bad key."""
-        env = os.environ if env is None else env
+        env = environment.current(env)
         mode = env.get(ENV_MODE, G.FREE).strip().lower() or G.FREE
         if mode not in G.MODES:
             raise DecodingConfigError(f"{ENV_MODE}={env.get(ENV_MODE)!r}: expected one of {'|'.join(G.MODES)}")
@@ -249,8 +250,7 @@ _ANNOUNCED = set()
 
 
 def _record_path() -> Optional[str]:
-    path = os.environ.get(ENV_RECORD, "").strip()
-    return os.path.abspath(path) if path else None
+    return environment.decoding_record_path()
 
 
 def _update_record(update) -> Optional[dict]:

@@ -7,11 +7,11 @@ are in ``swift_model``). Design notes: ``docs/design/swift_ext_model.md``.
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Optional, Sequence
 
 import torch
 
+from .. import environment
 from ..core.moe import MOE_ARCHITECTURE, MOE_MODEL_TYPE, is_moe_checkpoint  # noqa: F401 (one definition, re-exported)
 from ..core.vocab import CoordVocab
 from ..core.input_noise import noise_settings, perturb_coord_inputs
@@ -132,7 +132,7 @@ def add_coord_input_noise(model, tokenizer) -> None:
     coordinate tokens were moved by ``core.input_noise.perturb_coord_inputs`` (the labels are untouched, so every
     loss targets the true bins). Wraps ``model.forward`` (the module DeepSpeed, PEFT and the trainer call);
     evaluation and inference (``model.training`` False) see the ids unchanged."""
-    max_shift, prob = noise_settings(os.environ)
+    max_shift, prob = noise_settings(environment.current())
     if max_shift == 0 or getattr(model, "_coord_input_noise", False):
         return
     base_forward = model.forward

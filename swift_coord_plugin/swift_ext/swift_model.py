@@ -5,11 +5,11 @@ Public: ``CoordQwen3VLLoader``, ``register``. Design notes: ``docs/design/swift_
 """
 from __future__ import annotations
 
-import os
 
 from swift.model import MODEL_MAPPING, ModelArch, ModelMeta, get_lm_head_model, register_model
 from swift.model.models.qwen import Qwen3VLLoader, Qwen3VLMoeLoader
 
+from .. import environment
 from ..core.codec import new_tokens
 from ..core.moe import MOE_ARCHITECTURE, is_moe_checkpoint
 from ..core.vocab import CoordVocab
@@ -49,8 +49,7 @@ class CoordQwen3VLLoader(Qwen3VLMoeLoader):
         vocab = CoordVocab.from_tokenizer(tokenizer)  # raises if ids are not contiguous
         added = len(tokenizer) - before
         if added and model is not None and not self.return_dummy_model:
-            seed = int(os.environ.get("COORD_INIT_SEED", "0"))
-            noise = float(os.environ.get("COORD_INIT_NOISE", "0.01"))
+            seed, noise = environment.init_rows_settings()
             lm_model = get_lm_head_model(model, self.model_meta)
             emb = lm_model.get_input_embeddings().weight
             rows = getattr(emb, "ds_shape", emb.shape)[0]  # ds_shape: the full shape under ZeRO-3

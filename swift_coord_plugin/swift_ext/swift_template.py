@@ -13,6 +13,7 @@ from swift.template.base import MaxLengthError
 from swift.template.templates.qwen import Qwen3VLTemplate
 from swift.utils import get_env_args, get_logger
 
+from .. import environment
 from ..core import codec
 from ..core.vocab import CoordVocab
 from .decoding import DecodingConfig, generate_with_grammar
@@ -30,7 +31,7 @@ class CoordQwen3VLTemplate(Qwen3VLTemplate):
 
     def init_env_args(self):
         super().init_env_args()
-        self.coord_prompt = get_env_args("COORD_PROMPT", str, codec.DEFAULT_PROMPT)
+        self.coord_prompt = get_env_args(environment.PROMPT_ENV, str, codec.DEFAULT_PROMPT)
         DecodingConfig.from_env()  # a bad COORD_DECODING* key stops the run here, naming the key
         self.coord_order = order_policy_setting()
         self.coord_order_seed = order_seed_setting()
