@@ -6,7 +6,7 @@ Public: ``current`` (the mapping every other module reads through), the key name
 ``slots_path``, ``decoding_record_path``, ``init_rows_settings``. The keys whose values the core parses
 (``COORDEXP_*``: ``core.loss_config``; ``COORD_INPUT_NOISE_*``: ``core.input_noise``; ``COORD_DECODING*``:
 ``swift_ext.decoding``) are read as ``current()`` handed to those parsers. Every key: docs/losses.md, "Setting a
-switch: every key of the plugin".
+switch: every key of the plugin"; why one reader: docs/design/swift_ext_layout.md.
 """
 from __future__ import annotations
 

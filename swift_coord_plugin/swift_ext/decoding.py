@@ -3,19 +3,10 @@
 The mode and its options are environment keys, set the ms-swift way (``--model_kwargs '{"COORD_DECODING":
 "constrained"}'``, a YAML ``ENV:`` block, or the environment):
 
-==============================  ======================================================  ===========
-key                             meaning                                                 default
-==============================  ======================================================  ===========
-``COORD_DECODING``              ``free | constrained | coordexp`` (``core.grammar``)    ``free``
-``COORD_DECODING_ORDERED``      mask so that ``x2 >= x1`` and ``y2 >= y1``              ``false``
-``COORD_DECODING_MAX_OBJECTS``  objects per answer, then only the end (0: no cap)       30 (the training cap)
-``COORD_DECODING_CATEGORIES``   descriptions restricted to these names: a COCO          none
-                                instances JSON (its ``categories``) or a text file,
-                                one name a line
-``COORD_DECODING_RECORD``       a JSON file to write how the run was decoded to         none
-``COORD_DECODING_SLOTS``        a JSONL file to append E[k] and spread of every         none
-                                coordinate slot to (``slots.py``)
-==============================  ======================================================  ===========
+``COORD_DECODING`` (``free | constrained | coordexp``, ``core.grammar``), ``COORD_DECODING_ORDERED``,
+``COORD_DECODING_MAX_OBJECTS``, ``COORD_DECODING_CATEGORIES``, ``COORD_DECODING_RECORD`` and
+``COORD_DECODING_SLOTS`` (``slots.py``); defaults and meanings: docs/losses.md, "Setting a switch: every key of
+the plugin".
 
 Hook: ``Template.generate`` (the template calls ``generate_with_grammar``), which the transformers engine
 calls around ``model.generate``. The grammar runs as the last logits processor. ms-swift computes the
