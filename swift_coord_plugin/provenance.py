@@ -19,19 +19,21 @@ import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from . import environment
+
 ENV_FILE = "coord_env.json"
 INFER_SETTINGS_FILE = "infer_settings.json"
 ENV_PREFIXES = ("COORD_", "COORDEXP_")
 # ms-swift / qwen-vl-utils read the image resolution from these when no flag is given.
 RESOLUTION_ENV = ("MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM")
 # Where files go, not how numbers are made: never a reason to call runs not comparable.
-PATH_ENV = ("COORD_DECODING_RECORD", "COORD_DATA_ROOT", "COORD_IMAGE_CHECK_CACHE")
+PATH_ENV = (environment.DECODING_RECORD_ENV, environment.DATA_ROOT_ENV, environment.IMAGE_CHECK_CACHE_ENV)
 
 
 def env_settings(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """The environment keys that change a run or an evaluation: ``COORD_*``, ``COORDEXP_*`` and the
     resolution variables (``RESOLUTION_ENV``), sorted by name."""
-    environ = os.environ if environ is None else environ
+    environ = environment.current(environ)
     return {k: str(v) for k, v in sorted(environ.items()) if (k.startswith(ENV_PREFIXES) or k in RESOLUTION_ENV) and k not in PATH_ENV}
 
 

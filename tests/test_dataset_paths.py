@@ -1,4 +1,4 @@
-"""swift_ext/dataset.py: where a relative coord: path is taken from, and '#N' on a small validation file."""
+"""swift_ext/dataset.py and swift_ext/swift_dataset.py: where a relative coord: path is taken from, and '#N' on a small validation file."""
 import os
 
 import pytest
@@ -30,10 +30,9 @@ def test_val_sample_beyond_the_file_takes_every_row(capsys):
     from datasets import Dataset
     from swift.dataset.loader import DatasetLoader
 
-    from swift_coord_plugin.swift_ext.dataset import _build_classes
+    from swift_coord_plugin.swift_ext.swift_dataset import CoordSampleLoader
 
-    _, loader_cls = _build_classes()
-    loader = object.__new__(loader_cls)
+    loader = object.__new__(CoordSampleLoader)
     loader._coord_source = "/x/val.jsonl"
     rows = Dataset.from_list([{"i": i} for i in range(3)])
     with pytest.raises(AssertionError, match="val_sample: 5, len"):

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+from .. import environment
 from ..provenance import (evaluation_wanted, file_sha256, inference_identity,
                                      reuse_mismatches, train_max_pixels, write_inference_settings)
 
@@ -60,7 +61,7 @@ def _identity_options(p: argparse.ArgumentParser) -> None:
 
 def _identity(a, swift_args: List[str]) -> dict:
     # eval.sh exports COORD_DECODING=DECODING before it writes the record: the same environment is asked here.
-    environ = dict(os.environ, **({"COORD_DECODING": a.decoding} if a.decoding else {}))
+    environ = dict(environment.current(), **({"COORD_DECODING": a.decoding} if a.decoding else {}))
     return dict(decoding=a.decoding, infer_backend=a.infer_backend, val_data=a.val_data,
                 infer_config=a.infer_config, swift_args=swift_args, environ=environ)
 

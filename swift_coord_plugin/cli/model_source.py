@@ -16,6 +16,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+from .. import environment
 from ..core.flags import is_true
 
 OFFLINE_VAR = "HF_HUB_OFFLINE"
@@ -29,7 +30,7 @@ def locate(model: str, use_hf: bool, environ=None, what: str = "MODEL") -> Tuple
     """(usable, where or why not) for ``--model MODEL``: a folder with ``config.json``; else a hub id, which
     offline must already be in the cache of the hub ms-swift will use. ``what`` names where the value came
     from in the message (the variable, or the configuration)."""
-    environ = os.environ if environ is None else environ
+    environ = environment.current(environ)
     hub = "Hugging Face" if use_hf else "ModelScope"
     if os.path.isdir(model):
         if os.path.isfile(os.path.join(model, "config.json")):
@@ -63,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--use-hf", action="store_true", help="the weights come from Hugging Face (also: USE_HF=1)")
     p.add_argument("--what", default="MODEL", help="where the value came from, for the message")
     a = p.parse_args(argv)
-    ok, where = locate(a.model, a.use_hf or is_true(os.environ.get("USE_HF")), what=a.what)
+    ok, where = locate(a.model, a.use_hf or is_true(environment.current().get("USE_HF")), what=a.what)
     print(where if ok else f"error: {where}", file=sys.stdout if ok else sys.stderr)
     code = 0 if ok else 2
     if "modelscope" in sys.modules:

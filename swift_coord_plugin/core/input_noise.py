@@ -1,7 +1,7 @@
 """Coordinate input noise: training on slightly wrong previous coordinates (a cheap scheduled sampling).
 
 Public API: ``noise_settings(environ)`` (``COORD_INPUT_NOISE_BINS`` / ``COORD_INPUT_NOISE_PROB``, off by default;
-the glue, ``swift_ext/model.py``, passes ``os.environ``) and ``perturb_coord_inputs``. No ms-swift import. Why and
+the glue, ``swift_ext/model.py``, passes ``environment.current()``) and ``perturb_coord_inputs``. No ms-swift import. Why and
 what it measured: docs/losses.md, "Coordinate input noise".
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ DEFAULT_PROB = 0.5
 
 
 def noise_settings(environ: Mapping[str, str]) -> Tuple[int, float]:
-    """``(max_shift in bins, prob)`` from ``environ`` (the glue passes ``os.environ``); ``max_shift`` 0 means off.
+    """``(max_shift in bins, prob)`` from ``environ`` (the glue passes ``environment.current()``); ``max_shift`` 0 means off.
 
     Raises ``ValueError`` naming the key for a value that is not an integer in 0..999 / a number in (0, 1].
     """

@@ -3,7 +3,7 @@
 Public API: ``LossConfig`` (``preset``, ``from_env``, ``parse_env``, ``check_env``, ``check_values``),
 ``LossConfigError``, ``PRESETS``, ``LOSS_TYPES`` / ``GROUP_OF_LOSS_TYPE`` (group <-> ``--loss_type``),
 ``env_key``, ``ENV_PREFIX``. The environment is always passed in as a mapping (the ms-swift glue passes
-``os.environ``). Flags and keys: docs/losses.md, "Flags, environment keys, presets".
+``environment.current()``). Flags and keys: docs/losses.md, "Flags, environment keys, presets".
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import os
 import warnings
 from typing import Optional, Tuple
 
+from .. import environment
 from ..core import samples as sample_rules
 from ..core.images import EXIF_ORIENTATION, ImageProblem, processor_problem, size_problem, to_rgb
 
@@ -133,13 +134,13 @@ def decode_problem(path: str) -> Optional[str]:
 
 # ----------------------------------------------------------------------------- the decode cache
 # One ``[path, mtime_ns, size, problem]`` JSON line per checked file (docs/design/data.md).
-CACHE_ENV = "COORD_IMAGE_CHECK_CACHE"
+CACHE_ENV = environment.IMAGE_CHECK_CACHE_ENV
 CACHE_FILE = "image_checks.jsonl"
 
 
 def cache_path() -> str:
     """``$COORD_IMAGE_CHECK_CACHE`` (a folder), else ``~/.cache/swift_coord_plugin``, + ``image_checks.jsonl``."""
-    folder = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "swift_coord_plugin")
+    folder = environment.image_check_cache_dir()
     return os.path.join(folder, CACHE_FILE)
 
 

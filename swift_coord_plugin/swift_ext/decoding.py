@@ -3,19 +3,10 @@
 The mode and its options are environment keys, set the ms-swift way (``--model_kwargs '{"COORD_DECODING":
 "constrained"}'``, a YAML ``ENV:`` block, or the environment):
 
-==============================  ======================================================  ===========
-key                             meaning                                                 default
-==============================  ======================================================  ===========
-``COORD_DECODING``              ``free | constrained | coordexp`` (``core.grammar``)    ``free``
-``COORD_DECODING_ORDERED``      mask so that ``x2 >= x1`` and ``y2 >= y1``              ``false``
-``COORD_DECODING_MAX_OBJECTS``  objects per answer, then only the end (0: no cap)       30 (the training cap)
-``COORD_DECODING_CATEGORIES``   descriptions restricted to these names: a COCO          none
-                                instances JSON (its ``categories``) or a text file,
-                                one name a line
-``COORD_DECODING_RECORD``       a JSON file to write how the run was decoded to         none
-``COORD_DECODING_SLOTS``        a JSONL file to append E[k] and spread of every         none
-                                coordinate slot to (``slots.py``)
-==============================  ======================================================  ===========
+``COORD_DECODING`` (``free | constrained | coordexp``, ``core.grammar``), ``COORD_DECODING_ORDERED``,
+``COORD_DECODING_MAX_OBJECTS``, ``COORD_DECODING_CATEGORIES``, ``COORD_DECODING_RECORD`` and
+``COORD_DECODING_SLOTS`` (``slots.py``); defaults and meanings: docs/losses.md, "Setting a switch: every key of
+the plugin".
 
 Hook: ``Template.generate`` (the template calls ``generate_with_grammar``), which the transformers engine
 calls around ``model.generate``. The grammar runs as the last logits processor. ms-swift computes the
@@ -43,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
+from .. import environment
 from ..core import grammar as G
 from ..core.coordexp import expected_bins_and_spread
 from ..core.flags import parse_bool
@@ -54,7 +46,7 @@ ENV_MODE = "COORD_DECODING"
 ENV_ORDERED = "COORD_DECODING_ORDERED"
 ENV_MAX_OBJECTS = "COORD_DECODING_MAX_OBJECTS"
 ENV_CATEGORIES = "COORD_DECODING_CATEGORIES"
-ENV_RECORD = "COORD_DECODING_RECORD"
+ENV_RECORD = environment.DECODING_RECORD_ENV
 BACKEND = "transformers"
 
 # Which distribution the ``logprobs`` of the result rows hold.
@@ -101,7 +93,7 @@ class DecodingConfig:
     @classmethod
     def from_env(cls, env=None) -> "DecodingConfig":
         """Read and validate the ``COORD_DECODING*`` keys; ``DecodingConfigError`` names the bad key."""
-        env = os.environ if env is None else env
+        env = environment.current(env)
         mode = env.get(ENV_MODE, G.FREE).strip().lower() or G.FREE
         if mode not in G.MODES:
             raise DecodingConfigError(f"{ENV_MODE}={env.get(ENV_MODE)!r}: expected one of {'|'.join(G.MODES)}")
@@ -249,8 +241,7 @@ _ANNOUNCED = set()
 
 
 def _record_path() -> Optional[str]:
-    path = os.environ.get(ENV_RECORD, "").strip()
-    return os.path.abspath(path) if path else None
+    return environment.decoding_record_path()
 
 
 def _update_record(update) -> Optional[dict]:

@@ -1,7 +1,7 @@
 """``--loss_type coordexp_ce | coordexp_geom | coordexp_hybrid``: groups A, B and C as ms-swift losses.
 
 Each class is a preset of one loss (``core.losses.compute_loss``); every flag can be overridden
-with ``COORDEXP_*`` environment keys, read from ``os.environ`` here (``--model_kwargs
+with ``COORDEXP_*`` environment keys, read here through ``environment.current()`` (``--model_kwargs
 '{"COORDEXP_LAMBDA_COORD": 0.5}'`` or a YAML ``ENV:`` block). The configuration is validated when ms-swift
 imports the plugin (``settings.py``, before the model loads) and again when the trainer builds the loss,
 written to ``<output_dir>/coordexp_config.json`` and printed once.
@@ -28,6 +28,7 @@ from swift.loss.base import BaseLoss
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
+from .. import environment
 from ..core import codec
 from ..core.loss_config import LOSS_TYPES, LossConfig, env_key
 from ..core.loss_metrics import METRICS, Metrics, logged_metric_names, stack_metrics
@@ -132,7 +133,7 @@ class CoordExpLoss(BaseLoss):
         from .settings import check_swift_options
 
         check_swift_options(args, self.loss_type)  # options of ms-swift's own loss, which this one replaces
-        self.config, self.overrides = LossConfig.from_env(self.group, os.environ)
+        self.config, self.overrides = LossConfig.from_env(self.group, environment.current())
         if self.config.lean:
             self._check_lean(args, trainer)
         self._pools: Dict[str, _MetricPool] = {}

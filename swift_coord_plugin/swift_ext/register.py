@@ -44,11 +44,12 @@ def register() -> None:
     check_current_arguments()
     if _REGISTERED:
         return
-    from . import dataset, loss, model, template
+    # The modules that import ms-swift at their top: loaded here, when ms-swift imports the plugin, never earlier.
+    from . import loss, swift_dataset, swift_model, swift_template
 
-    model.register()
-    template.register()
-    dataset.register()
+    swift_model.register()
+    swift_template.register()
+    swift_dataset.register()
     loss.register()
     # Registered at plugin import, so it runs after the handlers that ms-swift, DeepSpeed and torch
     # register later (atexit runs last-in first-out).

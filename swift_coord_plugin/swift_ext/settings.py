@@ -20,10 +20,10 @@ parsing).
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Dict, Mapping, Optional
 
+from .. import environment
 from ..core import codec, input_noise
 from ..core.loss_config import ENV_PREFIX, GROUP_OF_LOSS_TYPE, LossConfig, LossConfigError
 from .rows import order_policy_setting, order_seed_setting
@@ -81,12 +81,12 @@ def check_swift_options(args, loss_type: Optional[str]) -> None:
 
 
 def check_settings(environ: Optional[Mapping[str, str]] = None, loss_type: Optional[str] = None) -> Dict[str, str]:
-    """Validate the plugin's keys in ``environ`` (default ``os.environ``); returns the ones that are set.
+    """Validate the plugin's keys in ``environ`` (default: the process environment, ``environment.current()``); returns the ones that are set.
 
     ``loss_type``: a plugin loss type checks the whole configuration of its group; anything else (another
     loss, or None as in ``swift infer``) checks each key and value on its own. Raises ``SettingsError``.
     """
-    environ = os.environ if environ is None else environ
+    environ = environment.current(environ)
     try:
         LossConfig.check_env(environ, LOSS_GROUPS.get(loss_type or ""))
         order_policy_setting(environ)
@@ -125,7 +125,7 @@ def check_at_plugin_import() -> None:
     args = arguments_being_built()
     if args is None:
         return
-    environ = dict(os.environ)
+    environ = dict(environment.current())
     model_kwargs = getattr(args, "model_kwargs", None)
     if model_kwargs:
         from swift.utils import json_parse_to_dict

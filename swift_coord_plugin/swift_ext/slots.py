@@ -15,14 +15,15 @@ import json
 import os
 from typing import List, Optional, Sequence
 
-ENV_SLOTS = "COORD_DECODING_SLOTS"
+from .. import environment
+
+ENV_SLOTS = environment.SLOTS_ENV
 KEY_FIELD = "coord_row_key"  # what the template's encode adds to an inference request's inputs
 
 
 def slots_path() -> Optional[str]:
     """The side file named by ``COORD_DECODING_SLOTS`` (absolute), or None when it is not set."""
-    path = os.environ.get(ENV_SLOTS, "").strip()
-    return os.path.abspath(path) if path else None
+    return environment.slots_path()
 
 
 def request_key(inputs) -> Optional[str]:
