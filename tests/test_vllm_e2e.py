@@ -1,19 +1,17 @@
 """The vLLM backend, end to end, in the vLLM environment (.venv-vllm; skipped when it was not built,
 failing under CI).
 
-* ``swift sft`` (main environment) on the tiny model with head_dim 64 (vLLM's CPU attention rejects 16),
-  full fine-tuning, tied and untied heads;
+* ``swift sft`` (main environment) on the tiny model with head_dim 64 (vLLM's CPU attention rejects 16), full
+  fine-tuning, tied head;
 * ``INFER_BACKEND=vllm DECODING=constrained bash shell/eval.sh`` on the tied checkpoint (the vLLM environment's
   ``swift infer``, eval.sh's KV-cache default, its row check, ``coord-eval``): every answer parses completely,
   coordinate slots carry the restricted log-probabilities; the greedy tokens equal those of
   ``--infer_backend transformers`` (fp32 on both);
-* the untied checkpoint loads into vLLM and answers with coordinate tokens under ``coordexp``,
-  token-identical to the transformers backend (the CoordExp bins agree, so the trained head rows were
-  loaded: a wrong head would move the expectations);
-* a mixture-of-experts checkpoint (untied, head_dim 64), trained by ``swift sft`` with LoRA (embedding and head
-  in ``modules_to_save``), merged by ``swift export --merge_lora`` and copied by ``coord-export-vllm`` (vLLM's
-  expert layout and ``norm_topk_prob``), loads into vLLM and answers with coordinate tokens under
-  ``constrained``, token-identical to the transformers backend on the merged checkpoint.
+* an untied mixture-of-experts checkpoint (head_dim 64; the 30B-A3B shape), trained by ``swift sft`` with LoRA
+  (embedding and head in ``modules_to_save``), merged by ``swift export --merge_lora`` and copied by
+  ``coord-export-vllm`` (vLLM's expert layout and ``norm_topk_prob``), loads into vLLM and answers with coordinate
+  tokens under ``coordexp``, token-identical to the transformers backend on the merged checkpoint (the CoordExp
+  bins agree, so the trained rows of the untied head were loaded: a wrong head would move the expectations).
 
 The logits processors inside vLLM's samplers are checked once, in ``test_vllm_decoding.py``
 (``vllm_env_processor_checks.py``; they read only the checkpoint's tokenizer and generation config). Each vLLM run
@@ -67,11 +65,6 @@ def _train(model_dir, data, tmp) -> str:
 @pytest.fixture(scope="module")
 def tied_ckpt(vllm_bin, tiny_model_head64_dir, two_samples, tmp_path_factory) -> str:
     return _train(tiny_model_head64_dir, two_samples, tmp_path_factory.mktemp("vllm_tied"))
-
-
-@pytest.fixture(scope="module")
-def untied_ckpt(vllm_bin, tiny_model_head64_untied_dir, two_samples, tmp_path_factory) -> str:
-    return _train(tiny_model_head64_untied_dir, two_samples, tmp_path_factory.mktemp("vllm_untied"))
 
 
 @pytest.fixture(scope="module")
@@ -202,26 +195,19 @@ def test_eval_script_on_vllm_constrained_same_tokens_as_transformers(vllm_bin, t
     assert_same_greedy_answers(rows, hf)
 
 
-def test_untied_checkpoint_coordexp_in_vllm_like_transformers(vllm_bin, untied_ckpt, two_samples, tmp_path):
-    config = json.loads(Path(untied_ckpt, "config.json").read_text())
-    assert config.get("tie_word_embeddings") is False or config["text_config"].get("tie_word_embeddings") is False
-    rows = infer_vllm(vllm_bin, untied_ckpt, two_samples, tmp_path / "vllm.jsonl", "coordexp", tmp_path)
-    assert all(codec.COORD_TOKEN_RE.search(r["response"]) for r in rows), [r["response"] for r in rows]
-    hf = infer_transformers(untied_ckpt, two_samples, tmp_path / "hf.jsonl", "coordexp", tmp_path)
-    assert_same_greedy_answers(rows, hf, coordexp=True)
-
-
-def test_merged_moe_checkpoint_exported_for_vllm_like_transformers(vllm_bin, moe_merged, two_samples, tmp_path):
+def test_merged_moe_checkpoint_exported_for_vllm_coordexp_like_transformers(vllm_bin, moe_merged, two_samples,
+                                                                            tmp_path):
     config = json.loads(Path(moe_merged, "config.json").read_text())
     assert config["architectures"] == ["Qwen3VLMoeForConditionalGeneration"]
     assert "norm_topk_prob" not in config["text_config"]
+    assert config.get("tie_word_embeddings") is False or config["text_config"].get("tie_word_embeddings") is False
     copy = tmp_path / "for_vllm"
     proc = subprocess.run([sys.executable, "-m", "swift_coord_plugin.cli.export_vllm", moe_merged, str(copy)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
                           env=swift_env({"PYTHONPATH": str(REPO)}))
     assert proc.returncode == 0 and "transposed 4 fused expert weights" in proc.stdout, proc.stdout[-3000:]
-    rows = infer_vllm(vllm_bin, str(copy), two_samples, tmp_path / "vllm.jsonl", "constrained", tmp_path)
+    rows = infer_vllm(vllm_bin, str(copy), two_samples, tmp_path / "vllm.jsonl", "coordexp", tmp_path)
     assert len(rows) == len(IMAGE_IDS)
     assert all(codec.COORD_TOKEN_RE.search(r["response"]) for r in rows), [r["response"] for r in rows]
-    hf = infer_transformers(moe_merged, two_samples, tmp_path / "hf.jsonl", "constrained", tmp_path)
-    assert_same_greedy_answers(rows, hf)
+    hf = infer_transformers(moe_merged, two_samples, tmp_path / "hf.jsonl", "coordexp", tmp_path)
+    assert_same_greedy_answers(rows, hf, coordexp=True)

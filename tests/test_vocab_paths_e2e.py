@@ -307,6 +307,8 @@ def test_lora_merge_keeps_the_trained_rows(request, which, sample_jsonl, infer_j
     base = request.getfixturevalue(_FIXTURE[which])
     out = work / f"{which}_lora"
     _sft(base, sample_jsonl, out, work, tuner="lora", extra=_lora_args())
+    adapter_cfg = json.loads((out / "checkpoint-2" / "adapter_config.json").read_text())
+    assert set(adapter_cfg["modules_to_save"]) >= {"embed_tokens", "lm_head"}
     merged = work / f"{which}_lora_merged"
     run_swift("export", ["--adapters", str(out / "checkpoint-2"), "--merge_lora", "true", "--output_dir",
                          str(merged)], work)
