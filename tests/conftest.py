@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import time
 
 import pytest
 
@@ -35,6 +37,27 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"tests/conftest.py SLOWEST_FIRST names files that do not exist: {missing}")
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``COORD_TEST_CPU_LOG=FILE``, append per test: node id, worker, start time, wall seconds and CPU seconds
+    (this process and the subprocesses it waited for), the numbers behind ``SLOWEST_FIRST`` and
+    bench/results_suite.md."""
+    log = os.environ.get("COORD_TEST_CPU_LOG")
+    if not log:
+        yield
+        return
+
+    def cpu():
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    c0, t0 = cpu(), time.time()
+    yield
+    with open(log, "a") as f:
+        f.write(f"{item.nodeid}\t{os.environ.get('PYTEST_XDIST_WORKER', '-')}\t{t0:.1f}\t{time.time() - t0:.1f}\t"
+                f"{cpu() - c0:.1f}\n")
 
 
 @pytest.fixture(scope="session", autouse=True)
