@@ -117,12 +117,12 @@ def test_answers_that_leave_the_grammar_are_counted_and_refused_by_coord_eval(tm
 def test_transformers_processor_ends_and_counts_a_row_handed_a_forbidden_token(coord_tokenizer):
     import torch
 
-    from swift_coord_plugin.swift_ext.decoding import _processor_cls
+    from swift_coord_plugin.swift_ext.decoding import GrammarLogitsProcessor
 
     end_ids = (151645, 151643)
     g = G.AnswerGrammar(G.GrammarVocab.from_tokenizer(coord_tokenizer, end_ids=end_ids), G.CONSTRAINED)
     v = g.vocab
-    proc = _processor_cls()(g, 20, False)
+    proc = GrammarLogitsProcessor(g, 20, False)
     prompt = [[1, 2], [1, 2]]
     proc(torch.tensor(prompt), torch.zeros(2, 152704))
     # row 0 follows the grammar; row 1 gets a coordinate where an object or the end belongs

@@ -220,7 +220,7 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
     import numpy as np
 
-    from swift_coord_plugin.swift_ext.decoding import _processor_cls
+    from swift_coord_plugin.swift_ext.decoding import GrammarLogitsProcessor
 
     assert CKPT, "COORD_TEST_CKPT must name a folder with the plugin's tokenizer"
     n_requests, concurrency, max_slots, max_len = V2_REQUESTS, V2_CONCURRENCY, 12, 96
@@ -230,7 +230,7 @@ def test_model_runner_v2_matches_v1_and_transformers(mode, monkeypatch):
     v = g.vocab
     rng = random.Random(7)
     gen = torch.Generator().manual_seed(7)
-    hf_cls = _processor_cls()
+    hf_cls = GrammarLogitsProcessor
 
     class Req:
         def __init__(self, rid):

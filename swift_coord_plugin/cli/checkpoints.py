@@ -14,10 +14,10 @@ import argparse
 import sys
 from typing import List, Optional
 
+from swift_coord_plugin.provenance import list_checkpoints
+
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from swift_coord_plugin.provenance import list_checkpoints
-
     p = argparse.ArgumentParser(prog="python -m swift_coord_plugin.cli.checkpoints", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a training output folder (ms-swift's output_dir)")

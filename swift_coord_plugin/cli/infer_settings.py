@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional, Tuple
 
 from .. import environment
+from ..eval.shards import ShardError, check_results
 from ..provenance import (evaluation_wanted, file_sha256, inference_identity,
                                      reuse_mismatches, train_max_pixels, write_inference_settings)
 
@@ -127,8 +128,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             json.dump(stamp, f, indent=2)
         return 0
     if a.cmd == "shard-reuse":
-        from ..eval.shards import ShardError, check_results
-
         reasons = reuse_mismatches(a.stamp, _shard_wanted(a.settings, a.gt, a.shard))
         if not reasons:
             try:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
+from PIL import Image
+
 EXIF_ORIENTATION = 0x0112
 # EXIF orientations that swap width and height when a viewer applies them.
 ROTATING_ORIENTATIONS = (5, 6, 7, 8)
@@ -39,8 +42,6 @@ def size_problem(stored: Tuple[int, int], orientation: int, declared_w, declared
 
 def processor_problem(width: int, height: int) -> Optional[str]:
     """Why Qwen-VL's image processor would refuse an image of this size, or None."""
-    from PIL import Image
-
     if width < 1 or height < 1:
         return f"image has no pixels ({width}x{height})"
     ratio = max(width, height) / min(width, height)
@@ -56,14 +57,10 @@ def processor_problem(width: int, height: int) -> Optional[str]:
 def to_rgb(im):
     """The decoded image ``im`` (any PIL mode) as 8-bit RGB as a person sees it (docs/data.md, "Images").
     Raises ``ImageProblem`` for a mode without a defined display (``F``, ``I`` beyond 16 bits)."""
-    from PIL import Image
-
     mode = im.mode
     if mode == "RGB":
         return im
     if mode in _SIXTEEN_BIT or mode == "I":
-        import numpy as np
-
         a = np.asarray(im, dtype=np.int64)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise ImageProblem(f"{mode} image with values outside 0..65535: no defined display range")

@@ -12,6 +12,7 @@ identifies a row across requests, results and slots files.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional, Tuple
 
@@ -39,8 +40,6 @@ def row_meta(row) -> dict:
         return {}
     kwargs = row.get("chat_template_kwargs")
     if isinstance(kwargs, str):  # some writers serialise Json columns as text
-        import json
-
         try:
             kwargs = json.loads(kwargs)
         except ValueError:
@@ -79,8 +78,6 @@ def row_key(row) -> Optional[str]:
     """``row_identity`` of an ms-swift row / ``swift infer`` result line (its ``image_id`` from ``row_meta``,
     its ``images``) as a JSON string, e.g. ``'["image_id", 42]'`` or ``'["image", "/a/b.jpg"]'``; ``None``
     for a row with neither. ``swift_ext.slots`` writes it and ``eval.slots`` joins on it."""
-    import json
-
     identity = row_identity(row_meta(row).get("image_id"), row.get("images") if isinstance(row, dict) else None)
     return json.dumps(list(identity)) if identity is not None else None
 

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..core import textfiles
+from . import textfiles
 from ..core.codec import clean_desc, desc_problem
 
 

@@ -11,9 +11,13 @@ The rules: docs/data.md, "Images"; the cache: docs/design/data.md.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from typing import Optional, Tuple
+
+from PIL import Image
 
 from .. import environment
 from ..core import samples as sample_rules
@@ -23,8 +27,6 @@ from ..core.images import EXIF_ORIENTATION, ImageProblem, processor_problem, siz
 def header(path: str) -> Tuple[int, int, str, int]:
     """``(width, height, mode, exif_orientation)`` from the file's header (no pixel decoding; the
     orientation is 1 when the file has none). Raises ``OSError`` / PIL's errors for an unreadable file."""
-    from PIL import Image
-
     with Image.open(path) as im:
         try:
             orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
@@ -49,8 +51,6 @@ def load_rgb(source):
 
     Raises ``ImageProblem`` naming the reason for a file that cannot be decoded (truncated, corrupt,
     a decompression bomb) or shown (see ``to_rgb``)."""
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -247,9 +247,6 @@ def decode_problems(paths, cache: Optional[DecodeCache] = None, workers: Optiona
             if progress is not None:
                 progress(1)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         # spawn: the caller may be a training process with threads (forking those can deadlock)
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(_decode_keyed, todo, chunksize=64):

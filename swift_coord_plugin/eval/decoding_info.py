@@ -15,7 +15,7 @@ import json
 import os
 from typing import Optional, Tuple
 
-from ..core import textfiles
+from ..data import textfiles
 
 DECODINGS = ("free", "constrained", "coordexp")
 OFF_GRAMMAR_KEY = "off_grammar_rows"  # answers that left the grammar (written by swift_ext.decoding)

@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ..core import codec, textfiles
+from ..core import codec
 from ..core.samples import row_key, row_meta
+from ..data import textfiles
 
 # Tokens that end a turn: the engine keeps them in ``logprobs`` but not in ``response``.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -106,7 +107,7 @@ def _decode(raw: str):
 
 def iter_lines(path: str) -> Iterator[Tuple[int, dict]]:
     """``(line_number, row)`` for each non-blank line; a line that is not a JSON object is an error.
-    The file is read by ``core.textfiles`` (UTF-8, with or without a byte-order mark); another encoding is
+    The file is read by ``data.textfiles`` (UTF-8, with or without a byte-order mark); another encoding is
     a ``ResultsError`` naming the file and the encoding."""
     try:
         for n, raw in textfiles.iter_lines(path):

@@ -20,8 +20,8 @@ import json
 import os
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-from ..core import textfiles
 from ..core.samples import row_identity, row_meta
+from ..data import textfiles
 
 MAX_LISTED = 20
 RowKey = Tuple[str, object]
@@ -42,7 +42,7 @@ def _loads(line: str):
 
 def _jsonl(path: str) -> Iterator[Tuple[int, str, dict]]:
     """(line number, raw line, parsed object) of every non-blank line; ``ShardError`` names a bad line or a
-    file that is not UTF-8 (``core.textfiles``: a UTF-8 byte-order mark is accepted and not copied)."""
+    file that is not UTF-8 (``data.textfiles``: a UTF-8 byte-order mark is accepted and not copied)."""
     try:
         for lineno, line in textfiles.iter_lines(path):
             if not line.strip():

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Deque, Dict, Optional, Tuple
 
-from ..core import textfiles
+from ..data import textfiles
 
 SLOTS_SUFFIX = ".slots.jsonl"
 

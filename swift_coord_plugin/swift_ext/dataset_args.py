@@ -14,8 +14,9 @@ import os
 import re
 from typing import Iterable, List, Optional
 
-from ..core import textfiles
+from ..data import textfiles
 from .rows import DATASET_NAME, coco_json_message, unescape_path
+from .settings import arguments_being_built
 
 _COCO_KEYS = re.compile(rb'"(images|annotations|categories)"\s*:\s*\[')
 SNIFF_BYTES = 1 << 20
@@ -90,8 +91,6 @@ def check_dataset_specs(specs: Iterable[str]) -> None:
 
 def check_current_arguments() -> None:
     """Check ``--dataset``/``--val_dataset`` of the ms-swift command that imports the plugin (if any)."""
-    from .settings import arguments_being_built
-
     args = arguments_being_built()
     if args is None:
         return

@@ -28,11 +28,14 @@ there (``core.grammar.OFF``: only the end of the turn) and counted in the record
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional
+
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .. import environment
 from ..core import grammar as G
@@ -146,64 +149,59 @@ def build_grammar(config: DecodingConfig, tokenizer, end_ids) -> G.AnswerGrammar
                            max_objects=config.max_objects, categories=cats)
 
 
-def _processor_cls():
-    from transformers import LogitsProcessor
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Applies ``core.grammar.apply_grammar`` to every step of ``model.generate``.
 
-    class GrammarLogitsProcessor(LogitsProcessor):
-        """Applies ``core.grammar.apply_grammar`` to every step of ``model.generate``.
+    Keeps one grammar state per row (advanced with the token the previous step appended) and, with
+    ``record``, the masked logits to report per step (``[batch, vocab]`` float32 each; their
+    log-softmax is the distribution the step was decoded from).
+    """
 
-        Keeps one grammar state per row (advanced with the token the previous step appended) and, with
-        ``record``, the masked logits to report per step (``[batch, vocab]`` float32 each; their
-        log-softmax is the distribution the step was decoded from).
-        """
+    def __init__(self, grammar: G.AnswerGrammar, max_new_tokens: Optional[int], record: bool,
+                 slots: bool = False):
+        self.grammar = grammar
+        # With ``slots``: per row, ``[t, E, std]`` of each coordinate slot (``swift_ext.slots``).
+        self.slots = [] if slots else None
+        self.max_new_tokens = max_new_tokens
+        self.record = record
+        self.recorded = []
+        self.states = None
+        self.prompt_len = 0
+        self.off_grammar = 0  # rows that received a token the grammar forbids (from outside the grammar)
 
-        def __init__(self, grammar: G.AnswerGrammar, max_new_tokens: Optional[int], record: bool,
-                     slots: bool = False):
-            self.grammar = grammar
-            # With ``slots``: per row, ``[t, E, std]`` of each coordinate slot (``swift_ext.slots``).
-            self.slots = [] if slots else None
-            self.max_new_tokens = max_new_tokens
-            self.record = record
-            self.recorded = []
-            self.states = None
-            self.prompt_len = 0
-            self.off_grammar = 0  # rows that received a token the grammar forbids (from outside the grammar)
-
-        def __call__(self, input_ids, scores):
-            t0 = time.perf_counter()
-            if self.states is None:
-                self.states = [self.grammar.initial_state() for _ in range(input_ids.shape[0])]
-                self.prompt_len = input_ids.shape[1]
-                if self.slots is not None:
-                    self.slots = [[] for _ in range(input_ids.shape[0])]
-            else:
-                for b, t in enumerate(input_ids[:, -1].tolist()):
-                    self.states[b], why = self.grammar.advance_or_leave(self.states[b], (t,))
-                    if why is not None:
-                        self.off_grammar += 1
-                        print(f"[swift-coord] decoding: row {b} of the batch left the answer grammar ({why}); "
-                              "it is ended there and counted in the decoding record", flush=True)
-            remaining = None
-            if self.max_new_tokens is not None:
-                remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
-            # In place: ``scores`` is transformers' own float32 copy of the step's logits. ms-swift
-            # log-softmaxes what ``output.logits`` holds, so recording the masked logits (before the
-            # coordexp decision) records the grammar-restricted distribution without a log-softmax here.
-            step = G.apply_grammar(self.grammar, scores, self.states, with_logprobs=False,
-                                   remaining=remaining, inplace=True, with_masked_logits=self.record)
-            if self.record:
-                self.recorded.append(step.masked_logits)
-            if self.slots is not None and bool(step.coord_slot.any()):
-                rows = step.coord_slot.nonzero().flatten()
-                mean, std = expected_bins_and_spread(step.coord_logprobs[rows])
-                t = input_ids.shape[1] - self.prompt_len
-                for r, e, s in zip(rows.tolist(), mean.tolist(), std.tolist()):
-                    self.slots[r].append([t, e, s])
-            STATS["steps"] += 1
-            STATS["seconds"] += time.perf_counter() - t0
-            return step.logits
-
-    return GrammarLogitsProcessor
+    def __call__(self, input_ids, scores):
+        t0 = time.perf_counter()
+        if self.states is None:
+            self.states = [self.grammar.initial_state() for _ in range(input_ids.shape[0])]
+            self.prompt_len = input_ids.shape[1]
+            if self.slots is not None:
+                self.slots = [[] for _ in range(input_ids.shape[0])]
+        else:
+            for b, t in enumerate(input_ids[:, -1].tolist()):
+                self.states[b], why = self.grammar.advance_or_leave(self.states[b], (t,))
+                if why is not None:
+                    self.off_grammar += 1
+                    print(f"[swift-coord] decoding: row {b} of the batch left the answer grammar ({why}); "
+                          "it is ended there and counted in the decoding record", flush=True)
+        remaining = None
+        if self.max_new_tokens is not None:
+            remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
+        # In place: ``scores`` is transformers' own float32 copy of the step's logits. ms-swift
+        # log-softmaxes what ``output.logits`` holds, so recording the masked logits (before the
+        # coordexp decision) records the grammar-restricted distribution without a log-softmax here.
+        step = G.apply_grammar(self.grammar, scores, self.states, with_logprobs=False,
+                               remaining=remaining, inplace=True, with_masked_logits=self.record)
+        if self.record:
+            self.recorded.append(step.masked_logits)
+        if self.slots is not None and bool(step.coord_slot.any()):
+            rows = step.coord_slot.nonzero().flatten()
+            mean, std = expected_bins_and_spread(step.coord_logprobs[rows])
+            t = input_ids.shape[1] - self.prompt_len
+            for r, e, s in zip(rows.tolist(), mean.tolist(), std.tolist()):
+                self.slots[r].append([t, e, s])
+        STATS["steps"] += 1
+        STATS["seconds"] += time.perf_counter() - t0
+        return step.logits
 
 
 # Time spent in the grammar processor since the last ``reset_stats()`` (for bench/bench_decode.py).
@@ -247,8 +245,6 @@ def _record_path() -> Optional[str]:
 def _update_record(update) -> Optional[dict]:
     """Read-modify-write ``COORD_DECODING_RECORD`` under an exclusive lock (the shards of a sharded run, and
     vLLM's engine process next to ms-swift's, share one record); ``update(old or None) -> new``."""
-    import fcntl
-
     path = _record_path()
     if path is None:
         return None
@@ -343,11 +339,9 @@ def generate_with_grammar(template, base_generate, model, *args, **kwargs):
     _announce(config, record)
     if config.mode == G.FREE:
         return base_generate(model, *args, **kwargs)
-    from transformers import LogitsProcessorList
-
     grammar = grammar_for(template, config, _end_ids(template, gc))
     side_file = slots_path()
-    proc = _processor_cls()(grammar, getattr(gc, "max_new_tokens", None), record, slots=side_file is not None)
+    proc = GrammarLogitsProcessor(grammar, getattr(gc, "max_new_tokens", None), record, slots=side_file is not None)
     kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), proc])
     out = base_generate(model, *args, **kwargs)
     record_off_grammar(proc.off_grammar)

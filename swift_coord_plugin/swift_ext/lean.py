@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 # Architectures whose forward is ``logits = self.lm_head(hidden_states[:, slice_indices, :])`` and nothing
@@ -42,8 +43,6 @@ def lean_requested(trainer) -> bool:
 
 def unwrap_model(model) -> nn.Module:
     """The transformers model inside DDP / DeepSpeed / compile wrappers and a peft model."""
-    from accelerate.utils import extract_model_from_parallel
-
     model = extract_model_from_parallel(model)
     get_base = getattr(model, "get_base_model", None)  # peft.PeftModel
     if callable(get_base) and type(model).__name__.startswith("Peft"):

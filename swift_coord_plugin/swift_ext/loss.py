@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from swift.loss import loss_map
 from swift.loss.base import BaseLoss
+from swift.metrics import compute_acc
 from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
@@ -38,6 +39,7 @@ from ..core.yardsticks import YARDSTICKS, yardstick_metrics
 from ..provenance import write_env_settings
 from . import lean as lean_path
 from .rows import order_policy_setting, order_seed_setting
+from .settings import check_swift_options
 
 logger = get_logger()
 
@@ -130,8 +132,6 @@ class CoordExpLoss(BaseLoss):
             raise ValueError(f"--loss_type {self.loss_type} refuses sequence parallel (sequence_parallel_size={sp}): "
                              "ms-swift pre-shifts and shards the labels there, so object spans cannot be found; "
                              "use --sequence_parallel_size 1")
-        from .settings import check_swift_options
-
         check_swift_options(args, self.loss_type)  # options of ms-swift's own loss, which this one replaces
         self.config, self.overrides = LossConfig.from_env(self.group, environment.current())
         if self.config.lean:
@@ -270,8 +270,6 @@ class CoordExpLoss(BaseLoss):
 
     def _token_acc(self, trainer, preds, labels) -> None:
         """ms-swift's ``token_acc`` (``Trainer._compute_acc``), which needs logits the lean path has not got."""
-        from swift.metrics import compute_acc
-
         args = trainer.args
         if trainer.template.padding_free and args.acc_strategy == "seq":
             if not self._warned_acc:

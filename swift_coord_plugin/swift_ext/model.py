@@ -7,6 +7,7 @@ are in ``swift_model``). Design notes: ``docs/design/swift_ext_model.md``.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
@@ -23,11 +24,9 @@ TEMPLATE_TYPE = "qwen3_vl_coord"
 def _gathered(params, modify: bool = True):
     """Context that gathers ZeRO-3 partitioned parameters, for in-place edits by rank 0 (broadcast on exit) or,
     with ``modify=False``, for reading (no-op without ZeRO-3)."""
-    from contextlib import nullcontext
-
     if not any(hasattr(p, "ds_id") for p in params):  # not managed by DeepSpeed ZeRO-3
         return nullcontext()
-    import deepspeed
+    import deepspeed  # only under ZeRO-3 (importing DeepSpeed takes seconds)
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
 

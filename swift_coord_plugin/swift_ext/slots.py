@@ -11,11 +11,13 @@ merged shards join line for line). Formats and rules: docs/evaluation.md.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from typing import List, Optional, Sequence
 
 from .. import environment
+from ..core.samples import row_key
 
 ENV_SLOTS = environment.SLOTS_ENV
 KEY_FIELD = "coord_row_key"  # what the template's encode adds to an inference request's inputs
@@ -28,8 +30,6 @@ def slots_path() -> Optional[str]:
 
 def request_key(inputs) -> Optional[str]:
     """``core.samples.row_key`` of an inference request (an ``InferRequest`` or a row dict)."""
-    from ..core.samples import row_key
-
     row = inputs if isinstance(inputs, dict) else getattr(inputs, "__dict__", {})
     return row_key(row)
 
@@ -37,8 +37,6 @@ def request_key(inputs) -> Optional[str]:
 def append_rows(path: str, keys: Sequence[Optional[str]], slots: Sequence[List[list]]) -> None:
     """Append one line per answer (``keys[i]``, ``slots[i]`` as ``[t, bin, E, std]`` lists) under an exclusive
     lock, so that processes writing one file (the shards of a run) never interleave within a line."""
-    import fcntl
-
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     text = "".join(json.dumps({"key": k, "slots": s}) + "\n" for k, s in zip(keys, slots))
     with open(path, "a", encoding="utf-8") as f:

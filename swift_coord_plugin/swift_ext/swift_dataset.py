@@ -18,9 +18,9 @@ from swift.utils import get_logger
 
 from ..core import codec
 from ..core import images as image_rules
-from ..core import textfiles
 from ..core import samples as sample_rules
 from ..data import images as image_files
+from ..data import textfiles
 from . import dataset as dataset_rules
 from .dataset import MAX_LISTED, META_COLUMNS, BadSamplesError, resolve_data_path
 from .dataset_args import file_kind

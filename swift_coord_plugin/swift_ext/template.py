@@ -6,11 +6,13 @@ Design notes: ``docs/design/swift_ext_template.md``.
 """
 from __future__ import annotations
 
+import io
 import os
 
 from transformers import TrainerCallback
 
 from ..core import codec
+from ..data import images
 
 
 class EncodeFailure(BaseException):
@@ -24,10 +26,6 @@ REPLACED_ROWS = {}
 
 def load_image_as_seen(image):
     """A row's image (path, ``{"bytes", "path"}`` or PIL image) as ``data.images.load_rgb`` gives it."""
-    import io
-
-    from ..data import images
-
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path")
     if isinstance(image, bytes):

@@ -41,10 +41,11 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from transformers import AutoTokenizer, GenerationConfig
 
 from ..core import grammar as G
-from .decoding import (LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, build_grammar, record_off_grammar,
-                       write_record)
+from .decoding import (LOGPROBS_GRAMMAR, LOGPROBS_RAW, STATS, DecodingConfig, DecodingConfigError, build_grammar,
+                       check_generation_options, record_off_grammar, write_record)
 
 PROCESSOR_FQCN = "swift_coord_plugin.swift_ext.vllm_decoding:CoordGrammarLogitsProcessor"
 BACKEND = "vllm"
@@ -80,8 +81,6 @@ def engine_kwargs(config: Optional[DecodingConfig] = None) -> Dict[str, object]:
 
 def _end_ids(model_dir: str, tokenizer) -> List[int]:
     """The ids that end an answer: the generation config's eos ids, else the tokenizer's eos."""
-    from transformers import GenerationConfig
-
     try:
         eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except (OSError, ValueError):
@@ -94,8 +93,6 @@ def _end_ids(model_dir: str, tokenizer) -> List[int]:
 def grammar_for_model(model_dir: str, tokenizer_dir: Optional[str] = None,
                       config: Optional[DecodingConfig] = None) -> G.AnswerGrammar:
     """``AnswerGrammar`` of the checkpoint at ``model_dir`` under ``config`` (default: from the environment)."""
-    from transformers import AutoTokenizer
-
     config = config or DecodingConfig.from_env()
     key = (model_dir, tokenizer_dir, config)
     if key not in _GRAMMARS:  # one per process: a processor of each runner interface may be built (tests)
@@ -208,8 +205,6 @@ def _grammar_from_config(vllm_config) -> G.AnswerGrammar:
 def validate_sampling_params(sampling_params) -> None:
     """vLLM's per-request check (both runners' ``validate_params``): ``ValueError`` naming the option the
     grammar cannot serve (``decoding.check_generation_options``: beam search, ``coordexp`` with a temperature)."""
-    from .decoding import DecodingConfigError, check_generation_options
-
     try:
         check_generation_options(DecodingConfig.from_env(), num_beams=1,
                                  temperature=getattr(sampling_params, "temperature", 0) or 0)
