@@ -24,7 +24,7 @@ os.environ.setdefault("MAX_PIXELS", MAX_PIXELS)
 SLOWEST_FIRST = (
     "test_science.py", "test_vocab_paths_e2e.py", "test_vllm_e2e.py", "test_lean_swift.py", "test_loss_swift.py",
     "test_experiment.py", "test_cluster_scripts.py", "test_swift_glue.py", "test_decoding_e2e.py",
-    "test_group_a_e2e.py", "test_gpu_acceptance.py", "test_vllm_decoding.py", "test_lean.py", "test_eval_e2e.py",
+    "test_group_a_e2e.py", "test_gpu_acceptance.py", "test_vllm_decoding.py", "test_lean.py",
     "test_prepare_coco.py", "test_dataset_inputs.py",
 )
 

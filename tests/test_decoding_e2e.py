@@ -1,19 +1,29 @@
 """Decoding modes end to end on the transformers backend: swift sft (group B) -> swift infer under
-free / constrained / coordexp -> coord-eval.
+free / constrained / coordexp -> coord-eval (in process, and the ``coord-eval`` command with every count checked).
 
 A tiny model trained with B's loss (no cross-entropy at coordinate slots) learns the text of the answers
 but puts almost no full-vocabulary mass on coordinate tokens, so free decoding writes no complete box.
 The same checkpoint under ``constrained`` and ``coordexp`` must write only complete, parseable boxes,
 with the log-probabilities of coordinate slots taken from the restricted coordinate distribution.
 """
+import contextlib
+import io
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO, base_infer_args, base_sft_args, last_checkpoint, read_jsonl, run_swift
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from swift_coord_plugin.cli.evaluate import main as coord_eval
 from swift_coord_plugin.core import codec
+from swift_coord_plugin.eval.results import END_OF_TURN_TOKENS
+from swift_coord_plugin.eval.scoring import METRIC_NAMES, EvalSettings, evaluate_results
+from swift_coord_plugin.eval.synthetic import quantised_objects, response_row
 
 pytestmark = pytest.mark.e2e
 
@@ -46,19 +56,38 @@ def infer(b_checkpoint, mode):
     return rows, result
 
 
+@pytest.fixture(scope="module")
+def answers(b_checkpoint):
+    """``infer(b_checkpoint, mode)``, run once per mode for the tests of this module."""
+    made = {}
+
+    def get(mode):
+        if mode not in made:
+            made[mode] = infer(b_checkpoint, mode)
+        return made[mode]
+
+    return get
+
+
+def coord_eval_cli(args, cwd):
+    exe = Path(sys.executable).parent / "coord-eval"
+    return subprocess.run([str(exe), *args], cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+
+
 def coord_slots(row):
     return [t for t in row["logprobs"]["content"] if codec.coord_bin_of(t["token"]) is not None]
 
 
-def test_b_writes_boxes_only_under_the_grammar(b_checkpoint, tmp_path):
-    free, _ = infer(b_checkpoint, "free")
+def test_b_writes_boxes_only_under_the_grammar(b_checkpoint, answers, tmp_path):
+    free, _ = answers("free")
     for row in free:
         res = codec.parse_objects(row["response"], dedupe=False)
         assert res.objects == [], row["response"]  # B's free answers: no complete box
     assert any(codec.OBJ_START in row["response"] for row in free)  # ... although it learned the text
 
     for mode in ("constrained", "coordexp"):
-        rows, result = infer(b_checkpoint, mode)
+        rows, result = answers(mode)
         n = 0
         for row in rows:
             res = codec.parse_objects(row["response"], dedupe=False)
@@ -153,3 +182,65 @@ def test_exact_coordexp_slots_join_their_rows_through_batching_and_appending(b_c
                        "--infer-backend", "transformers", "--no-progress"]) == 0
     spread_dets = json.loads((tmp_path / "spread" / "detections.json").read_text())
     assert all(0 < d["score"] <= 1 for d in spread_dets) and len({d["score"] for d in spread_dets}) > 1
+
+
+def test_infer_result_through_coord_eval_cli(b_checkpoint, answers, tmp_path):
+    """``swift infer --logprobs true --top_logprobs K`` answers (constrained, so there are boxes) through the
+    ``coord-eval`` command: rows matched through the data pipeline's image ids, logprobs read, every count
+    consistent, detections re-scorable by pycocotools alone; the same result lines given ground-truth answers, in
+    the format swift writes, score AP50 = 1."""
+    _, result = answers("constrained")
+    data = b_checkpoint[1]
+    rows = read_jsonl(result)
+    assert len(rows) == 2 and all(r["logprobs"]["content"] for r in rows)
+
+    proc = coord_eval_cli(["--results", str(result), "--gt", str(GT), "--out", str(tmp_path / "eval"),
+                           "--decode", "coordexp", "--plots", "--val-data", str(data)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| AP | AP50 |" in proc.stdout and "coord-eval" in proc.stderr  # the table and the progress bar
+    for name in ("report.json", "report.md", "detections.json", "iou_histogram.png",
+                 "coordinate_distributions.png"):
+        assert (tmp_path / "eval" / name).is_file(), name
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report["metrics"]) == set(METRIC_NAMES)
+    s, c = report["settings"], report["counts"]
+    assert s["decode"] == "coordexp" and s["score"] == "logprob" and s["max_dets"] == 100
+    r = c["rows"]
+    assert r["total"] == 2 and r["matched_by_image_id"] == 2 and r["with_logprobs"] == 2 and r["unmatched"] == {}
+    cut = sum(1 for row in rows if row["logprobs"]["content"][-1]["token"] not in END_OF_TURN_TOKENS)
+    assert r["without_end_of_turn"] == cut
+    assert c["images"]["evaluated"] == 2 and c["images"]["gt_images_without_row"] == 7
+    assert report["headline"].startswith("Scored 2 of 9 GT images (the images of --val-data")
+    # the rows carry the real image paths: their stored pixel grids were compared with the GT's sizes
+    assert r["size_differs_from_gt"] == 0 and r["image_file_not_checked"] == 0
+    o = c["objects"]
+    assert o["parsed"] == o["in_unmatched_rows"] + o["in_duplicate_rows"] + o["unmatched_description"] + \
+        o["detections"]
+    assert c["coordexp"]["coordinate_positions"] == 4 * o["detections"]
+    assert c["coordexp"]["top_k"] in (0, TOP_K)
+    dets = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert len(dets) == o["detections"]
+    assert dets  # re-scorable by pycocotools alone
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(GT))
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.params.imgIds = list(IMAGE_IDS)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert list(ev.stats) == pytest.approx([report["metrics"][n] for n in METRIC_NAMES], abs=1e-12)
+
+    # The same real result lines with ground-truth answers written as the model would write them.
+    gt_json = json.loads(GT.read_text())
+    objs = quantised_objects(gt_json, gt_json["annotations"])
+    images = {i["id"]: i for i in gt_json["images"]}
+    for row in rows:
+        iid = row["chat_template_kwargs"]["coord_meta"]["image_id"]
+        fake = response_row(images[iid], objs[iid], logprobs=True, top_k=1)
+        row["response"], row["logprobs"] = fake["response"], fake["logprobs"]
+    perfect = tmp_path / "perfect.jsonl"
+    perfect.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    ev = evaluate_results(str(perfect), str(GT), EvalSettings(val_data=str(data)), progress=False)
+    assert ev.report["metrics"]["AP50"] == pytest.approx(1.0, abs=1e-12)
+    assert ev.report["counts"]["rows"]["matched_by_image_id"] == 2
+    assert ev.report["counts"]["objects"]["detections"] == sum(len(objs[i]) for i in IMAGE_IDS)
