@@ -4,6 +4,11 @@ from __future__ import annotations
 import atexit
 import time
 
+import torch.distributed as dist
+
+from .dataset_args import check_current_arguments
+from .settings import check_at_plugin_import
+
 _REGISTERED = False
 
 
@@ -24,8 +29,6 @@ def let_comm_threads_finish() -> None:
     that exits on an error while its peers wait in a collective), so the handler only sleeps: the
     threads need the GIL for microseconds.
     """
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         time.sleep(EXIT_GRACE_S)
 
@@ -37,9 +40,6 @@ def register() -> None:
     (``settings.check_at_plugin_import``) and the dataset arguments (``dataset_args``), before anything is loaded.
     """
     global _REGISTERED
-    from .dataset_args import check_current_arguments
-    from .settings import check_at_plugin_import
-
     check_at_plugin_import()
     check_current_arguments()
     if _REGISTERED:
