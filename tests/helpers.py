@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,11 @@ def last_checkpoint(output_dir) -> str:
     ckpt = provenance.last_checkpoint(str(output_dir))
     assert ckpt, f"no checkpoint in {output_dir}: {os.listdir(output_dir)}"
     return ckpt
+
+
+def rows_digests(log: str) -> List[str]:
+    """The ``rows digest`` each process of a ``swift sft`` run printed (``swift_ext.model.rows_digest``)."""
+    return re.findall(r"rows digest ([0-9a-f]{16})", log)
 
 
 def read_jsonl(path) -> List[dict]:

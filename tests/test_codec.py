@@ -6,7 +6,7 @@ import pytest
 
 from swift_coord_plugin.core import codec
 from swift_coord_plugin.core.codec import DetObject
-from swift_coord_plugin.swift_ext.rows import order_policy_setting, order_seed_setting
+from swift_coord_plugin.environment import order_policy_setting, order_seed_setting
 
 
 def test_quantize_rule_and_clamp():

@@ -10,7 +10,6 @@ shared by the tests that read them.
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (MAX_PIXELS, PLUGIN, REPO, SAMPLE_DIR, base_infer_args, base_sft_args, read_jsonl, run_swift,
-                     swift_env)
+from helpers import (MAX_PIXELS, PLUGIN, REPO, SAMPLE_DIR, base_infer_args, base_sft_args, read_jsonl, rows_digests,
+                     run_swift, swift_env)
 
 pytestmark = pytest.mark.e2e
 
@@ -65,10 +64,6 @@ def _initial(model_dir) -> dict:
     head = model.get_output_embeddings().weight.detach()[FIRST_NEW:].clone()
     del model
     return {"embed_tokens.weight": emb, "lm_head.weight": head}
-
-
-def _digests(log: str):
-    return re.findall(r"rows digest ([0-9a-f]{16})", log)
 
 
 def _sft(model_dir, dataset, out, cwd, *, steps=2, tuner="full", extra=(), launcher_env=None, loss_type=None):
@@ -165,7 +160,7 @@ def test_initial_rows_identical_under_deepspeed(request, mode, which, sample_jso
     out = tmp_path / "out"
     proc = _sft(model_dir, sample_jsonl, out, tmp_path, steps=1, launcher_env=launcher,
                 extra=extra + ["--learning_rate", "0", "--save_steps", "1"])
-    digests = _digests(proc.stdout)
+    digests = rows_digests(proc.stdout)
     assert len(digests) == 1, digests
     saved = _weights(out / "checkpoint-1")
     emb = _matrix(saved, "embed_tokens.weight")

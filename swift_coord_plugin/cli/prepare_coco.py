@@ -12,7 +12,7 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from ..data import coco, coco_reader
-from ..swift_ext.rows import order_policy_setting
+from ..environment import order_policy_setting
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ from swift.metrics.utils import Metric
 from swift.utils import get_logger
 
 from .. import environment
+from ..environment import order_policy_setting, order_seed_setting
 from ..core import codec
 from ..core.loss_config import LOSS_TYPES, LossConfig, env_key
 from ..core.loss_metrics import METRICS, Metrics, logged_metric_names, stack_metrics
@@ -38,7 +39,6 @@ from ..core.vocab import CoordVocab
 from ..core.yardsticks import YARDSTICKS, yardstick_metrics
 from ..provenance import write_env_settings
 from . import lean as lean_path
-from .rows import order_policy_setting, order_seed_setting
 from .settings import check_swift_options
 
 logger = get_logger()

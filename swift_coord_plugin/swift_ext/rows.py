@@ -1,15 +1,11 @@
 """What the ``coord`` dataset, the checks of its arguments and the template share (no ms-swift import).
 
 ``DATASET_NAME`` (``--dataset coord:PATH``), ``BINS_TYPE`` (the ``bbox_type`` of rows whose boxes the
-dataset preprocessor already quantised), ``bad_samples_policy`` (``COORD_BAD_SAMPLES``: ``error`` or
-``drop``), ``order_policy_setting`` / ``order_seed_setting`` (``COORD_ORDER`` / ``COORD_ORDER_SEED``, the object
-order; read by ``environment``, re-exported here), ``unescape_path`` (``%23`` in a ``coord:`` path) and ``coco_json_message``.
+dataset preprocessor already quantised), ``unescape_path`` (``%23`` in a ``coord:`` path) and ``coco_json_message``.
 """
 from __future__ import annotations
 
 import re
-
-from ..environment import bad_samples_policy, order_policy_setting, order_seed_setting  # noqa: F401 (re-exported)
 
 DATASET_NAME = "coord"
 # bbox_type of rows whose boxes the dataset preprocessor already quantised (see dataset.py, template.py).

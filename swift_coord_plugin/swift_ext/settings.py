@@ -24,9 +24,9 @@ import sys
 from typing import Dict, Mapping, Optional
 
 from .. import environment
+from ..environment import order_policy_setting, order_seed_setting
 from ..core import codec, input_noise
 from ..core.loss_config import ENV_PREFIX, GROUP_OF_LOSS_TYPE, LossConfig, LossConfigError
-from .rows import order_policy_setting, order_seed_setting
 
 # --loss_type -> loss group (``core.loss_config.LOSS_TYPES``, read without an ms-swift import).
 LOSS_GROUPS = GROUP_OF_LOSS_TYPE

@@ -21,11 +21,11 @@ from ..core import images as image_rules
 from ..core import samples as sample_rules
 from ..data import images as image_files
 from ..data import textfiles
+from ..environment import bad_samples_policy, order_policy_setting
 from . import dataset as dataset_rules
 from .dataset import MAX_LISTED, META_COLUMNS, BadSamplesError, resolve_data_path
 from .dataset_args import file_kind
-from .rows import (BINS_TYPE, DATASET_NAME, bad_samples_policy, coco_json_message, order_policy_setting,
-                   unescape_path)
+from .rows import BINS_TYPE, DATASET_NAME, coco_json_message, unescape_path
 
 
 def _code_version() -> str:

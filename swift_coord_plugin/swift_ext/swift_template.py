@@ -19,7 +19,8 @@ from ..core.vocab import CoordVocab
 from .decoding import DecodingConfig, generate_with_grammar
 from .lean import lean_forward, lean_requested
 from .model import TEMPLATE_TYPE
-from .rows import BINS_TYPE, bad_samples_policy, order_policy_setting, order_seed_setting
+from ..environment import bad_samples_policy, order_policy_setting, order_seed_setting
+from .rows import BINS_TYPE
 from .template import REPLACED_ROWS, CoordOrderEpochCallback, EncodeFailure, row_where, load_image_as_seen
 from .vllm_decoding import engine_kwargs
 from . import slots
