@@ -16,8 +16,5 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # wait on each other (bench/results_suite.md). COORD_TEST_WORKERS=0 runs in one process, with torch's own default.
 WORKERS="${COORD_TEST_WORKERS:-2}"
 if [ "$WORKERS" != 0 ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
-# glibc's allocator takes every block from its heap and keeps what is freed (unless set): by default a large tensor
-# (a [tokens, vocab] chunk of logits, a gradient of the embedding) is mapped afresh and zero-filled by the kernel at
-# each step, a quarter of a training step of the tiny model here (bench/results_suite.md). Values are unchanged.
-export MALLOC_MMAP_MAX_="${MALLOC_MMAP_MAX_:-0}" MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-68719476736}"
+source "$ROOT/shell/cpu_allocator.sh"   # glibc keeps freed memory: no fresh zero-filled pages each step
 exec "$ROOT/.venv/bin/python" -m pytest -q -n "$WORKERS" --dist loadfile --no-loadscope-reorder "$@"

@@ -82,6 +82,7 @@ elif [ "$RESUME" != "0" ]; then
 fi
 if [ "${CPU:-0}" = "1" ]; then
   ARGS+=(--torch_dtype float32 --bf16 false --fp16 false --dataloader_num_workers 0 --dataset_num_proc 1)
+  source "$(dirname "${BASH_SOURCE[0]}")/cpu_allocator.sh"   # glibc keeps freed memory (no value changes)
   [ "${NPROC_PER_NODE:-1}" -gt 1 ] && ARGS+=(--use_cpu true)   # gloo; without it ranks are not really distributed
 elif [[ " $* " != *" --bf16 false "* ]] \
      && ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
