@@ -23,8 +23,8 @@ GT = str(SAMPLE_DIR / "instances.json")
 LOSS = {"A": "coordexp_ce", "B": "coordexp_geom", "C": "coordexp_hybrid"}
 
 
-def _score(run_dir, sub, jitter, seed, step, score="logprob", max_pixels=65536, image_ids=None):
-    gt = json.load(open(GT))
+def _score(run_dir, sub, jitter, seed, step, score="logprob", max_pixels=65536, image_ids=None, gt_path=GT):
+    gt = json.load(open(gt_path))
     rng = np.random.default_rng(seed)
     boxes = []
     for a in gt["annotations"]:
@@ -44,14 +44,14 @@ def _score(run_dir, sub, jitter, seed, step, score="logprob", max_pixels=65536, 
     with open(results, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     write_inference_settings(os.path.join(ev_dir, "infer_settings.json"), ckpt, max_pixels, "test", environ={})
-    ev = evaluate_results(results, GT, EvalSettings(score=score, subset_from_results=image_ids is not None),
+    ev = evaluate_results(results, gt_path, EvalSettings(score=score, subset_from_results=image_ids is not None),
                           progress=False)
     write_outputs(ev_dir, ev)
     return ev.report
 
 
 def _run(tmp_path, name, group, seed=42, jitter=8.0, env=None, score="logprob", max_pixels=65536,
-         image_ids=None, yard_level=0.6, steps=30, evaluation="eval"):
+         image_ids=None, yard_level=0.6, steps=30, evaluation="eval", gt_path=GT):
     d = tmp_path / name
     d.mkdir()
     rows = []
@@ -69,8 +69,8 @@ def _run(tmp_path, name, group, seed=42, jitter=8.0, env=None, score="logprob", 
     (d / "coordexp_config.json").write_text(json.dumps({"flags": {"use_coord_ce": group != "B"}}))
     write_env_settings(str(d), {"COORD_INIT_SEED": "0", **(env or {})})
     if evaluation:
-        _score(str(d), f"{evaluation}/checkpoint-10", jitter * 3, seed + 1, 10, score, max_pixels, image_ids)
-        _score(str(d), evaluation, jitter, seed, steps, score, max_pixels, image_ids)
+        _score(str(d), f"{evaluation}/checkpoint-10", jitter * 3, seed + 1, 10, score, max_pixels, image_ids, gt_path)
+        _score(str(d), evaluation, jitter, seed, steps, score, max_pixels, image_ids, gt_path)
     return str(d)
 
 
@@ -153,6 +153,35 @@ def test_compare_groups_seeds_bootstrap_pictures_and_html(tmp_path):
     missing = [r for r in parser.refs if not (out / r).is_file()]
     assert not missing, missing
     assert "<table>" in page and "Own losses (NOT comparable across groups)" in page
+
+
+def test_ground_truth_with_string_image_ids_compares_like_integer_ids(tmp_path):
+    """detections.json carries a string-id file's own ids; the bootstrap and the gallery map them to the
+    evaluator's integers, so both files give the same comparison."""
+    gt = json.load(open(GT))
+    name = {im["id"]: f"img-{im['id']:012d}" for im in gt["images"]}
+    for im in gt["images"]:
+        im["id"] = name[im["id"]]
+    for a in gt["annotations"]:
+        a["image_id"] = name[a["image_id"]]
+    string_gt = tmp_path / "instances_string_ids.json"
+    string_gt.write_text(json.dumps(gt))
+    summaries = {}
+    for kind, path in (("int", GT), ("str", str(string_gt))):
+        (tmp_path / kind).mkdir()
+        runs = [_run(tmp_path / kind, "a", "A", jitter=12, gt_path=path), _run(tmp_path / kind, "c", "C", jitter=1,
+                                                                              gt_path=path)]
+        summaries[kind] = cmp.compare_runs(runs, str(tmp_path / kind / "cmp"), names=["A", "C"], n_resamples=100,
+                                           gallery_images=2)
+    dets = json.load(open(tmp_path / "str" / "a" / "eval" / "detections.json"))
+    assert dets and all(d["image_id"] in name.values() for d in dets)  # the file's own ids
+    b_int, b_str = (summaries[k]["bootstrap"]["groups"]["C"]["diff"]["AP"] for k in ("int", "str"))
+    assert b_int["value"] > 0 and b_str["value"] == pytest.approx(b_int["value"])
+    assert b_str["ci"] == pytest.approx(b_int["ci"])
+    assert len(summaries["str"]["gallery"]) == 2
+    assert all((tmp_path / "str" / "cmp" / g).is_file() for g in summaries["str"]["gallery"])
+    md = (tmp_path / "str" / "cmp" / "summary.md").read_text()
+    assert "image img-" in md and "no bootstrap" not in md
 
 
 def _fake(name, group="", args=None, env=None, settings=None, steps=100):

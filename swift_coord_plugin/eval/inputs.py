@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from ..data.coco_reader import CocoFormatError, load_desc_map
 from .detections import DECODES, SCORES
@@ -64,6 +64,22 @@ def load_gt(path: str):
         raise EvalError(str(e)) from None
     coco.coord_repairs = repairs
     return coco
+
+
+def detections_on_internal_ids(coco_gt, detections: List[dict], path: str) -> List[dict]:
+    """``detections`` (COCO results rows as ``detections.json`` carries them: the ground-truth file's own image
+    ids, strings for a file with string ids) with the evaluator's integer ids of ``coco_gt`` (``load_gt``), as
+    ``run_cocoeval`` needs them. Rows are copied only where the id changes. Raises ``EvalError`` naming ``path``
+    and the first image id the ground truth does not have."""
+    images = GtImages(coco_gt)
+    out = []
+    for i, d in enumerate(detections):
+        gid = images.internal_id(d.get("image_id"))
+        if gid is None:
+            raise EvalError(f"{path}: detection {i}: image_id {d.get('image_id')!r} is not an image of the ground "
+                            "truth it was scored against")
+        out.append(d if gid == d["image_id"] else dict(d, image_id=gid))
+    return out
 
 
 class GtImages:

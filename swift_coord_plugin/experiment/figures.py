@@ -115,8 +115,9 @@ def plot_iou_histograms(hists: Sequence[Tuple[str, str, List[float], List[int]]]
     return True
 
 
-def image_paths_from_results(results_path: Optional[str]) -> Dict[int, str]:
-    """image id -> image file of each row of a ``swift infer`` result file (rows with an image id only)."""
+def image_paths_from_results(results_path: Optional[str]) -> Dict[object, str]:
+    """image id as the row writes it (the ground-truth file's own id: an int or a string) -> image file, for
+    each row of a ``swift infer`` result file that has both."""
     out: Dict[int, str] = {}
     if not results_path or not os.path.isfile(results_path):
         return out
@@ -133,7 +134,7 @@ def image_paths_from_results(results_path: Optional[str]) -> Dict[int, str]:
                 img = img.get("path")
             iid = row_meta(row).get("image_id")
             if isinstance(img, str) and iid is not None and os.path.isfile(img):
-                out.setdefault(int(iid), img)
+                out.setdefault(iid, img)
     return out
 
 

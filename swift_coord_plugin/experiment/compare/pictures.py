@@ -11,6 +11,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ...eval.inputs import GtImages, detections_on_internal_ids, load_gt
 from ...eval.scoring import per_category_by_id
 from .. import figures
 from .loading import Run
@@ -42,21 +43,22 @@ def gallery(runs: Sequence[Run], groups: Sequence[str], colors: Dict[str, str], 
     if not gt_path or not os.path.isfile(gt_path) or not paths:
         notes.append("no gallery: the GT file or the images of the result file are not found")
         return []
-    with open(gt_path) as f:
-        gt = json.load(f)
-    cats = {c["id"]: c["name"] for c in gt["categories"]}
+    coco_gt = load_gt(gt_path)  # the evaluator's integer image ids, which image_set.ids holds
+    images = GtImages(coco_gt)
+    paths = {gid: p for gid, p in ((images.internal_id(iid), p) for iid, p in paths.items()) if gid is not None}
+    cats = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
     gt_by_img: Dict[int, list] = {}
-    for a in gt["annotations"]:
-        gt_by_img.setdefault(int(a["image_id"]), []).append((a["bbox"], cats.get(a["category_id"], "?")))
+    for a in coco_gt.dataset["annotations"]:
+        gt_by_img.setdefault(a["image_id"], []).append((a["bbox"], cats.get(a["category_id"], "?")))
     dets = {}
     for r in reps:
         p = os.path.join(r.report_dir, "detections.json")
         by_img: Dict[int, list] = {}
         if os.path.isfile(p):
             with open(p) as f:
-                for d in json.load(f):
-                    by_img.setdefault(int(d["image_id"]), []).append((d["bbox"], cats.get(d["category_id"], "?"),
-                                                                      float(d.get("score", 1.0))))
+                for d in detections_on_internal_ids(coco_gt, json.load(f), p):
+                    by_img.setdefault(d["image_id"], []).append((d["bbox"], cats.get(d["category_id"], "?"),
+                                                                 float(d.get("score", 1.0))))
         dets[r.group] = by_img
     ids = sorted(set(paths) & set(((s.get("image_set") or {}).get("ids")) or paths))
     rng = np.random.default_rng(seed)
@@ -65,10 +67,11 @@ def gallery(runs: Sequence[Run], groups: Sequence[str], colors: Dict[str, str], 
     out = []
     for iid in chosen:
         rel = os.path.join("gallery", f"image_{iid}.png")
+        name = images.original_id(iid)  # the ground-truth file's id in the captions
         figures.draw_gallery_image(paths[iid], gt_by_img.get(iid, []),
                                    [(r.group, colors[r.group], dets[r.group].get(iid, [])) for r in reps],
-                                   os.path.join(out_dir, rel), f"image {iid}: {len(gt_by_img.get(iid, []))} GT boxes")
-        out.append((f"image {iid}", rel))
+                                   os.path.join(out_dir, rel), f"image {name}: {len(gt_by_img.get(iid, []))} GT boxes")
+        out.append((f"image {name}", rel))
     return out
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ...core.yardsticks import COMMON_CURVES
 from ...eval.bootstrap import PerImageMatches, interval_covers, paired_bootstrap
+from ...eval.inputs import detections_on_internal_ids
 from ...eval.scoring import load_gt, run_cocoeval
 from ...provenance import file_sha256
 from .loading import Run, common_curve
@@ -92,7 +93,9 @@ def _per_image_matches(run: Run, notes: List[str]):
         return None
     with open(dets_path) as f:
         dets = json.load(f)
-    ev = run_cocoeval(load_gt(gt), dets, ids, int(s.get("max_dets", 100)))
+    coco_gt = load_gt(gt)
+    dets = detections_on_internal_ids(coco_gt, dets, dets_path)  # detections.json carries the file's own ids
+    ev = run_cocoeval(coco_gt, dets, ids, int(s.get("max_dets", 100)))
     return PerImageMatches.from_cocoeval(ev)
 
 
