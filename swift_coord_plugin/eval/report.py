@@ -19,7 +19,7 @@ import numpy as np
 from ..core import codec
 from .decoding_info import DecodingInfoError, resolve
 from .detections import DECODE_FORMULAS, SCORE_FORMULAS
-from .inputs import EvalError, EvalSettings
+from .inputs import EvalError, EvalSettings, GtImages
 from .plots import write_plots
 from .pycoco import IOU_HIST_EDGES, METRIC_NAMES, Evaluation, per_category_by_id
 
@@ -235,9 +235,9 @@ def write_outputs(out_dir: str, evaluation: Evaluation, plots: bool = False) -> 
     paths = []
     p = os.path.join(out_dir, "detections.json")
     detections = evaluation.detections
-    original = getattr(getattr(evaluation.coco_gt, "coord_repairs", None), "original_image_ids", None)
-    if original:  # the ground truth's own (string) ids, so that the file scores against it as it is
-        detections = [dict(d, image_id=original[d["image_id"]]) for d in detections]
+    images = GtImages(evaluation.coco_gt)
+    if images.original:  # the ground truth's own (string) ids, so that the file scores against it as it is
+        detections = [dict(d, image_id=images.original_id(d["image_id"])) for d in detections]
     with open(p, "w", encoding="utf-8") as f:
         json.dump(detections, f)
     paths.append(p)

@@ -118,7 +118,7 @@ def plot_iou_histograms(hists: Sequence[Tuple[str, str, List[float], List[int]]]
 def image_paths_from_results(results_path: Optional[str]) -> Dict[object, str]:
     """image id as the row writes it (the ground-truth file's own id: an int or a string) -> image file, for
     each row of a ``swift infer`` result file that has both."""
-    out: Dict[int, str] = {}
+    out: Dict[object, str] = {}
     if not results_path or not os.path.isfile(results_path):
         return out
     with open(results_path, encoding="utf-8") as f:
